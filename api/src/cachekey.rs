@@ -1,1 +1,192 @@
-//! placeholder
+//! The build cache key: which inputs make two builds interchangeable.
+//!
+//! The key is a sha256 over a domain-separated, versioned, canonical JSON encoding of
+//! everything that decides the output: the source archive digest, the kernel and arch,
+//! the builder image, the evaluated build plan and the build options. Canonical means
+//! object keys sorted at every level and no insignificant whitespace, independent of
+//! serde_json's `preserve_order` feature. Changing what goes into the key, or how, must
+//! bump [`DOMAIN`], so old and new keys can never collide.
+
+use serde::Serialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::dkms::BuildPlan;
+use crate::names::{Arch, ArtifactKey, KernelRelease, SourceDigest};
+
+/// Prefix hashed before the JSON: names the purpose and the encoding version.
+pub const DOMAIN: &str = "kmodforge-cache-key-v1\n";
+
+/// The inputs of a build, borrowed.
+#[derive(Clone, Debug, Serialize)]
+pub struct CacheKeyParts<'a> {
+    /// sha256 of the module source archive.
+    pub source_digest: &'a SourceDigest,
+    /// Target kernel.
+    pub kernel: &'a KernelRelease,
+    /// Target architecture.
+    pub arch: &'a Arch,
+    /// The builder image's content id (`sha256:…`), not a mutable tag.
+    pub builder_image_id: &'a str,
+    /// The evaluated plan (make command, modules, patches, …).
+    pub plan: &'a BuildPlan,
+    /// Build options that change the output.
+    pub options: &'a Value,
+}
+
+/// The cache key of a build: sha256(DOMAIN ‖ canonical JSON of `parts`).
+pub fn cache_key(parts: &CacheKeyParts<'_>) -> ArtifactKey {
+    let mut hasher = Sha256::new();
+    hasher.update(DOMAIN.as_bytes());
+    hasher.update(canonical_json(parts).as_bytes());
+    ArtifactKey::from_sha256(hasher.finalize().into())
+}
+
+/// Serialises `parts` with object keys sorted at every level.
+fn canonical_json(parts: &CacheKeyParts<'_>) -> String {
+    // Infallible: every map in these types has string keys, and serde_json only fails
+    // on non-string map keys or custom serialiser errors, none of which exist here.
+    let value =
+        serde_json::to_value(parts).expect("CacheKeyParts always serialises to a JSON value");
+    let mut out = String::new();
+    write_canonical(&value, &mut out);
+    out
+}
+
+fn write_canonical(value: &Value, out: &mut String) {
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<_> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            out.push('{');
+            for (i, (key, item)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(key.clone()).to_string());
+                out.push(':');
+                write_canonical(item, out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(']');
+        }
+        scalar => out.push_str(&scalar.to_string()),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::dkms::ModuleSpec;
+    use serde_json::json;
+
+    fn plan() -> BuildPlan {
+        BuildPlan {
+            package_name: "acpi-call".into(),
+            package_version: "1.2.2".into(),
+            modules: vec![ModuleSpec {
+                built_name: "acpi_call".into(),
+                built_location: String::new(),
+                dest_name: "acpi_call".into(),
+                dest_location: "/updates/dkms".into(),
+                strip: true,
+            }],
+            make: "make -j2 KERNELRELEASE=6.1.0-47-amd64 -C /lib/modules/6.1.0-47-amd64/build M=/var/lib/dkms/acpi-call/1.2.2/build".into(),
+            patches: vec![],
+            pre_build: None,
+            post_build: None,
+            build_depends: vec![],
+            autoinstall: true,
+            no_weak_modules: false,
+            obsolete_by: None,
+            warnings: vec![],
+        }
+    }
+
+    struct Inputs {
+        digest: SourceDigest,
+        kernel: KernelRelease,
+        arch: Arch,
+        image: String,
+        plan: BuildPlan,
+        options: Value,
+    }
+
+    impl Inputs {
+        fn new() -> Self {
+            Inputs {
+                digest: SourceDigest::from_sha256([7; 32]),
+                kernel: KernelRelease::parse("6.1.0-47-amd64").unwrap(),
+                arch: Arch::host_default(),
+                image: "sha256:abc".into(),
+                plan: plan(),
+                options: json!({"sign": false, "compress": "none"}),
+            }
+        }
+
+        fn key(&self) -> ArtifactKey {
+            cache_key(&CacheKeyParts {
+                source_digest: &self.digest,
+                kernel: &self.kernel,
+                arch: &self.arch,
+                builder_image_id: &self.image,
+                plan: &self.plan,
+                options: &self.options,
+            })
+        }
+    }
+
+    #[test]
+    fn stable_for_equal_input() {
+        assert_eq!(Inputs::new().key(), Inputs::new().key());
+        assert_eq!(Inputs::new().key().as_str().len(), 64);
+    }
+
+    #[test]
+    fn option_key_order_does_not_matter() {
+        let mut a = Inputs::new();
+        a.options = serde_json::from_str(r#"{"a":1,"b":{"y":2,"x":3}}"#).unwrap();
+        let mut b = Inputs::new();
+        b.options = serde_json::from_str(r#"{"b":{"x":3,"y":2},"a":1}"#).unwrap();
+        assert_eq!(a.key(), b.key());
+    }
+
+    #[test]
+    fn every_part_changes_the_key() {
+        let base = Inputs::new().key();
+        let changes: [fn(&mut Inputs); 7] = [
+            |i| i.digest = SourceDigest::from_sha256([8; 32]),
+            |i| i.kernel = KernelRelease::parse("6.1.0-56-amd64").unwrap(),
+            |i| i.arch = Arch::parse("aarch64").unwrap(),
+            |i| i.image = "sha256:abd".into(),
+            |i| i.plan.make.push_str(" V=1"),
+            |i| i.plan.modules[0].strip = false,
+            |i| i.options = json!({"sign": true, "compress": "none"}),
+        ];
+        for (n, change) in changes.iter().enumerate() {
+            let mut inputs = Inputs::new();
+            change(&mut inputs);
+            assert_ne!(inputs.key(), base, "change #{n} did not change the key");
+        }
+    }
+
+    #[test]
+    fn canonical_json_is_sorted_and_compact() {
+        let mut out = String::new();
+        write_canonical(
+            &json!({"b": [1, {"d": null, "c": "x\"y"}], "a": true}),
+            &mut out,
+        );
+        assert_eq!(out, r#"{"a":true,"b":[1,{"c":"x\"y","d":null}]}"#);
+    }
+}

@@ -1,1 +1,249 @@
-//! placeholder
+//! HTTP wire types shared by the server and the agent.
+//!
+//! Every timestamp is an RFC 3339 string in UTC. Every enum is serialised in
+//! `snake_case`, and those strings are part of the API contract.
+
+use serde::{Deserialize, Serialize};
+
+use crate::dkms::BuildPlan;
+use crate::modinfo::ModInfo;
+use crate::names::{Arch, ArtifactKey, KernelRelease, ModuleName, ModuleVersion, SourceDigest};
+
+/// What the static scan of `dkms.conf` found at upload time (no code is run).
+pub use crate::dkms::Declared;
+
+/// A registered module source (`dkms add`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModuleSource {
+    pub name: ModuleName,
+    pub version: ModuleVersion,
+    pub digest: SourceDigest,
+    /// Package name, version and `.ko` names as `dkms.conf` declares them.
+    pub declared: Declared,
+    /// Regular files in the tree.
+    pub files: u64,
+    /// Sum of the regular files' sizes, in bytes.
+    pub bytes: u64,
+    pub added_at: String,
+}
+
+/// Answer to `PUT /v1/modules/{name}/{version}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddModuleResponse {
+    #[serde(flatten)]
+    pub module: ModuleSource,
+    /// False when the same content was already registered under this name/version.
+    pub created: bool,
+    pub warnings: Vec<String>,
+}
+
+/// Options that change what a build produces; part of the cache key.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildOptions {}
+
+/// `POST /v1/builds`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildRequest {
+    pub name: ModuleName,
+    pub version: ModuleVersion,
+    pub kernel: KernelRelease,
+    /// Defaults to `x86_64`.
+    #[serde(default)]
+    pub arch: Option<Arch>,
+    #[serde(default)]
+    pub options: BuildOptions,
+}
+
+/// The life cycle of a build.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BuildState {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    /// `BUILD_EXCLUSIVE_*` or `OBSOLETE_BY` excludes this kernel/arch (DKMS exit 77).
+    NotApplicable,
+}
+
+impl BuildState {
+    /// True once the build can no longer change.
+    pub fn is_final(self) -> bool {
+        !matches!(self, BuildState::Queued | BuildState::Running)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BuildState::Queued => "queued",
+            BuildState::Running => "running",
+            BuildState::Succeeded => "succeeded",
+            BuildState::Failed => "failed",
+            BuildState::NotApplicable => "not_applicable",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            BuildState::Queued,
+            BuildState::Running,
+            BuildState::Succeeded,
+            BuildState::Failed,
+            BuildState::NotApplicable,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+}
+
+/// Why a build did not produce modules. The strings are stable API.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// make (or a PRE_BUILD/POST_BUILD script) failed: the module's own code.
+    CompileError,
+    /// A PATCH is missing, has a bad path, or does not apply.
+    PatchFailed,
+    /// make succeeded but a `BUILT_MODULE_NAME` `.ko` is not where dkms.conf says.
+    MissingModule,
+    /// A built `.ko` does not carry the target kernel's vermagic.
+    WrongVermagic,
+    /// Wall-clock or no-output timeout.
+    Timeout,
+    /// The build hit its memory limit.
+    OutOfMemory,
+    /// BUILD_EXCLUSIVE_* / OBSOLETE_BY exclude this kernel (DKMS exit 77).
+    NotApplicable,
+    /// dkms.conf is invalid (missing required directives, holes, bad values).
+    InvalidConf,
+    /// No `linux-headers-<krel>` package exists for the requested kernel.
+    UnknownKernel,
+    /// The service failed (Docker, disk, image build), not the module.
+    Infrastructure,
+}
+
+impl FailureKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::CompileError => "compile_error",
+            FailureKind::PatchFailed => "patch_failed",
+            FailureKind::MissingModule => "missing_module",
+            FailureKind::WrongVermagic => "wrong_vermagic",
+            FailureKind::Timeout => "timeout",
+            FailureKind::OutOfMemory => "out_of_memory",
+            FailureKind::NotApplicable => "not_applicable",
+            FailureKind::InvalidConf => "invalid_conf",
+            FailureKind::UnknownKernel => "unknown_kernel",
+            FailureKind::Infrastructure => "infrastructure",
+        }
+    }
+}
+
+/// A failed (or not applicable) build's explanation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    pub kind: FailureKind,
+    /// One line naming the module, kernel and cause.
+    pub message: String,
+    /// The last lines of the build log.
+    pub log_tail: String,
+}
+
+/// A build job (`GET /v1/builds/{id}`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BuildRecord {
+    pub id: String,
+    pub name: ModuleName,
+    pub version: ModuleVersion,
+    pub kernel: KernelRelease,
+    pub arch: Arch,
+    pub state: BuildState,
+    pub source_digest: SourceDigest,
+    /// Builder image ID, once resolved.
+    pub image_id: Option<String>,
+    /// The cache key, once dkms.conf was evaluated.
+    pub artifact_key: Option<ArtifactKey>,
+    pub failure: Option<Failure>,
+    pub created_at: String,
+    pub finished_at: Option<String>,
+    /// Wall time of the whole job, in seconds.
+    pub seconds: Option<f64>,
+    /// Warnings from the dkms.conf evaluation (deprecated directives, ...).
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
+
+/// Answer to `POST /v1/builds` and `GET /v1/builds/{id}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BuildResponse {
+    pub build: BuildRecord,
+    /// True when the answer came from the artifact cache without building.
+    pub cached: bool,
+    /// The artifact manifest once the build succeeded.
+    pub artifact: Option<Manifest>,
+}
+
+/// One built `.ko` of an artifact.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactFile {
+    /// File name as installed: `<DEST_MODULE_NAME>.ko`.
+    pub file: String,
+    /// Install directory under `/lib/modules/<krel>`, e.g. `/updates/dkms`.
+    pub dest_location: String,
+    pub size: u64,
+    /// Lowercase hex sha256 of the file; also its blob address.
+    pub sha256: String,
+    pub modinfo: ModInfo,
+}
+
+/// The builder image an artifact was built in.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageRef {
+    pub id: String,
+    pub tag: String,
+}
+
+/// Everything known about one cache entry (`GET /v1/artifacts/{name}/{version}/{krel}`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub key: ArtifactKey,
+    pub name: ModuleName,
+    pub version: ModuleVersion,
+    pub kernel: KernelRelease,
+    pub arch: Arch,
+    pub source_digest: SourceDigest,
+    pub builder_image: ImageRef,
+    pub files: Vec<ArtifactFile>,
+    pub plan: BuildPlan,
+    /// The build that produced it.
+    pub build_id: String,
+    pub built_at: String,
+    /// Wall time of the build container's work, in seconds.
+    pub build_seconds: f64,
+}
+
+/// A prepared builder image (`GET /v1/kernels`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelInfo {
+    pub kernel: KernelRelease,
+    pub suite: String,
+    pub image: ImageRef,
+    /// `CONFIG_CC_VERSION_TEXT` of the kernel, the compiler in the image.
+    pub compiler: Option<String>,
+}
+
+/// Body of every 4xx/5xx answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// Stable snake_case string.
+    pub kind: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_tail: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_id: Option<String>,
+}

@@ -1,0 +1,177 @@
+//! Turning the module tar that came out of the sandbox into a stored artifact.
+//!
+//! Every `.ko` is parsed in Rust (its `.modinfo` section), its vermagic checked
+//! against the target kernel, stored as a content-addressed blob, and only then
+//! is the manifest recorded: the manifest is the commit point, so a crash
+//! midway leaves at worst unreferenced blobs, never a manifest without files.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+
+use kmodforge_api::dkms::BuildPlan;
+use kmodforge_api::modinfo::{parse_modinfo, vermagic_targets};
+use kmodforge_api::names::{
+    Arch, ArtifactKey, KernelRelease, ModuleName, ModuleVersion, SourceDigest,
+};
+use kmodforge_api::wire::{ArtifactFile, FailureKind, ImageRef, Manifest};
+
+use crate::store::Store;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CollectError {
+    #[error("{what}: built module missing: {file} (BUILT_MODULE_NAME in dkms.conf)")]
+    Missing { what: String, file: String },
+    #[error("{what}: {file} was built for another kernel: vermagic {vermagic:?} does not start with {kernel:?}")]
+    WrongVermagic {
+        what: String,
+        file: String,
+        vermagic: String,
+        kernel: String,
+    },
+    #[error("{what}: {file} is not a kernel module: {reason}")]
+    NotAModule {
+        what: String,
+        file: String,
+        reason: String,
+    },
+    #[error("{what}: reading the module tar from the sandbox: {reason}")]
+    BadTar { what: String, reason: String },
+    #[error("{what}: storing {file}: {reason}")]
+    Store {
+        what: String,
+        file: String,
+        reason: String,
+    },
+}
+
+impl CollectError {
+    pub fn kind(&self) -> FailureKind {
+        match self {
+            CollectError::Missing { .. } => FailureKind::MissingModule,
+            CollectError::WrongVermagic { .. } => FailureKind::WrongVermagic,
+            CollectError::NotAModule { .. } => FailureKind::CompileError,
+            CollectError::BadTar { .. } | CollectError::Store { .. } => FailureKind::Infrastructure,
+        }
+    }
+}
+
+/// What is known about the build whose modules are collected.
+pub struct CollectInput<'a> {
+    pub build_id: &'a str,
+    pub name: &'a ModuleName,
+    pub version: &'a ModuleVersion,
+    pub kernel: &'a KernelRelease,
+    pub arch: &'a Arch,
+    pub source_digest: &'a SourceDigest,
+    pub image: &'a ImageRef,
+    pub plan: &'a BuildPlan,
+    pub key: &'a ArtifactKey,
+    pub build_seconds: f64,
+}
+
+impl CollectInput<'_> {
+    fn what(&self) -> String {
+        format!("{}/{} for {}", self.name, self.version, self.kernel)
+    }
+}
+
+/// Reads the flat tar of `<dest_name>.ko` files into a map by file name.
+fn read_tar(
+    input: &CollectInput<'_>,
+    bytes: &[u8],
+) -> Result<BTreeMap<String, Vec<u8>>, CollectError> {
+    let bad = |e: std::io::Error| CollectError::BadTar {
+        what: input.what(),
+        reason: e.to_string(),
+    };
+    let mut files = BTreeMap::new();
+    let mut archive = tar::Archive::new(bytes);
+    for entry in archive.entries().map_err(bad)? {
+        let mut entry = entry.map_err(bad)?;
+        if !entry.header().entry_type().is_file() {
+            continue;
+        }
+        let path = entry.path().map_err(bad)?.into_owned();
+        let Some(name) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .map(str::to_string)
+        else {
+            continue;
+        };
+        let mut data = Vec::new();
+        entry.read_to_end(&mut data).map_err(bad)?;
+        files.insert(name, data);
+    }
+    Ok(files)
+}
+
+/// Verifies and stores the modules; records and returns the manifest.
+pub fn collect_artifact(
+    store: &Store,
+    input: &CollectInput<'_>,
+    tar: &[u8],
+) -> Result<Manifest, CollectError> {
+    let mut files = read_tar(input, tar)?;
+    let mut out = Vec::new();
+    for spec in &input.plan.modules {
+        let file = format!("{}.ko", spec.dest_name);
+        let data = files.remove(&file).ok_or_else(|| CollectError::Missing {
+            what: input.what(),
+            file: format!("{}{}.ko", spec.built_location, spec.built_name),
+        })?;
+        let modinfo = parse_modinfo(&data).map_err(|e| CollectError::NotAModule {
+            what: input.what(),
+            file: file.clone(),
+            reason: e.to_string(),
+        })?;
+        let vermagic = modinfo.vermagic.clone().unwrap_or_default();
+        if !vermagic_targets(&vermagic, input.kernel) {
+            return Err(CollectError::WrongVermagic {
+                what: input.what(),
+                file,
+                vermagic,
+                kernel: input.kernel.to_string(),
+            });
+        }
+        out.push((file, spec.dest_location.clone(), data, modinfo));
+    }
+    let mut artifact_files = Vec::new();
+    for (file, dest_location, data, modinfo) in out {
+        let sha256 = store.blobs.put(&data).map_err(|e| CollectError::Store {
+            what: input.what(),
+            file: file.clone(),
+            reason: e.to_string(),
+        })?;
+        artifact_files.push(ArtifactFile {
+            file,
+            dest_location,
+            size: data.len() as u64,
+            sha256,
+            modinfo,
+        });
+    }
+    let manifest = Manifest {
+        key: input.key.clone(),
+        name: input.name.clone(),
+        version: input.version.clone(),
+        kernel: input.kernel.clone(),
+        arch: input.arch.clone(),
+        source_digest: input.source_digest.clone(),
+        builder_image: input.image.clone(),
+        files: artifact_files,
+        plan: input.plan.clone(),
+        build_id: input.build_id.to_string(),
+        built_at: super::now_rfc3339(),
+        build_seconds: input.build_seconds,
+    };
+    store
+        .records
+        .put_artifact(&manifest)
+        .map_err(|e| CollectError::Store {
+            what: input.what(),
+            file: "manifest".into(),
+            reason: e.to_string(),
+        })?;
+    Ok(manifest)
+}

@@ -1,0 +1,286 @@
+//! Build jobs: submission, single-flight, status and logs.
+//!
+//! A request is identified by its *request key* (module, source digest, kernel,
+//! arch, options). Identical requests while a job runs join that job; a job
+//! evaluates dkms.conf (cached per builder image), derives the cache key, and
+//! either answers from the artifact cache or builds in a fresh sandbox. Two jobs
+//! that end up with the same cache key share one build as well.
+
+pub mod collect;
+pub mod log;
+mod run;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use kmodforge_api::names::{Arch, ArtifactKey, ModuleName, ModuleVersion};
+use kmodforge_api::wire::{
+    BuildRecord, BuildRequest, BuildResponse, BuildState, Failure, FailureKind, ModuleSource,
+};
+use sha2::{Digest, Sha256};
+use tokio::sync::{watch, Semaphore};
+
+use crate::images::BuilderImages;
+use crate::sandbox::Sandbox;
+use crate::store::{RecordsError, Store};
+use log::LogBuffer;
+
+/// Errors of build submission and lookup (not build failures: those are records).
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("module {name}/{version} is not registered (PUT /v1/modules/{name}/{version} first)")]
+    UnknownModule {
+        name: ModuleName,
+        version: ModuleVersion,
+    },
+    #[error("arch {arch} is not supported for kernel {kernel}: builder images are amd64 (x86_64)")]
+    UnsupportedArch { arch: String, kernel: String },
+    #[error("build {0} not found")]
+    NotFound(String),
+    #[error(transparent)]
+    Records(#[from] RecordsError),
+}
+
+/// A running (or just finished) job.
+pub struct Job {
+    pub id: String,
+    pub log: LogBuffer,
+    state: watch::Sender<BuildResponse>,
+}
+
+impl Job {
+    pub fn snapshot(&self) -> BuildResponse {
+        self.state.borrow().clone()
+    }
+
+    /// Waits until the job is final and returns its last state.
+    pub async fn wait(&self) -> BuildResponse {
+        let mut rx = self.state.subscribe();
+        let done = rx.wait_for(|r| r.build.state.is_final()).await;
+        match done {
+            Ok(r) => r.clone(),
+            Err(_) => self.snapshot(),
+        }
+    }
+
+    fn update(&self, f: impl FnOnce(&mut BuildResponse)) {
+        self.state.send_modify(f);
+    }
+}
+
+#[derive(Default)]
+struct Inflight {
+    by_request: HashMap<String, Arc<Job>>,
+    by_id: HashMap<String, Arc<Job>>,
+    by_cache_key: HashMap<ArtifactKey, Arc<Job>>,
+}
+
+/// Settings of the build service.
+#[derive(Clone, Debug)]
+pub struct BuildSettings {
+    pub max_builds: usize,
+}
+
+/// The build service: shared by the HTTP handlers.
+pub struct Builds {
+    store: Store,
+    sandbox: Sandbox,
+    images: Arc<BuilderImages>,
+    permits: Semaphore,
+    inflight: Mutex<Inflight>,
+}
+
+/// The answer to a submission.
+pub struct Submitted {
+    pub response: BuildResponse,
+    /// The job to follow; `None` when answered from the cache.
+    pub job: Option<Arc<Job>>,
+}
+
+impl Builds {
+    pub fn new(
+        store: Store,
+        sandbox: Sandbox,
+        images: Arc<BuilderImages>,
+        settings: BuildSettings,
+    ) -> Arc<Self> {
+        Arc::new(Builds {
+            store,
+            sandbox,
+            images,
+            permits: Semaphore::new(settings.max_builds),
+            inflight: Mutex::new(Inflight::default()),
+        })
+    }
+
+    fn inflight(&self) -> std::sync::MutexGuard<'_, Inflight> {
+        self.inflight.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Submits a build: a cache hit answers at once, an identical running job is
+    /// joined, otherwise a new job starts.
+    pub async fn submit(self: &Arc<Self>, req: BuildRequest) -> Result<Submitted, BuildError> {
+        let module = self
+            .store
+            .records
+            .get_module(&req.name, &req.version)?
+            .ok_or_else(|| BuildError::UnknownModule {
+                name: req.name.clone(),
+                version: req.version.clone(),
+            })?;
+        let arch = check_arch(&req)?;
+        if let Some(hit) = self.cache_hit(&module, &req, &arch)? {
+            return Ok(Submitted {
+                response: hit,
+                job: None,
+            });
+        }
+        let key = request_key(&module, &req, &arch);
+        let job = {
+            let mut inflight = self.inflight();
+            if let Some(job) = inflight.by_request.get(&key) {
+                let job = job.clone();
+                drop(inflight);
+                return Ok(Submitted {
+                    response: job.snapshot(),
+                    job: Some(job),
+                });
+            }
+            let job = self.new_job(&module, &req, arch);
+            inflight.by_request.insert(key.clone(), job.clone());
+            inflight.by_id.insert(job.id.clone(), job.clone());
+            job
+        };
+        self.store.records.put_build(&job.snapshot().build)?;
+        let this = self.clone();
+        let job2 = job.clone();
+        tokio::spawn(async move { this.run_job(job2, module, req, key).await });
+        Ok(Submitted {
+            response: job.snapshot(),
+            job: Some(job),
+        })
+    }
+
+    fn new_job(&self, module: &ModuleSource, req: &BuildRequest, arch: Arch) -> Arc<Job> {
+        let id = new_build_id();
+        let record = BuildRecord {
+            id: id.clone(),
+            name: req.name.clone(),
+            version: req.version.clone(),
+            kernel: req.kernel.clone(),
+            arch,
+            state: BuildState::Queued,
+            source_digest: module.digest.clone(),
+            image_id: None,
+            artifact_key: None,
+            failure: None,
+            created_at: now_rfc3339(),
+            finished_at: None,
+            seconds: None,
+            warnings: Vec::new(),
+        };
+        let response = BuildResponse {
+            build: record,
+            cached: false,
+            artifact: None,
+        };
+        let cap = self.sandbox.limits().log_cap_bytes;
+        Arc::new(Job {
+            id,
+            log: LogBuffer::new(cap),
+            state: watch::channel(response).0,
+        })
+    }
+
+    /// The job with this id, while it is in flight.
+    pub fn live(&self, id: &str) -> Option<Arc<Job>> {
+        self.inflight().by_id.get(id).cloned()
+    }
+
+    /// Current state of a build, live or from the records.
+    pub fn get(&self, id: &str) -> Result<BuildResponse, BuildError> {
+        if let Some(job) = self.live(id) {
+            return Ok(job.snapshot());
+        }
+        let build = self
+            .store
+            .records
+            .get_build(id)?
+            .ok_or_else(|| BuildError::NotFound(id.to_string()))?;
+        let artifact = match (&build.state, &build.artifact_key) {
+            (BuildState::Succeeded, Some(key)) => self.store.records.get_artifact(key)?,
+            _ => None,
+        };
+        Ok(BuildResponse {
+            build,
+            cached: false,
+            artifact,
+        })
+    }
+
+    pub fn list(&self, limit: u32) -> Result<Vec<BuildRecord>, BuildError> {
+        Ok(self.store.records.list_builds(limit)?)
+    }
+
+    /// True while any job of this module version is in flight.
+    pub fn module_busy(&self, name: &ModuleName, version: &ModuleVersion) -> bool {
+        self.inflight().by_id.values().any(|j| {
+            let s = j.snapshot();
+            &s.build.name == name && &s.build.version == version
+        })
+    }
+
+    /// Marks builds interrupted by a restart as failed and removes leftover containers.
+    pub async fn recover(&self) -> Result<(), BuildError> {
+        let ids = self
+            .store
+            .records
+            .fail_unfinished("the server restarted while the build ran", &now_rfc3339())?;
+        if !ids.is_empty() {
+            tracing::warn!(count = ids.len(), "marked interrupted builds as failed");
+        }
+        match self.sandbox.sweep().await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(count = n, "removed leftover job containers"),
+            Err(e) => tracing::error!(error = %e, "cannot sweep leftover containers"),
+        }
+        Ok(())
+    }
+}
+
+fn check_arch(req: &BuildRequest) -> Result<Arch, BuildError> {
+    let arch = req.arch.clone().unwrap_or_else(Arch::host_default);
+    if arch.as_str() != "x86_64" {
+        return Err(BuildError::UnsupportedArch {
+            arch: arch.to_string(),
+            kernel: req.kernel.to_string(),
+        });
+    }
+    Ok(arch)
+}
+
+/// Identity of a request before dkms.conf is evaluated.
+fn request_key(module: &ModuleSource, req: &BuildRequest, arch: &Arch) -> String {
+    let text = serde_json::json!({
+        "name": module.name, "version": module.version, "digest": module.digest,
+        "kernel": req.kernel, "arch": arch, "options": req.options,
+    });
+    hex::encode(Sha256::digest(text.to_string().as_bytes()))
+}
+
+fn new_build_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
+/// A failure record for `kind` with a one-line message.
+pub(crate) fn failure(kind: FailureKind, message: String, log: &LogBuffer) -> Failure {
+    Failure {
+        kind,
+        message,
+        log_tail: log.tail_lines(40),
+    }
+}

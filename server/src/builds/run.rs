@@ -1,0 +1,641 @@
+//! One build job, phase by phase: image, sandbox, evaluate, cache, build, collect.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use kmodforge_api::cachekey::{cache_key, CacheKeyParts};
+use kmodforge_api::dkms::{evaluate, BuildPlan, Dump, EvalContext, Evaluation};
+use kmodforge_api::names::{Arch, ArtifactKey};
+use kmodforge_api::wire::{
+    BuildRequest, BuildResponse, BuildState, Failure, FailureKind, KernelInfo, Manifest,
+    ModuleSource,
+};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::collect::{collect_artifact, CollectInput};
+use super::{failure, now_rfc3339, Builds, Job};
+use crate::images::ImageError;
+use crate::sandbox::{ContainerSpec, Exec, JobContainer, Stopped};
+
+/// The evaluation of dkms.conf for one (source, kernel, arch, image), cached.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[allow(clippy::large_enum_variant)] // short-lived; boxing would only add noise
+enum CachedEval {
+    Build(BuildPlan),
+    NotApplicable(String),
+}
+
+/// How a job ended (before it is written to the record).
+enum Outcome {
+    Built(Manifest),
+    Cached(Manifest),
+    Failed(Failure),
+    NotApplicable(Failure),
+}
+
+/// Largest eval dump accepted, in bytes.
+const MAX_DUMP: usize = 4 << 20;
+/// Largest module tar accepted from a build, in bytes.
+const MAX_MODULES_TAR: usize = 1 << 30;
+
+impl Builds {
+    /// Answers from the cache without a container, when image, evaluation and
+    /// artifact are all known already.
+    pub(super) fn cache_hit(
+        &self,
+        module: &ModuleSource,
+        req: &BuildRequest,
+        arch: &Arch,
+    ) -> Result<Option<BuildResponse>, super::BuildError> {
+        let Some(image) = self.images.cached(&req.kernel) else {
+            return Ok(None);
+        };
+        let ekey = eval_key(module, req, arch, &image, self.jobs());
+        let Some(CachedEval::Build(plan)) = self.cached_eval(&ekey) else {
+            return Ok(None);
+        };
+        let key = self.artifact_key(module, req, arch, &image, &plan);
+        let Some(manifest) = self.store.records.get_artifact(&key)? else {
+            return Ok(None);
+        };
+        let build = match self.store.records.get_build(&manifest.build_id)? {
+            Some(b) => b,
+            None => return Ok(None),
+        };
+        Ok(Some(BuildResponse {
+            build,
+            cached: true,
+            artifact: Some(manifest),
+        }))
+    }
+
+    fn jobs(&self) -> u32 {
+        self.sandbox.limits().jobs
+    }
+
+    fn cached_eval(&self, ekey: &str) -> Option<CachedEval> {
+        let text = self.store.records.get_eval(ekey).ok()??;
+        serde_json::from_str(&text).ok()
+    }
+
+    fn artifact_key(
+        &self,
+        module: &ModuleSource,
+        req: &BuildRequest,
+        arch: &Arch,
+        image: &KernelInfo,
+        plan: &BuildPlan,
+    ) -> ArtifactKey {
+        let options = serde_json::json!({ "jobs": self.jobs(), "options": req.options });
+        cache_key(&CacheKeyParts {
+            source_digest: &module.digest,
+            kernel: &req.kernel,
+            arch,
+            builder_image_id: &image.image.id,
+            plan,
+            options: &options,
+        })
+    }
+
+    /// Runs a job to its end and records the outcome.
+    pub(super) async fn run_job(
+        self: Arc<Self>,
+        job: Arc<Job>,
+        module: ModuleSource,
+        req: BuildRequest,
+        request_key: String,
+    ) {
+        let started = Instant::now();
+        let outcome = match self.permits.acquire().await {
+            Ok(_permit) => {
+                job.update(|r| r.build.state = BuildState::Running);
+                self.persist(&job);
+                self.pipeline(&job, &module, &req).await
+            }
+            Err(_) => Outcome::Failed(failure(
+                FailureKind::Infrastructure,
+                "the server is shutting down".into(),
+                &job.log,
+            )),
+        };
+        self.finish(&job, outcome, started.elapsed().as_secs_f64());
+        let mut inflight = self.inflight();
+        inflight.by_request.remove(&request_key);
+        inflight.by_id.remove(&job.id);
+        inflight.by_cache_key.retain(|_, j| j.id != job.id);
+    }
+
+    fn persist(&self, job: &Job) {
+        if let Err(e) = self.store.records.put_build(&job.snapshot().build) {
+            tracing::error!(build = %job.id, error = %e, "cannot persist build record");
+        }
+    }
+
+    fn finish(&self, job: &Job, outcome: Outcome, seconds: f64) {
+        let (state, failure, manifest, cached) = match outcome {
+            Outcome::Built(m) => (BuildState::Succeeded, None, Some(m), false),
+            Outcome::Cached(m) => (BuildState::Succeeded, None, Some(m), true),
+            Outcome::Failed(f) => (BuildState::Failed, Some(f), None, false),
+            Outcome::NotApplicable(f) => (BuildState::NotApplicable, Some(f), None, false),
+        };
+        match &failure {
+            Some(f) => job
+                .log
+                .note(&format!("build {}: {}", state.as_str(), f.message)),
+            None => job.log.note("build succeeded"),
+        }
+        job.log.finish();
+        if let Err(e) = self.store.put_log(&job.id, &job.log.contents()) {
+            tracing::error!(build = %job.id, error = %e, "cannot store build log");
+        }
+        job.update(|r| {
+            r.build.state = state;
+            r.build.failure = failure;
+            r.build.finished_at = Some(now_rfc3339());
+            r.build.seconds = Some(seconds);
+            if let Some(m) = &manifest {
+                r.build.artifact_key = Some(m.key.clone());
+            }
+            r.artifact = manifest;
+            r.cached = cached;
+        });
+        self.persist(job);
+        let s = job.snapshot();
+        tracing::info!(build = %job.id, state = s.build.state.as_str(), seconds, "build finished");
+    }
+
+    async fn pipeline(&self, job: &Job, module: &ModuleSource, req: &BuildRequest) -> Outcome {
+        let arch = job.snapshot().build.arch;
+        job.log.note(&format!(
+            "{}/{} for kernel {} ({arch})",
+            req.name, req.version, req.kernel
+        ));
+        let image = match self.images.ensure(&req.kernel).await {
+            Ok(i) => i,
+            Err(e) => return Outcome::Failed(image_failure(e, job)),
+        };
+        job.update(|r| r.build.image_id = Some(image.image.id.clone()));
+        job.log.note(&format!(
+            "builder image {} ({})",
+            image.image.tag, image.image.id
+        ));
+        let ekey = eval_key(module, req, &arch, &image, self.jobs());
+        let mut container = None;
+        let eval = match self.cached_eval(&ekey) {
+            Some(e) => e,
+            None => {
+                let c = match self.start_container(job, module, req, &image).await {
+                    Ok(c) => c,
+                    Err(f) => return Outcome::Failed(f),
+                };
+                let e = self.evaluate(job, &c, req, &arch, &ekey).await;
+                container = Some(c);
+                match e {
+                    Ok(e) => e,
+                    Err(f) => return self.cleanup(container, Outcome::Failed(f)).await,
+                }
+            }
+        };
+        let plan = match eval {
+            CachedEval::Build(plan) => plan,
+            CachedEval::NotApplicable(reason) => {
+                let f = failure(FailureKind::NotApplicable, reason, &job.log);
+                return self.cleanup(container, Outcome::NotApplicable(f)).await;
+            }
+        };
+        let key = self.artifact_key(module, req, &arch, &image, &plan);
+        job.update(|r| {
+            r.build.artifact_key = Some(key.clone());
+            r.build.warnings = plan.warnings.clone();
+        });
+        for w in &plan.warnings {
+            job.log.note(&format!("warning: {w}"));
+        }
+        if let Some(outcome) = self.reuse(job, &key).await {
+            return self.cleanup(container, outcome).await;
+        }
+        let container = match container {
+            Some(c) => c,
+            None => match self.start_container(job, module, req, &image).await {
+                Ok(c) => c,
+                Err(f) => return Outcome::Failed(f),
+            },
+        };
+        let ctx = BuildCtx {
+            job,
+            module,
+            req,
+            arch: &arch,
+            image: &image,
+            plan: &plan,
+            key: &key,
+        };
+        let outcome = self.build(&container, &ctx).await;
+        self.cleanup(Some(container), outcome).await
+    }
+
+    /// A finished artifact with this key, or the result of a job building it now.
+    async fn reuse(&self, job: &Job, key: &ArtifactKey) -> Option<Outcome> {
+        if let Ok(Some(m)) = self.store.records.get_artifact(key) {
+            job.log.note("artifact cache hit: nothing to build");
+            return Some(Outcome::Cached(m));
+        }
+        let other = {
+            let mut inflight = self.inflight();
+            match inflight.by_cache_key.get(key) {
+                Some(other) => other.clone(),
+                None => {
+                    if let Some(me) = inflight.by_id.get(&job.id).cloned() {
+                        inflight.by_cache_key.insert(key.clone(), me);
+                    }
+                    return None;
+                }
+            }
+        };
+        job.log.note(&format!(
+            "joining build {} with the same cache key",
+            other.id
+        ));
+        let done = other.wait().await;
+        Some(
+            match (done.build.state, done.artifact, done.build.failure) {
+                (BuildState::Succeeded, Some(m), _) => Outcome::Cached(m),
+                (_, _, Some(f)) => Outcome::Failed(f),
+                _ => Outcome::Failed(failure(
+                    FailureKind::Infrastructure,
+                    format!("joined build {} ended without a result", other.id),
+                    &job.log,
+                )),
+            },
+        )
+    }
+
+    async fn cleanup(&self, container: Option<JobContainer>, outcome: Outcome) -> Outcome {
+        if let Some(c) = container {
+            c.remove().await;
+        }
+        outcome
+    }
+
+    async fn start_container(
+        &self,
+        job: &Job,
+        module: &ModuleSource,
+        req: &BuildRequest,
+        image: &KernelInfo,
+    ) -> Result<JobContainer, Failure> {
+        let infra = |msg: String| failure(FailureKind::Infrastructure, msg, &job.log);
+        let source = self
+            .store
+            .get_source(&module.digest)
+            .map_err(|e| infra(format!("source of {}/{}: {e}", req.name, req.version)))?;
+        let spec = ContainerSpec {
+            job_id: &job.id,
+            image_id: &image.image.id,
+        };
+        let container = self
+            .sandbox
+            .create(&spec)
+            .await
+            .map_err(|e| infra(e.to_string()))?;
+        let unpack = container
+            .exec(Exec {
+                cmd: kmf("unpack"),
+                env: base_env(req, self.jobs()),
+                stdin: Some(Bytes::from(source)),
+                collect_stdout: None,
+                log: &job.log,
+                timeouts: None,
+            })
+            .await;
+        match unpack {
+            Ok(o) if o.exit_code == Some(0) => Ok(container),
+            Ok(o) => {
+                container.remove().await;
+                Err(infra(format!(
+                    "unpacking the source failed (exit {:?})",
+                    o.exit_code
+                )))
+            }
+            Err(e) => {
+                container.remove().await;
+                Err(infra(e.to_string()))
+            }
+        }
+    }
+
+    async fn evaluate(
+        &self,
+        job: &Job,
+        container: &JobContainer,
+        req: &BuildRequest,
+        arch: &Arch,
+        ekey: &str,
+    ) -> Result<CachedEval, Failure> {
+        let out = container
+            .exec(Exec {
+                cmd: kmf("eval"),
+                env: base_env(req, self.jobs()),
+                stdin: None,
+                collect_stdout: Some(MAX_DUMP),
+                log: &job.log,
+                timeouts: Some((
+                    std::time::Duration::from_secs(120),
+                    std::time::Duration::from_secs(120),
+                )),
+            })
+            .await
+            .map_err(|e| failure(FailureKind::Infrastructure, e.to_string(), &job.log))?;
+        let what = format!("{}/{} for {}", req.name, req.version, req.kernel);
+        if out.exit_code != Some(0) {
+            let msg = format!(
+                "{what}: evaluating dkms.conf failed (exit {:?})",
+                out.exit_code
+            );
+            return Err(failure(FailureKind::InvalidConf, msg, &job.log));
+        }
+        let conf_err = |e: kmodforge_api::dkms::ConfError| {
+            failure(
+                FailureKind::InvalidConf,
+                format!("{what}: dkms.conf: {e}"),
+                &job.log,
+            )
+        };
+        let dump = Dump::parse(&out.stdout).map_err(conf_err)?;
+        let ctx = EvalContext::new(
+            req.kernel.clone(),
+            arch.clone(),
+            req.name.clone(),
+            req.version.clone(),
+            self.jobs(),
+        );
+        let eval = match evaluate(&dump, &ctx).map_err(conf_err)? {
+            Evaluation::Build(plan) => CachedEval::Build(plan),
+            Evaluation::NotApplicable { reason } => {
+                CachedEval::NotApplicable(format!("{what}: not applicable: {reason}"))
+            }
+        };
+        if let Ok(text) = serde_json::to_string(&eval) {
+            if let Err(e) = self.store.records.put_eval(ekey, &text) {
+                tracing::warn!(error = %e, "cannot cache dkms.conf evaluation");
+            }
+        }
+        Ok(eval)
+    }
+
+    async fn build(&self, container: &JobContainer, ctx: &BuildCtx<'_>) -> Outcome {
+        let job = ctx.job;
+        let limits = self.sandbox.limits();
+        let mut env = base_env(ctx.req, self.jobs());
+        env.extend(plan_env(ctx.plan));
+        job.log.note(&format!("make command: {}", ctx.plan.make));
+        let started = Instant::now();
+        let run = container
+            .exec(Exec {
+                cmd: kmf("build"),
+                env,
+                stdin: None,
+                collect_stdout: None,
+                log: &job.log,
+                timeouts: Some((limits.wall_clock, limits.idle)),
+            })
+            .await;
+        let what = format!(
+            "{}/{} for {}",
+            ctx.req.name, ctx.req.version, ctx.req.kernel
+        );
+        let out = match run {
+            Ok(o) => o,
+            Err(e) => {
+                return Outcome::Failed(failure(
+                    FailureKind::Infrastructure,
+                    e.to_string(),
+                    &job.log,
+                ))
+            }
+        };
+        let fail =
+            |kind, msg: String| Outcome::Failed(failure(kind, format!("{what}: {msg}"), &job.log));
+        match (out.stopped, out.exit_code) {
+            (Some(Stopped::WallClock), _) => {
+                return fail(
+                    FailureKind::Timeout,
+                    format!(
+                        "build exceeded the {} s wall-clock limit",
+                        limits.wall_clock.as_secs()
+                    ),
+                )
+            }
+            (Some(Stopped::Idle), _) => {
+                return fail(
+                    FailureKind::Timeout,
+                    format!("build printed nothing for {} s", limits.idle.as_secs()),
+                )
+            }
+            (None, Some(0)) => {}
+            (None, code) => {
+                if container.oom_killed().await {
+                    return fail(
+                        FailureKind::OutOfMemory,
+                        format!(
+                            "build ran out of memory (limit {} MiB)",
+                            limits.memory_bytes >> 20
+                        ),
+                    );
+                }
+                return match code {
+                    Some(5) | Some(6) => fail(
+                        FailureKind::PatchFailed,
+                        format!("applying a patch failed (exit {})", code.unwrap_or(-1)),
+                    ),
+                    Some(7) => fail(
+                        FailureKind::MissingModule,
+                        self.missing_modules(container, ctx).await,
+                    ),
+                    Some(10) => fail(
+                        FailureKind::CompileError,
+                        "make failed (DKMS: Bad return status for module build)".into(),
+                    ),
+                    other => fail(
+                        FailureKind::CompileError,
+                        format!("a build step failed (exit {other:?})"),
+                    ),
+                };
+            }
+        }
+        let build_seconds = started.elapsed().as_secs_f64();
+        self.collect(container, ctx, build_seconds).await
+    }
+
+    /// Names the `BUILT_MODULE_NAME` files that make did not produce.
+    async fn missing_modules(&self, container: &JobContainer, ctx: &BuildCtx<'_>) -> String {
+        let build_dir = format!("/var/lib/dkms/{}/{}/build", ctx.req.name, ctx.req.version);
+        let paths: Vec<String> = ctx
+            .plan
+            .modules
+            .iter()
+            .map(|m| format!("{build_dir}/{}{}.ko", m.built_location, m.built_name))
+            .collect();
+        let mut cmd = vec![
+            "sh",
+            "-c",
+            r#"for f; do [ -f "$f" ] || echo "$f"; done"#,
+            "sh",
+        ];
+        cmd.extend(paths.iter().map(String::as_str));
+        let missing = match container.read(&cmd, 64 * 1024).await {
+            Ok(o) => String::from_utf8_lossy(&o.stdout)
+                .trim()
+                .replace('\n', ", "),
+            Err(_) => String::new(),
+        };
+        if missing.is_empty() {
+            "a built module is missing".into()
+        } else {
+            format!("built module missing: {missing}")
+        }
+    }
+
+    async fn collect(
+        &self,
+        container: &JobContainer,
+        ctx: &BuildCtx<'_>,
+        build_seconds: f64,
+    ) -> Outcome {
+        let job = ctx.job;
+        let infra =
+            |msg: String| Outcome::Failed(failure(FailureKind::Infrastructure, msg, &job.log));
+        let out = match container
+            .exec(Exec {
+                cmd: kmf("collect"),
+                env: base_env(ctx.req, self.jobs()),
+                stdin: None,
+                collect_stdout: Some(MAX_MODULES_TAR),
+                log: &job.log,
+                timeouts: Some((
+                    std::time::Duration::from_secs(300),
+                    std::time::Duration::from_secs(300),
+                )),
+            })
+            .await
+        {
+            Ok(o) if o.exit_code == Some(0) => o,
+            Ok(o) => {
+                return infra(format!(
+                    "collecting modules failed (exit {:?})",
+                    o.exit_code
+                ))
+            }
+            Err(e) => return infra(e.to_string()),
+        };
+        let input = CollectInput {
+            build_id: &job.id,
+            name: &ctx.req.name,
+            version: &ctx.req.version,
+            kernel: &ctx.req.kernel,
+            arch: ctx.arch,
+            source_digest: &ctx.module.digest,
+            image: &ctx.image.image,
+            plan: ctx.plan,
+            key: ctx.key,
+            build_seconds,
+        };
+        match collect_artifact(&self.store, &input, &out.stdout) {
+            Ok(manifest) => {
+                for f in &manifest.files {
+                    job.log
+                        .note(&format!("{} {} bytes sha256 {}", f.file, f.size, f.sha256));
+                }
+                Outcome::Built(manifest)
+            }
+            Err(e) => Outcome::Failed(failure(e.kind(), e.to_string(), &job.log)),
+        }
+    }
+}
+
+struct BuildCtx<'a> {
+    job: &'a Job,
+    module: &'a ModuleSource,
+    req: &'a BuildRequest,
+    arch: &'a Arch,
+    image: &'a KernelInfo,
+    plan: &'a BuildPlan,
+    key: &'a ArtifactKey,
+}
+
+fn kmf(sub: &str) -> Vec<String> {
+    vec!["/usr/local/lib/kmodforge/kmf".into(), sub.into()]
+}
+
+/// Variables every `kmf` step gets (the DKMS `-m`, `-v`, `-k`, `--arch` equivalents).
+fn base_env(req: &BuildRequest, jobs: u32) -> Vec<String> {
+    vec![
+        format!("KMF_MODULE={}", req.name),
+        format!("KMF_VERSION={}", req.version),
+        format!("KMF_KREL={}", req.kernel),
+        format!(
+            "KMF_ARCH={}",
+            req.arch.as_ref().map(|a| a.as_str()).unwrap_or("x86_64")
+        ),
+        format!("KMF_JOBS={jobs}"),
+    ]
+}
+
+/// The validated plan, handed to `kmf build` as variables (no shell quoting involved).
+fn plan_env(plan: &BuildPlan) -> Vec<String> {
+    let modules: Vec<String> = plan
+        .modules
+        .iter()
+        .map(|m| {
+            let strip = if m.strip { "y" } else { "n" };
+            format!(
+                "{}\t{}\t{}\t{strip}",
+                m.built_location, m.built_name, m.dest_name
+            )
+        })
+        .collect();
+    vec![
+        format!("KMF_MAKE={}", plan.make),
+        format!("KMF_PATCHES={}", plan.patches.join("\n")),
+        format!(
+            "KMF_PRE_BUILD={}",
+            plan.pre_build.clone().unwrap_or_default()
+        ),
+        format!(
+            "KMF_POST_BUILD={}",
+            plan.post_build.clone().unwrap_or_default()
+        ),
+        format!("KMF_MODULES={}", modules.join("\n")),
+    ]
+}
+
+/// Identity of a dkms.conf evaluation: everything its result can depend on.
+fn eval_key(
+    module: &ModuleSource,
+    req: &BuildRequest,
+    arch: &Arch,
+    image: &KernelInfo,
+    jobs: u32,
+) -> String {
+    let text = serde_json::json!({
+        "v": 1, "name": module.name, "version": module.version, "digest": module.digest,
+        "kernel": req.kernel, "arch": arch, "image": image.image.id, "jobs": jobs,
+    });
+    hex::encode(Sha256::digest(text.to_string().as_bytes()))
+}
+
+fn image_failure(e: ImageError, job: &Job) -> Failure {
+    let kind = match e {
+        ImageError::UnknownKernel { .. } | ImageError::UnsupportedKernel(_) => {
+            FailureKind::UnknownKernel
+        }
+        _ => FailureKind::Infrastructure,
+    };
+    if let ImageError::Build { log_tail, .. } = &e {
+        job.log.note("builder image build output (tail):");
+        crate::sandbox::OutputSink::append(&job.log, log_tail.as_bytes());
+    }
+    failure(kind, e.to_string(), &job.log)
+}

@@ -1,0 +1,120 @@
+//! Server configuration: command-line flags with environment equivalents.
+//!
+//! Every limit has its default here, with its unit in the doc comment; the
+//! README's table lists the same variables.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::sandbox::SandboxLimits;
+
+/// `kmodforge-server`: builds DKMS module sources in sandboxed per-kernel containers.
+#[derive(Clone, Debug, Parser)]
+#[command(name = "kmodforge-server", version, about)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "KMODFORGE_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Directory for the SQLite records, source archives, blobs and logs.
+    #[arg(long, env = "KMODFORGE_DATA_DIR", default_value = "/var/lib/kmodforge")]
+    pub data_dir: PathBuf,
+
+    /// Base image of Debian builder images (`{suite}` is replaced, e.g. bookworm);
+    /// created from Debian packages with `images/bootstrap-base.sh` when it is
+    /// neither present nor pullable.
+    #[arg(
+        long,
+        env = "KMODFORGE_BASE_IMAGE",
+        default_value = "debian:{suite}-slim"
+    )]
+    pub base_image: String,
+
+    /// Directory holding `builder/` (the builder image recipe) and `bootstrap-base.sh`.
+    #[arg(long, env = "KMODFORGE_IMAGES_DIR", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../images"))]
+    pub images_dir: PathBuf,
+
+    /// Parallel make jobs per build (`make -jN`); also the container's CPU limit.
+    #[arg(long, env = "KMODFORGE_JOBS", default_value_t = default_jobs())]
+    pub jobs: u32,
+
+    /// Builds running at once; more wait in a queue.
+    #[arg(long, env = "KMODFORGE_MAX_BUILDS", default_value_t = 2)]
+    pub max_builds: usize,
+
+    /// Memory limit of a build container, in MiB (swap is set equal: no swap).
+    #[arg(long, env = "KMODFORGE_BUILD_MEMORY_MIB", default_value_t = 4096)]
+    pub memory_mib: u64,
+
+    /// Size of the build tmpfs (`/var/lib/dkms`), in MiB; counts against memory.
+    #[arg(long, env = "KMODFORGE_BUILD_TMPFS_MIB", default_value_t = 3072)]
+    pub tmpfs_mib: u64,
+
+    /// Process limit of a build container.
+    #[arg(long, env = "KMODFORGE_BUILD_PIDS", default_value_t = 1024)]
+    pub pids: i64,
+
+    /// Wall-clock limit of a build, in seconds.
+    #[arg(long, env = "KMODFORGE_BUILD_TIMEOUT_SECS", default_value_t = 1800)]
+    pub build_timeout_secs: u64,
+
+    /// A build that prints nothing for this long is killed, in seconds.
+    #[arg(long, env = "KMODFORGE_BUILD_IDLE_SECS", default_value_t = 600)]
+    pub idle_timeout_secs: u64,
+
+    /// Build log cap, in KiB; the middle of a longer log is dropped and marked.
+    #[arg(long, env = "KMODFORGE_LOG_CAP_KIB", default_value_t = 4096)]
+    pub log_cap_kib: usize,
+
+    /// Largest accepted source upload, in MiB.
+    #[arg(long, env = "KMODFORGE_MAX_UPLOAD_MIB", default_value_t = 256)]
+    pub max_upload_mib: u64,
+
+    /// How long `POST /v1/build` (curl one-shot) waits for the build, in seconds.
+    #[arg(long, env = "KMODFORGE_ONESHOT_WAIT_SECS", default_value_t = 3600)]
+    pub oneshot_wait_secs: u64,
+}
+
+fn default_jobs() -> u32 {
+    std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(2)
+}
+
+impl Config {
+    /// The sandbox limits these settings describe.
+    pub fn sandbox_limits(&self) -> SandboxLimits {
+        SandboxLimits {
+            jobs: self.jobs.max(1),
+            memory_bytes: self.memory_mib * 1024 * 1024,
+            tmpfs_bytes: self.tmpfs_mib * 1024 * 1024,
+            pids: self.pids,
+            wall_clock: Duration::from_secs(self.build_timeout_secs),
+            idle: Duration::from_secs(self.idle_timeout_secs),
+            log_cap_bytes: self.log_cap_kib * 1024,
+        }
+    }
+
+    /// Checks values that clap's types cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.jobs == 0 || self.jobs > 256 {
+            return Err(format!("KMODFORGE_JOBS must be 1..=256, got {}", self.jobs));
+        }
+        if self.max_builds == 0 {
+            return Err("KMODFORGE_MAX_BUILDS must be at least 1".into());
+        }
+        if self.memory_mib < 256 {
+            return Err(format!(
+                "KMODFORGE_BUILD_MEMORY_MIB must be at least 256, got {}",
+                self.memory_mib
+            ));
+        }
+        if self.tmpfs_mib >= self.memory_mib {
+            return Err("KMODFORGE_BUILD_TMPFS_MIB must be below KMODFORGE_BUILD_MEMORY_MIB (tmpfs counts as memory)".into());
+        }
+        Ok(())
+    }
+}

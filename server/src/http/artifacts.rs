@@ -1,0 +1,165 @@
+//! Artifact downloads: manifest, single `.ko` files, a tar of all of them, blobs.
+
+use axum::extract::{Path, Query, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use kmodforge_api::names::Arch;
+use kmodforge_api::wire::Manifest;
+use serde::Deserialize;
+
+use super::{kernel, module_id, AppError, AppState};
+use crate::store::Store;
+
+#[derive(Deserialize)]
+pub(super) struct ArchQuery {
+    arch: Option<String>,
+}
+
+fn arch(q: &ArchQuery) -> Result<Arch, AppError> {
+    match &q.arch {
+        None => Ok(Arch::host_default()),
+        Some(a) => Arch::parse(a).map_err(|e| AppError::InvalidName {
+            what: "arch",
+            reason: e.to_string(),
+        }),
+    }
+}
+
+/// The newest manifest for (name, version, kernel, arch).
+fn find(
+    s: &AppState,
+    name: &str,
+    version: &str,
+    krel: &str,
+    q: &ArchQuery,
+) -> Result<Manifest, AppError> {
+    let (name, version) = module_id(name, version)?;
+    let kernel = kernel(krel)?;
+    let arch = arch(q)?;
+    let found = s
+        .store
+        .records
+        .latest_artifact(&name, &version, &kernel, &arch)
+        .map_err(|e| AppError::Internal(e.to_string()))?;
+    found.ok_or_else(|| {
+        AppError::NotFound(format!(
+            "no artifact for {name}/{version} on kernel {kernel} ({arch}); POST /v1/builds to build it"
+        ))
+    })
+}
+
+pub(super) async fn manifest(
+    State(s): State<AppState>,
+    Path((name, version, krel)): Path<(String, String, String)>,
+    Query(q): Query<ArchQuery>,
+) -> Result<Response, AppError> {
+    Ok(Json(find(&s, &name, &version, &krel, &q)?).into_response())
+}
+
+fn read_blob(store: &Store, sha256: &str) -> Result<Vec<u8>, AppError> {
+    store
+        .blobs
+        .get(sha256)
+        .map_err(|e| AppError::Internal(e.to_string()))?
+        .ok_or_else(|| {
+            AppError::Internal(format!("blob {sha256} referenced by a manifest is missing"))
+        })
+}
+
+pub(super) async fn file(
+    State(s): State<AppState>,
+    Path((name, version, krel, file)): Path<(String, String, String, String)>,
+    Query(q): Query<ArchQuery>,
+) -> Result<Response, AppError> {
+    let m = find(&s, &name, &version, &krel, &q)?;
+    let f = m.files.iter().find(|f| f.file == file).ok_or_else(|| {
+        AppError::NotFound(format!(
+            "artifact {name}/{version}/{krel} has no file {file}"
+        ))
+    })?;
+    let bytes = read_blob(&s.store, &f.sha256)?;
+    Ok(octets(bytes, &f.file).into_response())
+}
+
+fn octets(bytes: Vec<u8>, file: &str) -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{file}\""),
+            ),
+        ],
+        bytes,
+    )
+}
+
+/// A tar of the manifest's `.ko` files (flat names) plus `manifest.json`.
+pub(crate) fn modules_tar(store: &Store, m: &Manifest) -> Result<Vec<u8>, AppError> {
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut add = |name: &str, data: &[u8]| {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_mtime(0);
+        builder
+            .append_data(&mut h, name, data)
+            .map_err(|e| AppError::Internal(format!("building tar: {e}")))
+    };
+    for f in &m.files {
+        add(&f.file, &read_blob(store, &f.sha256)?)?;
+    }
+    let json = serde_json::to_vec_pretty(m).map_err(|e| AppError::Internal(e.to_string()))?;
+    add("manifest.json", &json)?;
+    builder
+        .into_inner()
+        .map_err(|e| AppError::Internal(format!("building tar: {e}")))
+}
+
+pub(super) async fn tarball(
+    State(s): State<AppState>,
+    Path((name, version, krel)): Path<(String, String, String)>,
+    Query(q): Query<ArchQuery>,
+) -> Result<Response, AppError> {
+    let m = find(&s, &name, &version, &krel, &q)?;
+    let tar = modules_tar(&s.store, &m)?;
+    let file = format!("{}-{}-{}.tar", m.name, m.version, m.kernel);
+    Ok(tar_response(tar, &file))
+}
+
+pub(crate) fn tar_response(tar: Vec<u8>, file: &str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "application/x-tar".to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{file}\""),
+            ),
+        ],
+        tar,
+    )
+        .into_response()
+}
+
+pub(super) async fn blob_by_hash(s: &AppState, sha256: &str) -> Result<Response, AppError> {
+    let bytes = s
+        .store
+        .blobs
+        .get(sha256)
+        .map_err(|e| match e {
+            crate::store::BlobError::BadAddress(a) => {
+                AppError::BadRequest(format!("invalid sha256 {a:?}"))
+            }
+            other => AppError::Internal(other.to_string()),
+        })?
+        .ok_or_else(|| AppError::NotFound(format!("no blob {sha256}")))?;
+    Ok(octets(bytes, sha256).into_response())
+}
+
+pub(super) async fn blob(
+    State(s): State<AppState>,
+    Path(sha256): Path<String>,
+) -> Result<Response, AppError> {
+    blob_by_hash(&s, &sha256).await
+}

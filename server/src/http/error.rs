@@ -1,0 +1,117 @@
+//! One error type for every handler, mapped to a status code and a JSON body in
+//! one place. 5xx bodies stay generic where the cause is internal; the cause is
+//! logged.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use kmodforge_api::wire::{ErrorBody, ErrorDetail, Failure, FailureKind};
+
+use crate::builds::BuildError;
+use crate::images::ImageError;
+use crate::sources::SourceError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{what}: {reason}")]
+    InvalidName { what: &'static str, reason: String },
+    #[error("{0}")]
+    NotFound(String),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// A build that ended without modules (one-shot endpoint).
+    #[error("{}", .failure.message)]
+    BuildFailed { failure: Failure, build_id: String },
+    #[error("timed out waiting for build {0}")]
+    WaitTimeout(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl AppError {
+    fn status_and_kind(&self) -> (StatusCode, String) {
+        use AppError as E;
+        let s = |code, kind: &str| (code, kind.to_string());
+        match self {
+            E::BadRequest(_) => s(StatusCode::BAD_REQUEST, "invalid_request"),
+            E::InvalidName { .. } => s(StatusCode::BAD_REQUEST, "invalid_name"),
+            E::NotFound(_) => s(StatusCode::NOT_FOUND, "not_found"),
+            E::Source(e) => source_status(e),
+            E::Build(e) => match e {
+                BuildError::UnknownModule { .. } => s(StatusCode::NOT_FOUND, "unknown_module"),
+                BuildError::UnsupportedArch { .. } => {
+                    s(StatusCode::BAD_REQUEST, "unsupported_arch")
+                }
+                BuildError::NotFound(_) => s(StatusCode::NOT_FOUND, "not_found"),
+                BuildError::Records(_) => s(StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            },
+            E::Image(e) => match e {
+                ImageError::UnknownKernel { .. } => s(StatusCode::NOT_FOUND, e.kind()),
+                ImageError::UnsupportedKernel(_) => s(StatusCode::BAD_REQUEST, e.kind()),
+                _ => s(StatusCode::BAD_GATEWAY, e.kind()),
+            },
+            E::BuildFailed { failure, .. } => {
+                let code = match failure.kind {
+                    FailureKind::Infrastructure => StatusCode::BAD_GATEWAY,
+                    FailureKind::UnknownKernel => StatusCode::NOT_FOUND,
+                    _ => StatusCode::UNPROCESSABLE_ENTITY,
+                };
+                (code, failure.kind.as_str().to_string())
+            }
+            E::WaitTimeout(_) => s(StatusCode::GATEWAY_TIMEOUT, "wait_timeout"),
+            E::Internal(_) => s(StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+fn source_status(e: &SourceError) -> (StatusCode, String) {
+    match e {
+        SourceError::Archive(a) => {
+            let code = if a.kind() == "too_large" {
+                StatusCode::PAYLOAD_TOO_LARGE
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            (code, a.kind().to_string())
+        }
+        SourceError::Conflict { .. } => (StatusCode::CONFLICT, "conflict".into()),
+        SourceError::Busy { .. } => (StatusCode::CONFLICT, "busy".into()),
+        SourceError::NotFound { .. } => (StatusCode::NOT_FOUND, "unknown_module".into()),
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal".into()),
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let (status, kind) = self.status_and_kind();
+        let internal = status == StatusCode::INTERNAL_SERVER_ERROR;
+        if internal {
+            tracing::error!(error = %self, "request failed");
+        }
+        let message = if internal {
+            "internal server error (see the server log)".to_string()
+        } else {
+            self.to_string()
+        };
+        let (log_tail, build_id) = match self {
+            AppError::BuildFailed { failure, build_id } => (Some(failure.log_tail), Some(build_id)),
+            AppError::Image(ImageError::Build { log_tail, .. }) => (Some(log_tail), None),
+            _ => (None, None),
+        };
+        let body = ErrorBody {
+            error: ErrorDetail {
+                kind,
+                message,
+                log_tail,
+                build_id,
+            },
+        };
+        (status, Json(body)).into_response()
+    }
+}

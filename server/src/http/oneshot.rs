@@ -1,0 +1,103 @@
+//! `POST /v1/build?kernel=KREL`: the curl one-shot. Adds the source, builds it,
+//! waits, and answers with the modules as a tar (or a JSON error with the log tail).
+
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::response::Response;
+use kmodforge_api::archive::ingest;
+use kmodforge_api::dkms::scan_declared;
+use kmodforge_api::wire::{BuildRequest, BuildState, FailureKind};
+use serde::Deserialize;
+
+use super::artifacts::{modules_tar, tar_response};
+use super::{kernel, module_id, AppError, AppState};
+use crate::sources::SourceError;
+
+#[derive(Deserialize)]
+pub(super) struct OneShot {
+    kernel: Option<String>,
+    /// Module name and version; default: dkms.conf's PACKAGE_NAME/PACKAGE_VERSION.
+    name: Option<String>,
+    version: Option<String>,
+}
+
+pub(super) async fn build(
+    State(s): State<AppState>,
+    Query(q): Query<OneShot>,
+    body: Bytes,
+) -> Result<Response, AppError> {
+    let krel = q
+        .kernel
+        .as_deref()
+        .ok_or_else(|| AppError::BadRequest("missing query parameter kernel=KREL".into()))?;
+    let kernel = kernel(krel)?;
+    let (name, version) = name_and_version(&s, &q, &body).await?;
+    s.sources.add(name.clone(), version.clone(), body).await?;
+    let req = BuildRequest {
+        name,
+        version,
+        kernel,
+        arch: None,
+        options: Default::default(),
+    };
+    let submitted = s.builds.submit(req).await?;
+    let done = match submitted.job {
+        None => submitted.response,
+        Some(job) => tokio::time::timeout(s.oneshot_wait, job.wait())
+            .await
+            .map_err(|_| AppError::WaitTimeout(job.id.clone()))?,
+    };
+    match (done.build.state, done.artifact, done.build.failure) {
+        (BuildState::Succeeded, Some(m), _) => {
+            let tar = modules_tar(&s.store, &m)?;
+            Ok(tar_response(
+                tar,
+                &format!("{}-{}-{}.tar", m.name, m.version, m.kernel),
+            ))
+        }
+        (_, _, Some(failure)) => Err(AppError::BuildFailed {
+            failure,
+            build_id: done.build.id,
+        }),
+        (state, _, None) => Err(AppError::BuildFailed {
+            failure: kmodforge_api::wire::Failure {
+                kind: FailureKind::Infrastructure,
+                message: format!("build {} ended in state {}", done.build.id, state.as_str()),
+                log_tail: String::new(),
+            },
+            build_id: done.build.id,
+        }),
+    }
+}
+
+/// Name and version from the query, else from dkms.conf's plain assignments.
+async fn name_and_version(
+    s: &AppState,
+    q: &OneShot,
+    body: &Bytes,
+) -> Result<
+    (
+        kmodforge_api::names::ModuleName,
+        kmodforge_api::names::ModuleVersion,
+    ),
+    AppError,
+> {
+    if let (Some(n), Some(v)) = (&q.name, &q.version) {
+        return module_id(n, v);
+    }
+    let limits = *s.sources.limits();
+    let body = body.clone();
+    let tree = tokio::task::spawn_blocking(move || ingest(&body, &limits))
+        .await
+        .map_err(|e| AppError::Internal(e.to_string()))?
+        .map_err(SourceError::from)?;
+    let declared = scan_declared(&tree.dkms_conf);
+    let name = q.name.clone().or(declared.package_name);
+    let version = q.version.clone().or(declared.package_version);
+    match (name, version) {
+        (Some(n), Some(v)) => module_id(&n, &v),
+        _ => Err(AppError::BadRequest(
+            "dkms.conf has no plain PACKAGE_NAME/PACKAGE_VERSION assignment: pass name= and version= in the query".into(),
+        )),
+    }
+}

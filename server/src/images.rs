@@ -1,0 +1,407 @@
+//! Builder images: one per kernel release, built on demand, once.
+//!
+//! An image is the kernel's own Debian release as base, its toolchain layer
+//! (shared by every kernel of that release), and exactly `linux-headers-<krel>`
+//! with the compiler named by its `CONFIG_CC_VERSION_TEXT` (see
+//! `images/builder/Dockerfile`). It is tagged
+//! `kmodforge-builder:debian-<suite>-<krel>` and used by image ID. The recipe's
+//! hash is a label, so an image built from an older recipe is rebuilt.
+//!
+//! No registry is reachable on our machines: when the base image is neither
+//! present nor pullable, `images/bootstrap-base.sh` makes it from Debian
+//! packages and imports it under the tag a normal machine would pull.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bollard::query_parameters::{BuildImageOptionsBuilder, CreateImageOptionsBuilder};
+use bollard::Docker;
+use futures_util::StreamExt;
+use kmodforge_api::names::KernelRelease;
+use kmodforge_api::wire::{ImageRef, KernelInfo};
+use sha2::{Digest, Sha256};
+
+/// Repository of builder image tags.
+pub const BUILDER_REPO: &str = "kmodforge-builder";
+/// Exit code of the Dockerfile's check when `linux-headers-<krel>` does not exist.
+const UNKNOWN_KERNEL_EXIT: i64 = 42;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("kernel {kernel}: Debian package {package} not found in Debian {suite}")]
+    UnknownKernel {
+        kernel: String,
+        package: String,
+        suite: String,
+    },
+    #[error(
+        "kernel {0}: not a Debian kernel release this server knows (expected e.g. 6.1.0-47-amd64)"
+    )]
+    UnsupportedKernel(String),
+    #[error("base image {image}: {message}")]
+    BaseImage { image: String, message: String },
+    #[error("builder image for kernel {kernel} failed to build: {message}")]
+    Build {
+        kernel: String,
+        message: String,
+        log_tail: String,
+    },
+    #[error("builder recipe {dir}: {source}")]
+    Recipe {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Docker: {0}")]
+    Docker(#[from] bollard::errors::Error),
+}
+
+impl ImageError {
+    /// Stable kind string for the API.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ImageError::UnknownKernel { .. } => "unknown_kernel",
+            ImageError::UnsupportedKernel(_) => "unsupported_kernel",
+            _ => "infrastructure",
+        }
+    }
+}
+
+/// Where images come from.
+#[derive(Clone, Debug)]
+pub struct ImageSettings {
+    /// `images/` directory holding `builder/` and `bootstrap-base.sh`.
+    pub images_dir: PathBuf,
+    /// Base image template; `{suite}` is replaced (e.g. `debian:{suite}-slim`).
+    pub base_image: String,
+}
+
+/// Builder images by kernel, single-flight per kernel.
+pub struct BuilderImages {
+    docker: Docker,
+    settings: ImageSettings,
+    prepared: Mutex<HashMap<KernelRelease, KernelInfo>>,
+    /// Per-kernel locks: concurrent requests for one kernel wait for one build.
+    locks: Mutex<HashMap<KernelRelease, Arc<tokio::sync::Mutex<()>>>>,
+    /// One base-image bootstrap at a time.
+    base_lock: tokio::sync::Mutex<()>,
+}
+
+impl BuilderImages {
+    pub fn new(docker: Docker, settings: ImageSettings) -> Self {
+        BuilderImages {
+            docker,
+            settings,
+            prepared: Mutex::new(HashMap::new()),
+            locks: Mutex::new(HashMap::new()),
+            base_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn prepared(&self) -> std::sync::MutexGuard<'_, HashMap<KernelRelease, KernelInfo>> {
+        self.prepared.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Kernels whose builder image is ready (checked against the engine).
+    pub async fn list(&self) -> Result<Vec<KernelInfo>, ImageError> {
+        let recipe = self.recipe_hash()?;
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![format!("kmodforge.recipe={recipe}")],
+        )]);
+        let options = bollard::query_parameters::ListImagesOptionsBuilder::default()
+            .filters(&filters)
+            .build();
+        let mut out = Vec::new();
+        for img in self.docker.list_images(Some(options)).await? {
+            let Some(krel) = img.labels.get("kmodforge.kernel") else {
+                continue;
+            };
+            let Ok(kernel) = KernelRelease::parse(krel) else {
+                continue;
+            };
+            let suite = img
+                .labels
+                .get("kmodforge.suite")
+                .cloned()
+                .unwrap_or_default();
+            out.push(KernelInfo {
+                image: ImageRef {
+                    id: img.id.clone(),
+                    tag: tag_for(&suite, &kernel),
+                },
+                compiler: img.labels.get("kmodforge.compiler").cloned(),
+                kernel,
+                suite,
+            });
+        }
+        out.sort_by(|a, b| a.kernel.cmp(&b.kernel));
+        Ok(out)
+    }
+
+    /// The ready image for `kernel`, if this process already resolved it.
+    pub fn cached(&self, kernel: &KernelRelease) -> Option<KernelInfo> {
+        self.prepared().get(kernel).cloned()
+    }
+
+    /// Returns the builder image for `kernel`, building it if needed (once,
+    /// however many callers ask at the same time).
+    pub async fn ensure(&self, kernel: &KernelRelease) -> Result<KernelInfo, ImageError> {
+        if let Some(info) = self.cached(kernel) {
+            return Ok(info);
+        }
+        let lock = {
+            let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+            locks.entry(kernel.clone()).or_default().clone()
+        };
+        let _guard = lock.lock().await;
+        if let Some(info) = self.cached(kernel) {
+            return Ok(info);
+        }
+        let info = self.resolve(kernel).await?;
+        self.prepared().insert(kernel.clone(), info.clone());
+        Ok(info)
+    }
+
+    async fn resolve(&self, kernel: &KernelRelease) -> Result<KernelInfo, ImageError> {
+        let suite = kernel
+            .debian_suite()
+            .ok_or_else(|| ImageError::UnsupportedKernel(kernel.to_string()))?;
+        let tag = tag_for(suite, kernel);
+        let recipe = self.recipe_hash()?;
+        if let Ok(img) = self.docker.inspect_image(&tag).await {
+            let labels = img.config.and_then(|c| c.labels).unwrap_or_default();
+            if labels.get("kmodforge.recipe") == Some(&recipe) {
+                if let Some(id) = img.id {
+                    return Ok(kernel_info(kernel, suite, id, tag, &labels));
+                }
+            }
+            tracing::info!(%tag, "builder image is from an older recipe; rebuilding");
+        }
+        let base = self.ensure_base(suite).await?;
+        self.build(kernel, suite, &base, &tag, &recipe).await
+    }
+
+    /// Makes sure the suite's base image exists: present, else pulled, else bootstrapped.
+    async fn ensure_base(&self, suite: &str) -> Result<String, ImageError> {
+        let image = self.settings.base_image.replace("{suite}", suite);
+        let _guard = self.base_lock.lock().await;
+        if self.docker.inspect_image(&image).await.is_ok() {
+            return Ok(image);
+        }
+        if self.try_pull(&image).await {
+            return Ok(image);
+        }
+        tracing::info!(%image, "base image neither present nor pullable; bootstrapping from Debian packages");
+        self.bootstrap(suite, &image).await?;
+        Ok(image)
+    }
+
+    async fn try_pull(&self, image: &str) -> bool {
+        let options = CreateImageOptionsBuilder::default()
+            .from_image(image)
+            .build();
+        let pull = async {
+            let mut stream = self.docker.create_image(Some(options), None, None);
+            while let Some(item) = stream.next().await {
+                if item.is_err() {
+                    return false;
+                }
+            }
+            true
+        };
+        let pulled = tokio::time::timeout(Duration::from_secs(60), pull)
+            .await
+            .unwrap_or(false);
+        pulled && self.docker.inspect_image(image).await.is_ok()
+    }
+
+    async fn bootstrap(&self, suite: &str, image: &str) -> Result<(), ImageError> {
+        let script = self.settings.images_dir.join("bootstrap-base.sh");
+        let out = tokio::process::Command::new("bash")
+            .arg(&script)
+            .arg(suite)
+            .arg(image)
+            .output()
+            .await
+            .map_err(|e| ImageError::BaseImage {
+                image: image.to_string(),
+                message: format!("cannot run {}: {e}", script.display()),
+            })?;
+        if !out.status.success() || self.docker.inspect_image(image).await.is_err() {
+            let tail = crate::builds::log::tail_of(&out.stderr, 5);
+            return Err(ImageError::BaseImage {
+                image: image.to_string(),
+                message: format!("{} failed ({}): {tail}", script.display(), out.status),
+            });
+        }
+        Ok(())
+    }
+
+    async fn build(
+        &self,
+        kernel: &KernelRelease,
+        suite: &str,
+        base: &str,
+        tag: &str,
+        recipe: &str,
+    ) -> Result<KernelInfo, ImageError> {
+        let context = self.context_tar()?;
+        let args = HashMap::from([
+            ("BASE".to_string(), base.to_string()),
+            ("KREL".to_string(), kernel.to_string()),
+            ("SUITE".to_string(), suite.to_string()),
+        ]);
+        let labels = HashMap::from([
+            ("kmodforge.recipe".to_string(), recipe.to_string()),
+            ("kmodforge.suite".to_string(), suite.to_string()),
+        ]);
+        let options = BuildImageOptionsBuilder::default()
+            .dockerfile("Dockerfile")
+            .t(tag)
+            .rm(true)
+            .forcerm(true)
+            .buildargs(&args)
+            .labels(&labels)
+            .build();
+        tracing::info!(%kernel, %tag, "building builder image");
+        let started = std::time::Instant::now();
+        let mut stream =
+            self.docker
+                .build_image(options, None, Some(bollard::body_full(context.into())));
+        let mut log = Vec::<u8>::new();
+        while let Some(item) = stream.next().await {
+            let info = match item {
+                Ok(info) => info,
+                Err(bollard::errors::Error::DockerStreamError { error }) => {
+                    return Err(self.build_failure(kernel, suite, &error, None, &log))
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if let Some(s) = &info.stream {
+                log.extend_from_slice(s.as_bytes());
+            }
+            if let Some(detail) = info.error_detail {
+                let message = detail.message.unwrap_or_default();
+                return Err(self.build_failure(kernel, suite, &message, detail.code, &log));
+            }
+        }
+        let img = self.docker.inspect_image(tag).await?;
+        let id = img.id.unwrap_or_default();
+        let labels = img.config.and_then(|c| c.labels).unwrap_or_default();
+        tracing::info!(%kernel, %id, secs = started.elapsed().as_secs_f64(), "builder image ready");
+        Ok(kernel_info(kernel, suite, id, tag.to_string(), &labels))
+    }
+
+    fn build_failure(
+        &self,
+        kernel: &KernelRelease,
+        suite: &str,
+        message: &str,
+        code: Option<i64>,
+        log: &[u8],
+    ) -> ImageError {
+        // The classic builder reports a RUN step's exit status in errorDetail.code
+        // (older engines only in the message), so accept either form.
+        let unknown = code == Some(UNKNOWN_KERNEL_EXIT)
+            || message.ends_with(&format!("non-zero code: {UNKNOWN_KERNEL_EXIT}"));
+        if unknown {
+            return ImageError::UnknownKernel {
+                kernel: kernel.to_string(),
+                package: kernel.headers_package(),
+                suite: suite.to_string(),
+            };
+        }
+        ImageError::Build {
+            kernel: kernel.to_string(),
+            message: message.trim().to_string(),
+            log_tail: crate::builds::log::tail_of(log, 20),
+        }
+    }
+
+    fn builder_dir(&self) -> PathBuf {
+        self.settings.images_dir.join("builder")
+    }
+
+    /// sha256 over the builder recipe files (path + content, sorted).
+    pub fn recipe_hash(&self) -> Result<String, ImageError> {
+        let mut hasher = Sha256::new();
+        for (rel, bytes) in self.recipe_files()? {
+            hasher.update(rel.as_bytes());
+            hasher.update([0]);
+            hasher.update((bytes.len() as u64).to_be_bytes());
+            hasher.update(&bytes);
+        }
+        Ok(hex::encode(hasher.finalize())[..16].to_string())
+    }
+
+    fn recipe_files(&self) -> Result<Vec<(String, Vec<u8>)>, ImageError> {
+        let dir = self.builder_dir();
+        let mut files = Vec::new();
+        collect_files(&dir, &dir, &mut files).map_err(|source| ImageError::Recipe {
+            dir: dir.clone(),
+            source,
+        })?;
+        files.sort();
+        Ok(files)
+    }
+
+    fn context_tar(&self) -> Result<Vec<u8>, ImageError> {
+        let dir = self.builder_dir();
+        let err = |source| ImageError::Recipe {
+            dir: dir.clone(),
+            source,
+        };
+        let mut builder = tar::Builder::new(Vec::new());
+        for (rel, bytes) in self.recipe_files()? {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(bytes.len() as u64);
+            let exec = rel.ends_with(".sh") || !rel.contains('.');
+            header.set_mode(if exec { 0o755 } else { 0o644 });
+            header.set_mtime(0);
+            builder
+                .append_data(&mut header, &rel, bytes.as_slice())
+                .map_err(err)?;
+        }
+        builder.into_inner().map_err(err)
+    }
+}
+
+fn collect_files(root: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>)>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            collect_files(root, &path, out)?;
+        } else {
+            let rel = path
+                .strip_prefix(root)
+                .map_err(std::io::Error::other)?
+                .to_string_lossy()
+                .into_owned();
+            out.push((rel, std::fs::read(&path)?));
+        }
+    }
+    Ok(())
+}
+
+/// `kmodforge-builder:debian-<suite>-<krel>`.
+pub fn tag_for(suite: &str, kernel: &KernelRelease) -> String {
+    format!("{BUILDER_REPO}:debian-{suite}-{kernel}")
+}
+
+fn kernel_info(
+    kernel: &KernelRelease,
+    suite: &str,
+    id: String,
+    tag: String,
+    labels: &HashMap<String, String>,
+) -> KernelInfo {
+    KernelInfo {
+        kernel: kernel.clone(),
+        suite: suite.to_string(),
+        image: ImageRef { id, tag },
+        compiler: labels.get("kmodforge.compiler").cloned(),
+    }
+}

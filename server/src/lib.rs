@@ -1,0 +1,114 @@
+//! `kmodforge-server`: DKMS as a service.
+//!
+//! Builds DKMS-style module sources inside sandboxed, per-kernel builder images
+//! (Docker through bollard), caches the `.ko` files by content and cache key,
+//! and serves them over HTTP (axum).
+//!
+//! Layout: `http` (API), `builds` (jobs, single-flight, pipeline), `sandbox`
+//! (all Docker container work), `images` (builder images), `sources` (uploads),
+//! `store` (SQLite records + content-addressed blobs behind traits).
+
+pub mod builds;
+pub mod config;
+pub mod http;
+pub mod images;
+pub mod sandbox;
+pub mod sources;
+pub mod store;
+
+use std::sync::Arc;
+
+use kmodforge_api::archive::ArchiveLimits;
+
+pub use config::Config;
+pub use http::{app, AppState};
+
+/// Errors that stop the server from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Store(#[from] store::StoreOpenError),
+    #[error(transparent)]
+    Sandbox(#[from] sandbox::SandboxError),
+    #[error(transparent)]
+    Builds(#[from] builds::BuildError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Opens the store, connects to Docker, recovers from a previous run, and
+/// returns the handlers' state.
+pub async fn init(config: &Config) -> Result<AppState, StartError> {
+    config.validate().map_err(StartError::Config)?;
+    let store = store::Store::open(&config.data_dir)?;
+    let sandbox = sandbox::Sandbox::connect(config.sandbox_limits()).await?;
+    let images = Arc::new(images::BuilderImages::new(
+        sandbox.docker().clone(),
+        images::ImageSettings {
+            images_dir: config.images_dir.clone(),
+            base_image: config.base_image.clone(),
+        },
+    ));
+    let builds = builds::Builds::new(
+        store.clone(),
+        sandbox,
+        images.clone(),
+        builds::BuildSettings {
+            max_builds: config.max_builds,
+        },
+    );
+    builds.recover().await?;
+    let limits = ArchiveLimits {
+        max_input_bytes: config.max_upload_mib * 1024 * 1024,
+        ..ArchiveLimits::default()
+    };
+    Ok(AppState {
+        sources: sources::Sources::new(store.clone(), limits),
+        store,
+        builds,
+        images,
+        oneshot_wait: std::time::Duration::from_secs(config.oneshot_wait_secs),
+    })
+}
+
+/// Serves until SIGTERM or Ctrl-C.
+pub async fn serve(config: &Config, state: AppState) -> Result<(), StartError> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().unwrap_or(config.listen);
+    tracing::info!(%addr, data_dir = %config.data_dir.display(), "kmodforge-server listening");
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: config.listen,
+            source,
+        })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,448 @@
+//! The Docker sandbox: one fresh, locked-down container per build job.
+//!
+//! Everything that touches uploaded content runs here, under the policy of
+//! DESIGN.md: network `none`, read-only root filesystem with tmpfs mounts for the
+//! DKMS trees and `/tmp`, a non-root user, every capability dropped,
+//! `no-new-privileges`, a pids limit, memory with swap equal to memory (no swap),
+//! a CPU quota matched to `make -jN`, wall-clock and no-output timeouts.
+//!
+//! # Why exec, not bind mounts or `docker cp`
+//! Sources go in and modules come out as tar streams over `docker exec` stdin and
+//! stdout: `docker cp` cannot write into a read-only rootfs nor see a tmpfs, and
+//! bind mounts would tie the server to the engine's filesystem (it must work from
+//! inside a compose container or against a remote engine). The container's main
+//! process only sleeps; each step is an exec, so one container serves unpack,
+//! evaluation, build and collection, and is removed when the job ends.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
+use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, KillContainerOptionsBuilder, ListContainersOptionsBuilder,
+    RemoveContainerOptionsBuilder,
+};
+use bollard::Docker;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::io::AsyncWriteExt;
+
+/// Label carried by every job container; the sweeper removes leftovers by it.
+pub const JOB_LABEL: &str = "kmodforge.job";
+
+/// Mount points of the writable tmpfs filesystems inside a build container.
+pub const DKMS_TREE: &str = "/var/lib/dkms";
+pub const SOURCE_TREE: &str = "/usr/local/src";
+
+/// Resource limits of one build container. Defaults live in `Config`.
+#[derive(Clone, Debug)]
+pub struct SandboxLimits {
+    /// `make -jN`; the CPU quota is N CPUs.
+    pub jobs: u32,
+    /// Memory limit in bytes; swap is set to the same value (no swap).
+    pub memory_bytes: u64,
+    /// Size of the `/var/lib/dkms` tmpfs in bytes (counts against memory).
+    pub tmpfs_bytes: u64,
+    /// Maximum number of processes.
+    pub pids: i64,
+    /// Wall-clock limit of the build step.
+    pub wall_clock: Duration,
+    /// Limit on the time without any output during the build step.
+    pub idle: Duration,
+    /// Cap of the stored build log, in bytes.
+    pub log_cap_bytes: usize,
+}
+
+/// Failures of the sandbox itself (never of the module being built).
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("cannot reach the Docker engine: {0}")]
+    Connect(#[source] bollard::errors::Error),
+    #[error("Docker {op} failed for container {container}: {source}")]
+    Docker {
+        op: &'static str,
+        container: String,
+        #[source]
+        source: bollard::errors::Error,
+    },
+    #[error("exec {cmd:?} in container {container} produced more than {limit} bytes on stdout")]
+    OutputTooLarge {
+        cmd: String,
+        container: String,
+        limit: usize,
+    },
+}
+
+/// Where an exec's stdout/stderr go.
+pub trait OutputSink: Send + Sync {
+    fn append(&self, bytes: &[u8]);
+}
+
+/// Output discarded.
+pub struct Discard;
+impl OutputSink for Discard {
+    fn append(&self, _bytes: &[u8]) {}
+}
+
+/// Why an exec was stopped before it finished.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stopped {
+    WallClock,
+    Idle,
+}
+
+/// The result of one exec.
+#[derive(Debug)]
+pub struct ExecOutcome {
+    /// Exit code; `None` when the exec was stopped by a timeout.
+    pub exit_code: Option<i64>,
+    /// Collected stdout (when `collect_stdout` was set).
+    pub stdout: Vec<u8>,
+    pub stopped: Option<Stopped>,
+    pub elapsed: Duration,
+}
+
+/// One exec inside a job container.
+pub struct Exec<'a> {
+    pub cmd: Vec<String>,
+    pub env: Vec<String>,
+    /// Written to the process's stdin, which is then closed.
+    pub stdin: Option<Bytes>,
+    /// Collect stdout into `ExecOutcome::stdout` up to this many bytes
+    /// (`None`: stdout goes to `log`).
+    pub collect_stdout: Option<usize>,
+    /// Receives stderr, and stdout when it is not collected.
+    pub log: &'a dyn OutputSink,
+    /// Wall-clock and no-output limits; `None` for short service steps.
+    pub timeouts: Option<(Duration, Duration)>,
+}
+
+/// The Docker engine, as the sandbox uses it.
+#[derive(Clone)]
+pub struct Sandbox {
+    docker: Docker,
+    limits: SandboxLimits,
+}
+
+/// What a job container is made from.
+pub struct ContainerSpec<'a> {
+    pub job_id: &'a str,
+    pub image_id: &'a str,
+}
+
+/// A running job container. Call [`JobContainer::remove`] when done.
+pub struct JobContainer {
+    docker: Docker,
+    pub id: String,
+}
+
+impl Sandbox {
+    /// Connects to the local engine (`DOCKER_HOST` honoured) and negotiates the API version.
+    pub async fn connect(limits: SandboxLimits) -> Result<Self, SandboxError> {
+        let docker = Docker::connect_with_defaults().map_err(SandboxError::Connect)?;
+        let docker = docker
+            .negotiate_version()
+            .await
+            .map_err(SandboxError::Connect)?;
+        docker.ping().await.map_err(SandboxError::Connect)?;
+        Ok(Sandbox { docker, limits })
+    }
+
+    pub fn docker(&self) -> &Docker {
+        &self.docker
+    }
+
+    pub fn limits(&self) -> &SandboxLimits {
+        &self.limits
+    }
+
+    /// Creates and starts a fresh job container under the sandbox policy.
+    pub async fn create(&self, spec: &ContainerSpec<'_>) -> Result<JobContainer, SandboxError> {
+        let name = format!("kmodforge-job-{}", spec.job_id);
+        let options = CreateContainerOptionsBuilder::default().name(&name).build();
+        let body = self.container_body(spec);
+        let created = self
+            .docker
+            .create_container(Some(options), body)
+            .await
+            .map_err(|source| SandboxError::Docker {
+                op: "create",
+                container: name.clone(),
+                source,
+            })?;
+        let container = JobContainer {
+            docker: self.docker.clone(),
+            id: created.id,
+        };
+        if let Err(source) = self.docker.start_container(&container.id, None).await {
+            container.remove().await;
+            return Err(SandboxError::Docker {
+                op: "start",
+                container: name,
+                source,
+            });
+        }
+        Ok(container)
+    }
+
+    fn container_body(&self, spec: &ContainerSpec<'_>) -> ContainerCreateBody {
+        let l = &self.limits;
+        let tmpfs_opts =
+            |size: u64| format!("rw,exec,nosuid,nodev,size={size},uid=1000,gid=1000,mode=0755");
+        let tmpfs = HashMap::from([
+            (DKMS_TREE.to_string(), tmpfs_opts(l.tmpfs_bytes)),
+            (SOURCE_TREE.to_string(), tmpfs_opts(l.tmpfs_bytes / 4)),
+            (
+                "/tmp".to_string(),
+                "rw,exec,nosuid,nodev,size=536870912,mode=1777".to_string(),
+            ),
+        ]);
+        let host_config = HostConfig {
+            network_mode: Some("none".into()),
+            readonly_rootfs: Some(true),
+            cap_drop: Some(vec!["ALL".into()]),
+            security_opt: Some(vec!["no-new-privileges".into()]),
+            pids_limit: Some(l.pids),
+            memory: Some(l.memory_bytes as i64),
+            memory_swap: Some(l.memory_bytes as i64),
+            nano_cpus: Some(i64::from(l.jobs) * 1_000_000_000),
+            tmpfs: Some(tmpfs),
+            auto_remove: Some(false),
+            ..Default::default()
+        };
+        ContainerCreateBody {
+            image: Some(spec.image_id.to_string()),
+            cmd: Some(vec!["sleep".into(), "infinity".into()]),
+            user: Some("1000:1000".into()),
+            working_dir: Some("/tmp".into()),
+            network_disabled: Some(true),
+            labels: Some(HashMap::from([
+                (JOB_LABEL.to_string(), spec.job_id.to_string()),
+                ("kmodforge".to_string(), "1".to_string()),
+            ])),
+            host_config: Some(host_config),
+            ..Default::default()
+        }
+    }
+
+    /// Removes every container left by an earlier run (by label). Returns how many.
+    pub async fn sweep(&self) -> Result<usize, SandboxError> {
+        let filters = HashMap::from([("label".to_string(), vec![JOB_LABEL.to_string()])]);
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let list = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(|source| SandboxError::Docker {
+                op: "list",
+                container: "*".into(),
+                source,
+            })?;
+        let mut removed = 0;
+        for c in list {
+            if let Some(id) = c.id {
+                JobContainer {
+                    docker: self.docker.clone(),
+                    id,
+                }
+                .remove()
+                .await;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+impl JobContainer {
+    /// Runs one exec to completion (or until a timeout kills the container).
+    pub async fn exec(&self, exec: Exec<'_>) -> Result<ExecOutcome, SandboxError> {
+        let started = Instant::now();
+        let cmd_text = exec.cmd.join(" ");
+        let options = CreateExecOptions {
+            cmd: Some(exec.cmd.clone()),
+            env: Some(exec.env.clone()),
+            attach_stdin: Some(exec.stdin.is_some()),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            ..Default::default()
+        };
+        let created = self
+            .docker
+            .create_exec(&self.id, options)
+            .await
+            .map_err(|e| self.err("exec create", e))?;
+        let started_exec = self
+            .docker
+            .start_exec(&created.id, None::<StartExecOptions>)
+            .await
+            .map_err(|e| self.err("exec start", e))?;
+        let StartExecResults::Attached {
+            mut output,
+            mut input,
+        } = started_exec
+        else {
+            unreachable!("start_exec without detach always attaches")
+        };
+        let writer = exec.stdin.clone().map(|data| {
+            tokio::spawn(async move {
+                // A failed write means the process exited early; its exit code says why.
+                let _ = input.write_all(&data).await;
+                let _ = input.shutdown().await;
+            })
+        });
+        let mut stdout = Vec::new();
+        let mut stopped = None;
+        loop {
+            let wait = exec
+                .timeouts
+                .map(|(wall, idle)| idle.min(wall.saturating_sub(started.elapsed())));
+            let next = match wait {
+                Some(w) => match tokio::time::timeout(w, output.next()).await {
+                    Ok(item) => item,
+                    Err(_) => {
+                        let wall = exec.timeouts.map(|t| t.0).unwrap_or_default();
+                        stopped = Some(if started.elapsed() >= wall {
+                            Stopped::WallClock
+                        } else {
+                            Stopped::Idle
+                        });
+                        break;
+                    }
+                },
+                None => output.next().await,
+            };
+            let Some(item) = next else { break };
+            let item = item.map_err(|e| self.err("exec output", e))?;
+            use bollard::container::LogOutput;
+            match item {
+                LogOutput::StdOut { message } | LogOutput::Console { message } => {
+                    match exec.collect_stdout {
+                        Some(limit) => {
+                            if stdout.len() + message.len() > limit {
+                                return Err(SandboxError::OutputTooLarge {
+                                    cmd: cmd_text,
+                                    container: self.id.clone(),
+                                    limit,
+                                });
+                            }
+                            stdout.extend_from_slice(&message);
+                        }
+                        None => exec.log.append(&message),
+                    }
+                }
+                LogOutput::StdErr { message } => exec.log.append(&message),
+                LogOutput::StdIn { .. } => {}
+            }
+        }
+        if let Some(w) = writer {
+            w.abort();
+        }
+        if stopped.is_some() {
+            // Why kill the whole container: an exec has no kill API, and the job's
+            // container is disposable; the caller removes it right after.
+            self.kill().await;
+            return Ok(ExecOutcome {
+                exit_code: None,
+                stdout,
+                stopped,
+                elapsed: started.elapsed(),
+            });
+        }
+        let inspect = self
+            .docker
+            .inspect_exec(&created.id)
+            .await
+            .map_err(|e| self.err("exec inspect", e))?;
+        Ok(ExecOutcome {
+            exit_code: inspect.exit_code,
+            stdout,
+            stopped: None,
+            elapsed: started.elapsed(),
+        })
+    }
+
+    /// Runs a short command and returns its stdout (capped), ignoring stderr.
+    pub async fn read(&self, cmd: &[&str], limit: usize) -> Result<ExecOutcome, SandboxError> {
+        self.exec(Exec {
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            env: Vec::new(),
+            stdin: None,
+            collect_stdout: Some(limit),
+            log: &Discard,
+            timeouts: Some((Duration::from_secs(60), Duration::from_secs(60))),
+        })
+        .await
+    }
+
+    /// True when the container's memory cgroup recorded an OOM kill.
+    ///
+    /// Why not `State.OOMKilled`: Docker sets it only when the container's main
+    /// process is killed, not an exec'd `make`; the cgroup counter sees both.
+    pub async fn oom_killed(&self) -> bool {
+        let cmd = [
+            "sh",
+            "-c",
+            "cat /sys/fs/cgroup/memory/memory.oom_control /sys/fs/cgroup/memory.events 2>/dev/null",
+        ];
+        match self.read(&cmd, 4096).await {
+            Ok(out) => parse_oom_kill_count(&out.stdout) > 0,
+            Err(_) => false,
+        }
+    }
+
+    async fn kill(&self) {
+        let options = KillContainerOptionsBuilder::default()
+            .signal("KILL")
+            .build();
+        if let Err(e) = self.docker.kill_container(&self.id, Some(options)).await {
+            tracing::warn!(container = %self.id, error = %e, "kill failed");
+        }
+    }
+
+    /// Removes the container (forcefully); errors are logged, the sweeper retries.
+    pub async fn remove(self) {
+        let options = RemoveContainerOptionsBuilder::default()
+            .force(true)
+            .v(true)
+            .build();
+        if let Err(e) = self.docker.remove_container(&self.id, Some(options)).await {
+            tracing::warn!(container = %self.id, error = %e, "remove failed");
+        }
+    }
+
+    fn err(&self, op: &'static str, source: bollard::errors::Error) -> SandboxError {
+        SandboxError::Docker {
+            op,
+            container: self.id.clone(),
+            source,
+        }
+    }
+}
+
+/// Reads `oom_kill N` from cgroup v1 `memory.oom_control` or v2 `memory.events`.
+fn parse_oom_kill_count(text: &[u8]) -> u64 {
+    String::from_utf8_lossy(text)
+        .lines()
+        .filter_map(|l| l.strip_prefix("oom_kill "))
+        .filter_map(|n| n.trim().parse::<u64>().ok())
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oom_counter_parsing() {
+        let v1 = b"oom_kill_disable 0\nunder_oom 0\noom_kill 1\n";
+        assert_eq!(parse_oom_kill_count(v1), 1);
+        let v2 = b"low 0\nhigh 0\nmax 3\noom 1\noom_kill 2\n";
+        assert_eq!(parse_oom_kill_count(v2), 2);
+        assert_eq!(parse_oom_kill_count(b"oom_kill_disable 0\n"), 0);
+    }
+}

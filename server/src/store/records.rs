@@ -1,0 +1,352 @@
+//! Records of modules, builds, artifacts and dkms.conf evaluations, in SQLite.
+//!
+//! The `Records` trait is the seam (SQLite now, PostgreSQL later). Rows keep the
+//! wire types as JSON next to the columns that are queried, so the schema stays
+//! small and a record reads back exactly as it was written.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use kmodforge_api::names::{Arch, ArtifactKey, KernelRelease, ModuleName, ModuleVersion};
+use kmodforge_api::wire::{BuildRecord, BuildState, Failure, FailureKind, Manifest, ModuleSource};
+use rusqlite::{params, Connection, OptionalExtension};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordsError {
+    #[error("database error: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("corrupt record in table {table}: {source}")]
+    Corrupt {
+        table: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// Outcome of registering a module source.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PutModule {
+    Created,
+    /// Same name, version and digest: nothing changed.
+    Unchanged(ModuleSource),
+    /// Same name and version, other content.
+    Conflict(ModuleSource),
+}
+
+/// The persistence seam.
+pub trait Records: Send + Sync {
+    fn put_module(&self, m: &ModuleSource) -> Result<PutModule, RecordsError>;
+    fn get_module(
+        &self,
+        name: &ModuleName,
+        version: &ModuleVersion,
+    ) -> Result<Option<ModuleSource>, RecordsError>;
+    fn list_modules(&self) -> Result<Vec<ModuleSource>, RecordsError>;
+    fn delete_module(
+        &self,
+        name: &ModuleName,
+        version: &ModuleVersion,
+    ) -> Result<bool, RecordsError>;
+    /// True when any module record still uses this source digest.
+    fn digest_in_use(&self, digest: &str) -> Result<bool, RecordsError>;
+
+    fn put_build(&self, b: &BuildRecord) -> Result<(), RecordsError>;
+    fn get_build(&self, id: &str) -> Result<Option<BuildRecord>, RecordsError>;
+    fn list_builds(&self, limit: u32) -> Result<Vec<BuildRecord>, RecordsError>;
+    /// Marks builds left queued/running by a previous process as failed; returns their ids.
+    fn fail_unfinished(&self, message: &str, now: &str) -> Result<Vec<String>, RecordsError>;
+
+    fn put_artifact(&self, m: &Manifest) -> Result<(), RecordsError>;
+    fn get_artifact(&self, key: &ArtifactKey) -> Result<Option<Manifest>, RecordsError>;
+    fn latest_artifact(
+        &self,
+        name: &ModuleName,
+        version: &ModuleVersion,
+        kernel: &KernelRelease,
+        arch: &Arch,
+    ) -> Result<Option<Manifest>, RecordsError>;
+    /// Deletes the artifacts of a module version; returns them (for blob clean-up).
+    fn delete_artifacts(
+        &self,
+        name: &ModuleName,
+        version: &ModuleVersion,
+    ) -> Result<Vec<Manifest>, RecordsError>;
+    /// True when some artifact still references the blob.
+    fn blob_in_use(&self, sha256: &str) -> Result<bool, RecordsError>;
+
+    fn put_eval(&self, key: &str, value: &str) -> Result<(), RecordsError>;
+    fn get_eval(&self, key: &str) -> Result<Option<String>, RecordsError>;
+}
+
+/// SQLite-backed records (one connection, serialized; calls are sub-millisecond).
+pub struct SqliteRecords {
+    conn: Mutex<Connection>,
+}
+
+const SCHEMA: &str = "
+PRAGMA journal_mode = WAL;
+PRAGMA synchronous = NORMAL;
+CREATE TABLE IF NOT EXISTS modules (
+    name TEXT NOT NULL, version TEXT NOT NULL, digest TEXT NOT NULL, json TEXT NOT NULL,
+    PRIMARY KEY (name, version));
+CREATE TABLE IF NOT EXISTS builds (
+    id TEXT PRIMARY KEY, state TEXT NOT NULL, created_at TEXT NOT NULL, json TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS artifacts (
+    key TEXT PRIMARY KEY, name TEXT NOT NULL, version TEXT NOT NULL, kernel TEXT NOT NULL,
+    arch TEXT NOT NULL, seq INTEGER NOT NULL, json TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS artifacts_by_module ON artifacts (name, version, kernel, arch, seq);
+CREATE TABLE IF NOT EXISTS artifact_blobs (key TEXT NOT NULL, sha256 TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS artifact_blobs_sha ON artifact_blobs (sha256);
+CREATE TABLE IF NOT EXISTS evals (key TEXT PRIMARY KEY, json TEXT NOT NULL);
+";
+
+fn from_json<T: serde::de::DeserializeOwned>(
+    table: &'static str,
+    text: &str,
+) -> Result<T, RecordsError> {
+    serde_json::from_str(text).map_err(|source| RecordsError::Corrupt { table, source })
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> String {
+    // Serialising our own plain data types cannot fail.
+    serde_json::to_string(value).unwrap_or_default()
+}
+
+impl SqliteRecords {
+    pub fn open(path: &Path) -> Result<Self, RecordsError> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(SqliteRecords {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn query_json<T: serde::de::DeserializeOwned>(
+        &self,
+        table: &'static str,
+        sql: &str,
+        args: impl rusqlite::Params,
+    ) -> Result<Vec<T>, RecordsError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(sql)?;
+        let rows = stmt.query_map(args, |r| r.get::<_, String>(0))?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(from_json(table, &row?)?);
+        }
+        Ok(out)
+    }
+}
+
+impl Records for SqliteRecords {
+    fn put_module(&self, m: &ModuleSource) -> Result<PutModule, RecordsError> {
+        if let Some(existing) = self.get_module(&m.name, &m.version)? {
+            return Ok(if existing.digest == m.digest {
+                PutModule::Unchanged(existing)
+            } else {
+                PutModule::Conflict(existing)
+            });
+        }
+        self.conn().execute(
+            "INSERT INTO modules (name, version, digest, json) VALUES (?1, ?2, ?3, ?4)",
+            params![
+                m.name.as_str(),
+                m.version.as_str(),
+                m.digest.as_str(),
+                to_json(m)
+            ],
+        )?;
+        Ok(PutModule::Created)
+    }
+
+    fn get_module(
+        &self,
+        name: &ModuleName,
+        version: &ModuleVersion,
+    ) -> Result<Option<ModuleSource>, RecordsError> {
+        let sql = "SELECT json FROM modules WHERE name = ?1 AND version = ?2";
+        Ok(self
+            .query_json("modules", sql, params![name.as_str(), version.as_str()])?
+            .pop())
+    }
+
+    fn list_modules(&self) -> Result<Vec<ModuleSource>, RecordsError> {
+        self.query_json(
+            "modules",
+            "SELECT json FROM modules ORDER BY name, version",
+            [],
+        )
+    }
+
+    fn delete_module(
+        &self,
+        name: &ModuleName,
+        version: &ModuleVersion,
+    ) -> Result<bool, RecordsError> {
+        let n = self.conn().execute(
+            "DELETE FROM modules WHERE name = ?1 AND version = ?2",
+            params![name.as_str(), version.as_str()],
+        )?;
+        Ok(n > 0)
+    }
+
+    fn digest_in_use(&self, digest: &str) -> Result<bool, RecordsError> {
+        let conn = self.conn();
+        let found: Option<i64> = conn
+            .query_row(
+                "SELECT 1 FROM modules WHERE digest = ?1 LIMIT 1",
+                [digest],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(found.is_some())
+    }
+
+    fn put_build(&self, b: &BuildRecord) -> Result<(), RecordsError> {
+        self.conn().execute(
+            "INSERT INTO builds (id, state, created_at, json) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(id) DO UPDATE SET state = excluded.state, json = excluded.json",
+            params![b.id, b.state.as_str(), b.created_at, to_json(b)],
+        )?;
+        Ok(())
+    }
+
+    fn get_build(&self, id: &str) -> Result<Option<BuildRecord>, RecordsError> {
+        Ok(self
+            .query_json("builds", "SELECT json FROM builds WHERE id = ?1", [id])?
+            .pop())
+    }
+
+    fn list_builds(&self, limit: u32) -> Result<Vec<BuildRecord>, RecordsError> {
+        let sql = "SELECT json FROM builds ORDER BY created_at DESC, rowid DESC LIMIT ?1";
+        self.query_json("builds", sql, [limit])
+    }
+
+    fn fail_unfinished(&self, message: &str, now: &str) -> Result<Vec<String>, RecordsError> {
+        let sql = "SELECT json FROM builds WHERE state IN ('queued', 'running')";
+        let stale: Vec<BuildRecord> = self.query_json("builds", sql, [])?;
+        let mut ids = Vec::new();
+        for mut b in stale {
+            b.state = BuildState::Failed;
+            b.finished_at = Some(now.to_string());
+            b.failure = Some(Failure {
+                kind: FailureKind::Infrastructure,
+                message: format!("{}/{} for {}: {message}", b.name, b.version, b.kernel),
+                log_tail: String::new(),
+            });
+            self.put_build(&b)?;
+            ids.push(b.id);
+        }
+        Ok(ids)
+    }
+
+    fn put_artifact(&self, m: &Manifest) -> Result<(), RecordsError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let seq: i64 =
+            tx.query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM artifacts", [], |r| {
+                r.get(0)
+            })?;
+        tx.execute(
+            "INSERT OR REPLACE INTO artifacts (key, name, version, kernel, arch, seq, json)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                m.key.as_str(),
+                m.name.as_str(),
+                m.version.as_str(),
+                m.kernel.as_str(),
+                m.arch.as_str(),
+                seq,
+                to_json(m)
+            ],
+        )?;
+        tx.execute(
+            "DELETE FROM artifact_blobs WHERE key = ?1",
+            [m.key.as_str()],
+        )?;
+        for f in &m.files {
+            tx.execute(
+                "INSERT INTO artifact_blobs (key, sha256) VALUES (?1, ?2)",
+                params![m.key.as_str(), f.sha256],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn get_artifact(&self, key: &ArtifactKey) -> Result<Option<Manifest>, RecordsError> {
+        let sql = "SELECT json FROM artifacts WHERE key = ?1";
+        Ok(self.query_json("artifacts", sql, [key.as_str()])?.pop())
+    }
+
+    fn latest_artifact(
+        &self,
+        name: &ModuleName,
+        version: &ModuleVersion,
+        kernel: &KernelRelease,
+        arch: &Arch,
+    ) -> Result<Option<Manifest>, RecordsError> {
+        let sql = "SELECT json FROM artifacts WHERE name = ?1 AND version = ?2 AND kernel = ?3
+                   AND arch = ?4 ORDER BY seq DESC LIMIT 1";
+        let args = params![
+            name.as_str(),
+            version.as_str(),
+            kernel.as_str(),
+            arch.as_str()
+        ];
+        Ok(self.query_json("artifacts", sql, args)?.pop())
+    }
+
+    fn delete_artifacts(
+        &self,
+        name: &ModuleName,
+        version: &ModuleVersion,
+    ) -> Result<Vec<Manifest>, RecordsError> {
+        let sql = "SELECT json FROM artifacts WHERE name = ?1 AND version = ?2";
+        let gone: Vec<Manifest> =
+            self.query_json("artifacts", sql, params![name.as_str(), version.as_str()])?;
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        for m in &gone {
+            tx.execute(
+                "DELETE FROM artifact_blobs WHERE key = ?1",
+                [m.key.as_str()],
+            )?;
+            tx.execute("DELETE FROM artifacts WHERE key = ?1", [m.key.as_str()])?;
+        }
+        tx.commit()?;
+        Ok(gone)
+    }
+
+    fn blob_in_use(&self, sha256: &str) -> Result<bool, RecordsError> {
+        let conn = self.conn();
+        let found: Option<i64> = conn
+            .query_row(
+                "SELECT 1 FROM artifact_blobs WHERE sha256 = ?1 LIMIT 1",
+                [sha256],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(found.is_some())
+    }
+
+    fn put_eval(&self, key: &str, value: &str) -> Result<(), RecordsError> {
+        self.conn().execute(
+            "INSERT OR REPLACE INTO evals (key, json) VALUES (?1, ?2)",
+            params![key, value],
+        )?;
+        Ok(())
+    }
+
+    fn get_eval(&self, key: &str) -> Result<Option<String>, RecordsError> {
+        let conn = self.conn();
+        Ok(conn
+            .query_row("SELECT json FROM evals WHERE key = ?1", [key], |r| r.get(0))
+            .optional()?)
+    }
+}
