@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs what a fresh machine of this kind lacks: mmdebstrap (offline base
+# image bootstrap), kmod (modinfo/depmod used by tests), curl, and a running
+# Docker engine check. Idempotent.
+set -euo pipefail
+need=()
+command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
+[[ -x /sbin/modinfo || -x /usr/sbin/modinfo ]] || need+=(kmod)
+command -v curl >/dev/null || need+=(curl)
+command -v dpkg-deb >/dev/null || need+=(dpkg)
+if ((${#need[@]})); then
+  SUDO=""; [[ $(id -u) -eq 0 ]] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+docker info >/dev/null 2>&1 || { echo "install-deps: the Docker engine is not reachable (docker info failed)" >&2; exit 1; }
