@@ -23,6 +23,8 @@ use kmodforge_api::names::KernelRelease;
 use kmodforge_api::wire::{ImageRef, KernelInfo};
 use sha2::{Digest, Sha256};
 
+use crate::sandbox::{ContainerSpec, Sandbox};
+
 /// Repository of builder image tags.
 pub const BUILDER_REPO: &str = "kmodforge-builder";
 /// Exit code of the Dockerfile's check when `linux-headers-<krel>` does not exist.
@@ -81,6 +83,9 @@ pub struct ImageSettings {
 /// Builder images by kernel, single-flight per kernel.
 pub struct BuilderImages {
     docker: Docker,
+    sandbox: Sandbox,
+    /// `CONFIG_CC_VERSION_TEXT` by image ID, read once from the image.
+    compilers: Mutex<HashMap<String, Option<String>>>,
     settings: ImageSettings,
     prepared: Mutex<HashMap<KernelRelease, KernelInfo>>,
     /// Per-kernel locks: concurrent requests for one kernel wait for one build.
@@ -90,9 +95,11 @@ pub struct BuilderImages {
 }
 
 impl BuilderImages {
-    pub fn new(docker: Docker, settings: ImageSettings) -> Self {
+    pub fn new(sandbox: Sandbox, settings: ImageSettings) -> Self {
         BuilderImages {
-            docker,
+            docker: sandbox.docker().clone(),
+            sandbox,
+            compilers: Mutex::new(HashMap::new()),
             settings,
             prepared: Mutex::new(HashMap::new()),
             locks: Mutex::new(HashMap::new()),
@@ -132,13 +139,40 @@ impl BuilderImages {
                     id: img.id.clone(),
                     tag: tag_for(&suite, &kernel),
                 },
-                compiler: img.labels.get("kmodforge.compiler").cloned(),
+                compiler: self.compiler_of(&img.id).await,
                 kernel,
                 suite,
             });
         }
         out.sort_by(|a, b| a.kernel.cmp(&b.kernel));
         Ok(out)
+    }
+
+    /// The compiler an image carries (its kernel's `CONFIG_CC_VERSION_TEXT`),
+    /// read once per image from `/etc/kmodforge/kernel.env` in a sandbox.
+    pub async fn compiler_of(&self, image_id: &str) -> Option<String> {
+        if let Some(c) = self
+            .compilers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(image_id)
+        {
+            return c.clone();
+        }
+        let job_id = format!("kinfo-{:016x}", rand::random::<u64>());
+        let spec = ContainerSpec {
+            job_id: &job_id,
+            image_id,
+        };
+        let container = self.sandbox.create(&spec).await.ok()?;
+        let out = container
+            .read(&["cat", "/etc/kmodforge/kernel.env"], 64 * 1024)
+            .await;
+        container.remove().await;
+        let text = parse_cc_text(&String::from_utf8_lossy(&out.ok()?.stdout));
+        let mut map = self.compilers.lock().unwrap_or_else(|p| p.into_inner());
+        map.insert(image_id.to_string(), text.clone());
+        text
     }
 
     /// The ready image for `kernel`, if this process already resolved it.
@@ -404,4 +438,11 @@ fn kernel_info(
         image: ImageRef { id, tag },
         compiler: labels.get("kmodforge.compiler").cloned(),
     }
+}
+
+/// `CC_VERSION_TEXT='...'` from `/etc/kmodforge/kernel.env`.
+fn parse_cc_text(env: &str) -> Option<String> {
+    env.lines()
+        .find_map(|l| l.strip_prefix("CC_VERSION_TEXT="))
+        .map(|v| v.trim().trim_matches('\'').to_string())
 }

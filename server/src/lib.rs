@@ -49,7 +49,7 @@ pub async fn init(config: &Config) -> Result<AppState, StartError> {
     let store = store::Store::open(&config.data_dir)?;
     let sandbox = sandbox::Sandbox::connect(config.sandbox_limits()).await?;
     let images = Arc::new(images::BuilderImages::new(
-        sandbox.docker().clone(),
+        sandbox.clone(),
         images::ImageSettings {
             images_dir: config.images_dir.clone(),
             base_image: config.base_image.clone(),

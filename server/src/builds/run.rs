@@ -295,11 +295,13 @@ impl Builds {
             job_id: &job.id,
             image_id: &image.image.id,
         };
+        let t0 = Instant::now();
         let container = self
             .sandbox
             .create(&spec)
             .await
             .map_err(|e| infra(e.to_string()))?;
+        let created = t0.elapsed().as_secs_f64();
         let unpack = container
             .exec(Exec {
                 cmd: kmf("unpack"),
@@ -311,7 +313,13 @@ impl Builds {
             })
             .await;
         match unpack {
-            Ok(o) if o.exit_code == Some(0) => Ok(container),
+            Ok(o) if o.exit_code == Some(0) => {
+                let unpacked = o.elapsed.as_secs_f64();
+                job.log.note(&format!(
+                    "sandbox started in {created:.2} s, source unpacked in {unpacked:.2} s"
+                ));
+                Ok(container)
+            }
             Ok(o) => {
                 container.remove().await;
                 Err(infra(format!(
@@ -348,6 +356,10 @@ impl Builds {
             })
             .await
             .map_err(|e| failure(FailureKind::Infrastructure, e.to_string(), &job.log))?;
+        job.log.note(&format!(
+            "dkms.conf evaluated in {:.2} s",
+            out.elapsed.as_secs_f64()
+        ));
         let what = format!("{}/{} for {}", req.name, req.version, req.kernel);
         if out.exit_code != Some(0) {
             let msg = format!(
@@ -466,6 +478,8 @@ impl Builds {
             }
         }
         let build_seconds = started.elapsed().as_secs_f64();
+        job.log
+            .note(&format!("build step took {build_seconds:.2} s"));
         self.collect(container, ctx, build_seconds).await
     }
 

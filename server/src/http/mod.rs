@@ -103,7 +103,9 @@ async fn prepare_kernel(
     Path(krel): Path<String>,
 ) -> Result<Response, AppError> {
     let kernel = kernel(&krel)?;
-    Ok(Json(s.images.ensure(&kernel).await?).into_response())
+    let mut info = s.images.ensure(&kernel).await?;
+    info.compiler = s.images.compiler_of(&info.image.id).await;
+    Ok(Json(info).into_response())
 }
 
 async fn list_modules(State(s): State<AppState>) -> Result<Response, AppError> {
