@@ -315,7 +315,9 @@ impl BuilderImages {
                 Err(e) => return Err(e.into()),
             };
             if let Some(s) = &info.stream {
-                log.extend_from_slice(s.as_bytes());
+                // The classic builder wraps RUN's stderr in ANSI red; keep the text only.
+                let plain = s.replace("\u{1b}[91m", "").replace("\u{1b}[0m", "");
+                log.extend_from_slice(plain.as_bytes());
             }
             if let Some(detail) = info.error_detail {
                 let message = detail.message.unwrap_or_default();
@@ -445,4 +447,28 @@ fn parse_cc_text(env: &str) -> Option<String> {
     env.lines()
         .find_map(|l| l.strip_prefix("CC_VERSION_TEXT="))
         .map(|v| v.trim().trim_matches('\'').to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compiler_text_from_kernel_env() {
+        let env = "KREL='6.1.0-47-amd64'\nCC='gcc-12'\nCC_VERSION_TEXT='gcc-12 (Debian 12.2.0-14+deb12u1) 12.2.0'\n";
+        assert_eq!(
+            parse_cc_text(env).as_deref(),
+            Some("gcc-12 (Debian 12.2.0-14+deb12u1) 12.2.0")
+        );
+        assert_eq!(parse_cc_text("KREL='x'\n"), None);
+    }
+
+    #[test]
+    fn tags_name_suite_and_kernel() {
+        let k = KernelRelease::parse("6.1.0-47-amd64").expect("valid");
+        assert_eq!(
+            tag_for("bookworm", &k),
+            "kmodforge-builder:debian-bookworm-6.1.0-47-amd64"
+        );
+    }
 }
