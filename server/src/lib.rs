@@ -47,7 +47,8 @@ pub enum StartError {
 pub async fn init(config: &Config) -> Result<AppState, StartError> {
     config.validate().map_err(StartError::Config)?;
     let store = store::Store::open(&config.data_dir)?;
-    let sandbox = sandbox::Sandbox::connect(config.sandbox_limits()).await?;
+    let sandbox =
+        sandbox::Sandbox::connect(config.sandbox_limits(), owner_id(&config.data_dir)).await?;
     let images = Arc::new(images::BuilderImages::new(
         sandbox.clone(),
         images::ImageSettings {
@@ -75,6 +76,13 @@ pub async fn init(config: &Config) -> Result<AppState, StartError> {
         images,
         oneshot_wait: std::time::Duration::from_secs(config.oneshot_wait_secs),
     })
+}
+
+/// This server instance's identity for container labels: a hash of its data directory.
+fn owner_id(data_dir: &std::path::Path) -> String {
+    use sha2::{Digest, Sha256};
+    let path = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    hex::encode(Sha256::digest(path.to_string_lossy().as_bytes()))[..16].to_string()
 }
 
 /// Serves until SIGTERM or Ctrl-C.

@@ -30,6 +30,9 @@ use tokio::io::AsyncWriteExt;
 
 /// Label carried by every job container; the sweeper removes leftovers by it.
 pub const JOB_LABEL: &str = "kmodforge.job";
+/// Label naming the server instance (its data directory) that owns a container,
+/// so one server's start-up sweep never removes another server's jobs.
+pub const OWNER_LABEL: &str = "kmodforge.owner";
 
 /// Mount points of the writable tmpfs filesystems inside a build container.
 pub const DKMS_TREE: &str = "/var/lib/dkms";
@@ -123,6 +126,7 @@ pub struct Exec<'a> {
 pub struct Sandbox {
     docker: Docker,
     limits: SandboxLimits,
+    owner: String,
 }
 
 /// What a job container is made from.
@@ -139,14 +143,19 @@ pub struct JobContainer {
 
 impl Sandbox {
     /// Connects to the local engine (`DOCKER_HOST` honoured) and negotiates the API version.
-    pub async fn connect(limits: SandboxLimits) -> Result<Self, SandboxError> {
+    /// `owner` identifies this server instance (e.g. a hash of its data directory).
+    pub async fn connect(limits: SandboxLimits, owner: String) -> Result<Self, SandboxError> {
         let docker = Docker::connect_with_defaults().map_err(SandboxError::Connect)?;
         let docker = docker
             .negotiate_version()
             .await
             .map_err(SandboxError::Connect)?;
         docker.ping().await.map_err(SandboxError::Connect)?;
-        Ok(Sandbox { docker, limits })
+        Ok(Sandbox {
+            docker,
+            limits,
+            owner,
+        })
     }
 
     pub fn docker(&self) -> &Docker {
@@ -219,6 +228,7 @@ impl Sandbox {
             network_disabled: Some(true),
             labels: Some(HashMap::from([
                 (JOB_LABEL.to_string(), spec.job_id.to_string()),
+                (OWNER_LABEL.to_string(), self.owner.clone()),
                 ("kmodforge".to_string(), "1".to_string()),
             ])),
             host_config: Some(host_config),
@@ -226,9 +236,10 @@ impl Sandbox {
         }
     }
 
-    /// Removes every container left by an earlier run (by label). Returns how many.
+    /// Removes every container left by an earlier run of this server (by label). Returns how many.
     pub async fn sweep(&self) -> Result<usize, SandboxError> {
-        let filters = HashMap::from([("label".to_string(), vec![JOB_LABEL.to_string()])]);
+        let owner = format!("{OWNER_LABEL}={}", self.owner);
+        let filters = HashMap::from([("label".to_string(), vec![JOB_LABEL.to_string(), owner])]);
         let options = ListContainersOptionsBuilder::default()
             .all(true)
             .filters(&filters)
