@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 use super::collect::{collect_artifact, CollectInput};
 use super::{failure, now_rfc3339, Builds, Job};
 use crate::images::ImageError;
-use crate::sandbox::{ContainerSpec, Exec, JobContainer, Stopped};
+use crate::sandbox::{ContainerSpec, Exec, ExecOutcome, JobContainer, Stopped};
 
 /// The evaluation of dkms.conf for one (source, kernel, arch, image), cached.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -39,6 +39,8 @@ enum Outcome {
 const MAX_DUMP: usize = 4 << 20;
 /// Largest module tar accepted from a build, in bytes.
 const MAX_MODULES_TAR: usize = 1 << 30;
+/// Limit for unpacking and evaluating dkms.conf (it may run shell code).
+const EVAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 impl Builds {
     /// Answers from the cache without a container, when image, evaluation and
@@ -186,11 +188,11 @@ impl Builds {
         let eval = match self.cached_eval(&ekey) {
             Some(e) => e,
             None => {
-                let c = match self.start_container(job, module, req, &image).await {
+                let (c, dump) = match self.start_container(job, module, req, &image, true).await {
                     Ok(c) => c,
                     Err(f) => return Outcome::Failed(f),
                 };
-                let e = self.evaluate(job, &c, req, &arch, &ekey).await;
+                let e = self.interpret_eval(job, dump, req, &arch, &ekey);
                 container = Some(c);
                 match e {
                     Ok(e) => e,
@@ -218,8 +220,8 @@ impl Builds {
         }
         let container = match container {
             Some(c) => c,
-            None => match self.start_container(job, module, req, &image).await {
-                Ok(c) => c,
+            None => match self.start_container(job, module, req, &image, false).await {
+                Ok((c, _)) => c,
                 Err(f) => return Outcome::Failed(f),
             },
         };
@@ -285,7 +287,8 @@ impl Builds {
         module: &ModuleSource,
         req: &BuildRequest,
         image: &KernelInfo,
-    ) -> Result<JobContainer, Failure> {
+        with_eval: bool,
+    ) -> Result<(JobContainer, Option<ExecOutcome>), Failure> {
         let infra = |msg: String| failure(FailureKind::Infrastructure, msg, &job.log);
         let source = self
             .store
@@ -302,23 +305,31 @@ impl Builds {
             .await
             .map_err(|e| infra(e.to_string()))?;
         let created = t0.elapsed().as_secs_f64();
+        // `prepare` = unpack + evaluate dkms.conf in one exec (stdout: the dump).
         let unpack = container
             .exec(Exec {
-                cmd: kmf("unpack"),
+                cmd: kmf(if with_eval { "prepare" } else { "unpack" }),
                 env: base_env(req, self.jobs()),
                 stdin: Some(Bytes::from(source)),
-                collect_stdout: None,
+                collect_stdout: with_eval.then_some(MAX_DUMP),
                 log: &job.log,
-                timeouts: None,
+                timeouts: Some((EVAL_TIMEOUT, EVAL_TIMEOUT)),
             })
             .await;
         match unpack {
-            Ok(o) if o.exit_code == Some(0) => {
-                let unpacked = o.elapsed.as_secs_f64();
+            Ok(o) if with_eval => {
+                let secs = o.elapsed.as_secs_f64();
                 job.log.note(&format!(
-                    "sandbox started in {created:.2} s, source unpacked in {unpacked:.2} s"
+                    "sandbox started in {created:.2} s, source unpacked and dkms.conf evaluated in {secs:.2} s"
                 ));
-                Ok(container)
+                Ok((container, Some(o)))
+            }
+            Ok(o) if o.exit_code == Some(0) => {
+                let secs = o.elapsed.as_secs_f64();
+                job.log.note(&format!(
+                    "sandbox started in {created:.2} s, source unpacked in {secs:.2} s"
+                ));
+                Ok((container, None))
             }
             Ok(o) => {
                 container.remove().await;
@@ -334,36 +345,26 @@ impl Builds {
         }
     }
 
-    async fn evaluate(
+    /// Validates the dump of `kmf prepare` in Rust and caches the result.
+    fn interpret_eval(
         &self,
         job: &Job,
-        container: &JobContainer,
+        out: Option<ExecOutcome>,
         req: &BuildRequest,
         arch: &Arch,
         ekey: &str,
     ) -> Result<CachedEval, Failure> {
-        let out = container
-            .exec(Exec {
-                cmd: kmf("eval"),
-                env: base_env(req, self.jobs()),
-                stdin: None,
-                collect_stdout: Some(MAX_DUMP),
-                log: &job.log,
-                timeouts: Some((
-                    std::time::Duration::from_secs(120),
-                    std::time::Duration::from_secs(120),
-                )),
-            })
-            .await
-            .map_err(|e| failure(FailureKind::Infrastructure, e.to_string(), &job.log))?;
-        job.log.note(&format!(
-            "dkms.conf evaluated in {:.2} s",
-            out.elapsed.as_secs_f64()
-        ));
+        let out = out.ok_or_else(|| {
+            failure(
+                FailureKind::Infrastructure,
+                "no dkms.conf evaluation".into(),
+                &job.log,
+            )
+        })?;
         let what = format!("{}/{} for {}", req.name, req.version, req.kernel);
         if out.exit_code != Some(0) {
             let msg = format!(
-                "{what}: evaluating dkms.conf failed (exit {:?})",
+                "{what}: preparing the source or evaluating dkms.conf failed (exit {:?}; see the log)",
                 out.exit_code
             );
             return Err(failure(FailureKind::InvalidConf, msg, &job.log));
@@ -406,10 +407,10 @@ impl Builds {
         let started = Instant::now();
         let run = container
             .exec(Exec {
-                cmd: kmf("build"),
+                cmd: kmf("build-collect"),
                 env,
                 stdin: None,
-                collect_stdout: None,
+                collect_stdout: Some(MAX_MODULES_TAR),
                 log: &job.log,
                 timeouts: Some((limits.wall_clock, limits.idle)),
             })
@@ -480,7 +481,7 @@ impl Builds {
         let build_seconds = started.elapsed().as_secs_f64();
         job.log
             .note(&format!("build step took {build_seconds:.2} s"));
-        self.collect(container, ctx, build_seconds).await
+        self.collect(ctx, &out.stdout, build_seconds)
     }
 
     /// Names the `BUILT_MODULE_NAME` files that make did not produce.
@@ -512,38 +513,9 @@ impl Builds {
         }
     }
 
-    async fn collect(
-        &self,
-        container: &JobContainer,
-        ctx: &BuildCtx<'_>,
-        build_seconds: f64,
-    ) -> Outcome {
+    /// Verifies and stores the module tar that `kmf build-collect` wrote to stdout.
+    fn collect(&self, ctx: &BuildCtx<'_>, tar: &[u8], build_seconds: f64) -> Outcome {
         let job = ctx.job;
-        let infra =
-            |msg: String| Outcome::Failed(failure(FailureKind::Infrastructure, msg, &job.log));
-        let out = match container
-            .exec(Exec {
-                cmd: kmf("collect"),
-                env: base_env(ctx.req, self.jobs()),
-                stdin: None,
-                collect_stdout: Some(MAX_MODULES_TAR),
-                log: &job.log,
-                timeouts: Some((
-                    std::time::Duration::from_secs(300),
-                    std::time::Duration::from_secs(300),
-                )),
-            })
-            .await
-        {
-            Ok(o) if o.exit_code == Some(0) => o,
-            Ok(o) => {
-                return infra(format!(
-                    "collecting modules failed (exit {:?})",
-                    o.exit_code
-                ))
-            }
-            Err(e) => return infra(e.to_string()),
-        };
         let input = CollectInput {
             build_id: &job.id,
             name: &ctx.req.name,
@@ -556,7 +528,7 @@ impl Builds {
             key: ctx.key,
             build_seconds,
         };
-        match collect_artifact(&self.store, &input, &out.stdout) {
+        match collect_artifact(&self.store, &input, tar) {
             Ok(manifest) => {
                 for f in &manifest.files {
                     job.log
