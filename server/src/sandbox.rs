@@ -406,6 +406,15 @@ impl JobContainer {
         }
     }
 
+    /// True while the container is running (false once it was stopped or removed
+    /// from outside, e.g. by an operator or another server's sweep).
+    pub async fn is_running(&self) -> bool {
+        match self.docker.inspect_container(&self.id, None).await {
+            Ok(c) => c.state.and_then(|s| s.running).unwrap_or(false),
+            Err(_) => false,
+        }
+    }
+
     async fn kill(&self) {
         let options = KillContainerOptionsBuilder::default()
             .signal("KILL")

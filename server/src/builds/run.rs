@@ -449,6 +449,12 @@ impl Builds {
             }
             (None, Some(0)) => {}
             (None, code) => {
+                if !container.is_running().await {
+                    return fail(
+                        FailureKind::Infrastructure,
+                        "the build container was stopped from outside the build".into(),
+                    );
+                }
                 if container.oom_killed().await {
                     return fail(
                         FailureKind::OutOfMemory,
