@@ -180,6 +180,38 @@ impl BuilderImages {
         self.prepared().get(kernel).cloned()
     }
 
+    /// The builder image for `kernel` if it is ready in the engine (never builds).
+    pub async fn existing(&self, kernel: &KernelRelease) -> Option<KernelInfo> {
+        if let Some(info) = self.cached(kernel) {
+            return Some(info);
+        }
+        let suite = kernel.debian_suite()?;
+        let info = self.current(kernel, suite).await.ok()??;
+        self.prepared().insert(kernel.clone(), info.clone());
+        Some(info)
+    }
+
+    /// The tagged image for `kernel` when it was built from the current recipe.
+    async fn current(
+        &self,
+        kernel: &KernelRelease,
+        suite: &str,
+    ) -> Result<Option<KernelInfo>, ImageError> {
+        let tag = tag_for(suite, kernel);
+        let recipe = self.recipe_hash()?;
+        let Ok(img) = self.docker.inspect_image(&tag).await else {
+            return Ok(None);
+        };
+        let labels = img.config.and_then(|c| c.labels).unwrap_or_default();
+        match (labels.get("kmodforge.recipe") == Some(&recipe), img.id) {
+            (true, Some(id)) => Ok(Some(kernel_info(kernel, suite, id, tag, &labels))),
+            _ => {
+                tracing::info!(%tag, "builder image is from an older recipe; it will be rebuilt");
+                Ok(None)
+            }
+        }
+    }
+
     /// Returns the builder image for `kernel`, building it if needed (once,
     /// however many callers ask at the same time).
     pub async fn ensure(&self, kernel: &KernelRelease) -> Result<KernelInfo, ImageError> {
@@ -203,17 +235,11 @@ impl BuilderImages {
         let suite = kernel
             .debian_suite()
             .ok_or_else(|| ImageError::UnsupportedKernel(kernel.to_string()))?;
+        if let Some(info) = self.current(kernel, suite).await? {
+            return Ok(info);
+        }
         let tag = tag_for(suite, kernel);
         let recipe = self.recipe_hash()?;
-        if let Ok(img) = self.docker.inspect_image(&tag).await {
-            let labels = img.config.and_then(|c| c.labels).unwrap_or_default();
-            if labels.get("kmodforge.recipe") == Some(&recipe) {
-                if let Some(id) = img.id {
-                    return Ok(kernel_info(kernel, suite, id, tag, &labels));
-                }
-            }
-            tracing::info!(%tag, "builder image is from an older recipe; rebuilding");
-        }
         let base = self.ensure_base(suite).await?;
         self.build(kernel, suite, &base, &tag, &recipe).await
     }

@@ -129,7 +129,7 @@ impl Builds {
                 version: req.version.clone(),
             })?;
         let arch = check_arch(&req)?;
-        if let Some(hit) = self.cache_hit(&module, &req, &arch)? {
+        if let Some(hit) = self.cache_hit(&module, &req, &arch).await? {
             return Ok(Submitted {
                 response: hit,
                 job: None,
@@ -211,9 +211,11 @@ impl Builds {
             (BuildState::Succeeded, Some(key)) => self.store.records.get_artifact(key)?,
             _ => None,
         };
+        // A build answered from the cache carries the manifest of the build that made it.
+        let cached = artifact.as_ref().is_some_and(|m| m.build_id != build.id);
         Ok(BuildResponse {
             build,
-            cached: false,
+            cached,
             artifact,
         })
     }

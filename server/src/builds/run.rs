@@ -45,13 +45,13 @@ const EVAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 impl Builds {
     /// Answers from the cache without a container, when image, evaluation and
     /// artifact are all known already.
-    pub(super) fn cache_hit(
+    pub(super) async fn cache_hit(
         &self,
         module: &ModuleSource,
         req: &BuildRequest,
         arch: &Arch,
     ) -> Result<Option<BuildResponse>, super::BuildError> {
-        let Some(image) = self.images.cached(&req.kernel) else {
+        let Some(image) = self.images.existing(&req.kernel).await else {
             return Ok(None);
         };
         let ekey = eval_key(module, req, arch, &image, self.jobs());

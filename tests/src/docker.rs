@@ -1,0 +1,171 @@
+//! The Docker engine as the tests see it: job containers created, left over, and
+//! their configuration.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use anyhow::{anyhow, bail, Context, Result};
+use bollard::models::ContainerInspectResponse;
+use bollard::query_parameters::{EventsOptionsBuilder, ListContainersOptionsBuilder};
+use bollard::Docker;
+use futures_util::StreamExt;
+
+/// The label every job container carries (`kmodforge=1`).
+const KMODFORGE_LABEL: &str = "kmodforge=1";
+/// The label naming a job container's build (`kmodforge.job=<build id>`).
+const JOB_LABEL: &str = "kmodforge.job";
+/// How long create events may take to arrive after the watched work ended. The
+/// daemon publishes an event before the create call returns; this only covers the
+/// delivery over the events stream.
+const EVENT_DRAIN: Duration = Duration::from_secs(1);
+
+/// A container creation seen on the events stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CreatedContainer {
+    pub id: String,
+    pub name: Option<String>,
+    /// Its `kmodforge.job` label: the build id.
+    pub job: Option<String>,
+}
+
+/// An existing job container.
+#[derive(Clone, Debug)]
+pub struct JobContainer {
+    pub id: String,
+    pub names: Vec<String>,
+    pub job: Option<String>,
+    pub state: Option<String>,
+}
+
+/// A connection to the local Docker engine.
+#[derive(Clone)]
+pub struct DockerProbe {
+    docker: Docker,
+}
+
+impl DockerProbe {
+    /// Connects and negotiates the API version; fails (never skips) when the engine
+    /// is unreachable.
+    pub async fn connect() -> Result<Self> {
+        let unreachable = |e: bollard::errors::Error| {
+            anyhow!(
+                "the Docker engine is unreachable ({e}); the kmodforge end-to-end tests \
+                 need a running Docker engine (DOCKER_HOST or /var/run/docker.sock) and \
+                 never skip"
+            )
+        };
+        let docker = Docker::connect_with_local_defaults().map_err(unreachable)?;
+        let docker = docker.negotiate_version().await.map_err(unreachable)?;
+        docker.ping().await.map_err(unreachable)?;
+        Ok(DockerProbe { docker })
+    }
+
+    pub fn docker(&self) -> &Docker {
+        &self.docker
+    }
+
+    /// Runs `work` and returns its output with every container labelled
+    /// `kmodforge=1` that was created while it ran.
+    ///
+    /// The events subscription starts with `since` = the time before `work`, so that
+    /// events between the subscription request and its start are replayed, and stops
+    /// [`EVENT_DRAIN`] after `work` ends.
+    pub async fn count_created<T>(
+        &self,
+        work: impl Future<Output = T>,
+    ) -> Result<(T, Vec<CreatedContainer>)> {
+        let since = docker_time(SystemTime::now());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let failed = Arc::new(Mutex::new(None));
+        let filters = HashMap::from([
+            ("type".to_string(), vec!["container".to_string()]),
+            ("event".to_string(), vec!["create".to_string()]),
+            ("label".to_string(), vec![KMODFORGE_LABEL.to_string()]),
+        ]);
+        let options = EventsOptionsBuilder::default()
+            .since(&since)
+            .filters(&filters)
+            .build();
+        let mut events = self.docker.events(Some(options));
+        let (seen2, failed2) = (seen.clone(), failed.clone());
+        let collector = tokio::spawn(async move {
+            while let Some(event) = events.next().await {
+                match event {
+                    Ok(e) => {
+                        let actor = e.actor.unwrap_or_default();
+                        let attrs = actor.attributes.unwrap_or_default();
+                        lock(&seen2).push(CreatedContainer {
+                            id: actor.id.unwrap_or_default(),
+                            name: attrs.get("name").cloned(),
+                            job: attrs.get(JOB_LABEL).cloned(),
+                        });
+                    }
+                    Err(e) => {
+                        *lock(&failed2) = Some(e.to_string());
+                        break;
+                    }
+                }
+            }
+        });
+        let out = work.await;
+        tokio::time::sleep(EVENT_DRAIN).await;
+        collector.abort();
+        if let Some(e) = lock(&failed).take() {
+            bail!("Docker events stream failed: {e}");
+        }
+        let created = lock(&seen).clone();
+        Ok((out, created))
+    }
+
+    /// Every container (running or not) labelled `kmodforge=1`.
+    pub async fn kmodforge_containers(&self) -> Result<Vec<JobContainer>> {
+        self.list(KMODFORGE_LABEL.to_string()).await
+    }
+
+    /// The containers of build `id` (label `kmodforge.job=<id>`).
+    pub async fn containers_of_job(&self, id: &str) -> Result<Vec<JobContainer>> {
+        self.list(format!("{JOB_LABEL}={id}")).await
+    }
+
+    async fn list(&self, label: String) -> Result<Vec<JobContainer>> {
+        let filters = HashMap::from([("label".to_string(), vec![label])]);
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let list = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .context("listing containers")?;
+        Ok(list
+            .into_iter()
+            .map(|c| JobContainer {
+                id: c.id.unwrap_or_default(),
+                names: c.names.unwrap_or_default(),
+                job: c.labels.unwrap_or_default().get(JOB_LABEL).cloned(),
+                state: c.state.map(|s| s.to_string()),
+            })
+            .collect())
+    }
+
+    /// `docker inspect` of one container.
+    pub async fn inspect(&self, id: &str) -> Result<ContainerInspectResponse> {
+        self.docker
+            .inspect_container(id, None)
+            .await
+            .with_context(|| format!("inspecting container {id}"))
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A time in the events API's `since` format: `<seconds>.<nanoseconds>`.
+fn docker_time(t: SystemTime) -> String {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    format!("{}.{:09}", d.as_secs(), d.subsec_nanos())
+}

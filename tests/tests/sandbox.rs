@@ -1,0 +1,203 @@
+//! The job container as Docker sees it (the sandbox policy of DESIGN.md), and the
+//! build log streamed while the build runs.
+
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context, Result};
+use futures_util::StreamExt;
+use kmodforge_api::wire::{BuildState, FailureKind};
+use kmodforge_e2e::{e2e_fixture, fixture, request, Env, JobContainer, ServerOpts, KERNEL_A};
+
+const JOBS: i64 = 2;
+const MEMORY_MIB: i64 = 1024;
+
+/// Waits until build `id` has a container, and returns it.
+async fn container_of(env: &Env, id: &str) -> Result<JobContainer> {
+    for _ in 0..600 {
+        if let Some(c) = env.docker.containers_of_job(id).await?.into_iter().next() {
+            return Ok(c);
+        }
+        let r = env.client.get_build(id).await?;
+        ensure!(!r.build.state.is_final(), "build {id} ended early: {r:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("no container for build {id} after 60 s")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn job_container_follows_the_sandbox_policy() -> Result<()> {
+    let opts = ServerOpts::default()
+        .env("KMODFORGE_JOBS", JOBS)
+        .env("KMODFORGE_BUILD_MEMORY_MIB", MEMORY_MIB)
+        .env("KMODFORGE_BUILD_TMPFS_MIB", 512)
+        .env("KMODFORGE_BUILD_IDLE_SECS", 10);
+    let env = Env::start(opts).await?;
+    env.client
+        .add_module("kmf-timeout", "1.0", &fixture("timeout"))
+        .await?;
+    let (_, first) = env
+        .client
+        .build(&request("kmf-timeout", "1.0", KERNEL_A)?)
+        .await?;
+    let id = first.build.id.clone();
+    let c = container_of(&env, &id).await?;
+    let inspect = env.docker.inspect(&c.id).await?;
+
+    ensure!(inspect.name.as_deref() == Some(&*format!("/kmodforge-job-{id}")));
+    let config = inspect.config.context("Config")?;
+    let labels = config.labels.clone().unwrap_or_default();
+    ensure!(
+        labels.get("kmodforge").map(String::as_str) == Some("1"),
+        "{labels:?}"
+    );
+    ensure!(labels.get("kmodforge.job") == Some(&id), "{labels:?}");
+    ensure!(
+        config.user.as_deref() == Some("1000:1000"),
+        "User {:?}",
+        config.user
+    );
+
+    let host = inspect.host_config.context("HostConfig")?;
+    ensure!(
+        host.network_mode.as_deref() == Some("none"),
+        "{:?}",
+        host.network_mode
+    );
+    ensure!(
+        host.readonly_rootfs == Some(true),
+        "ReadonlyRootfs {:?}",
+        host.readonly_rootfs
+    );
+    ensure!(host.privileged != Some(true), "Privileged");
+    let cap_drop = host.cap_drop.clone().unwrap_or_default();
+    ensure!(cap_drop == ["ALL"], "CapDrop {cap_drop:?}");
+    ensure!(
+        host.cap_add.clone().unwrap_or_default().is_empty(),
+        "CapAdd {:?}",
+        host.cap_add
+    );
+    let security = host.security_opt.clone().unwrap_or_default();
+    ensure!(
+        security.iter().any(|o| o.starts_with("no-new-privileges")),
+        "SecurityOpt {security:?}"
+    );
+    ensure!(
+        host.pids_limit.is_some_and(|p| p > 0),
+        "PidsLimit {:?}",
+        host.pids_limit
+    );
+    let memory = MEMORY_MIB << 20;
+    ensure!(host.memory == Some(memory), "Memory {:?}", host.memory);
+    ensure!(
+        host.memory_swap == host.memory,
+        "MemorySwap {:?}",
+        host.memory_swap
+    );
+    ensure!(
+        host.nano_cpus == Some(JOBS * 1_000_000_000),
+        "NanoCpus {:?}",
+        host.nano_cpus
+    );
+
+    // No host path inside: tmpfs only.
+    ensure!(
+        host.binds.clone().unwrap_or_default().is_empty(),
+        "Binds {:?}",
+        host.binds
+    );
+    ensure!(
+        host.mounts.clone().unwrap_or_default().is_empty(),
+        "Mounts {:?}",
+        host.mounts
+    );
+    ensure!(
+        host.volumes_from.clone().unwrap_or_default().is_empty(),
+        "VolumesFrom {:?}",
+        host.volumes_from
+    );
+    for m in inspect.mounts.clone().unwrap_or_default() {
+        ensure!(
+            m.typ.as_deref() == Some("tmpfs"),
+            "a non-tmpfs mount: {m:?}"
+        );
+    }
+    let tmpfs = host.tmpfs.clone().unwrap_or_default();
+    ensure!(
+        tmpfs.contains_key("/tmp") && tmpfs.contains_key("/var/lib/dkms"),
+        "{tmpfs:?}"
+    );
+
+    let done = env.client.wait(&id).await?;
+    let kind = done.build.failure.as_ref().map(|f| f.kind);
+    ensure!(kind == Some(FailureKind::Timeout), "{:?}", done.build);
+    env.assert_no_container_of(&id).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn build_log_streams_while_the_build_runs() -> Result<()> {
+    let env = Env::start(ServerOpts::default()).await?;
+    env.client
+        .add_module("kmf-live", "1.0", &e2e_fixture("live-log"))
+        .await?;
+    let (_, first) = env
+        .client
+        .build(&request("kmf-live", "1.0", KERNEL_A)?)
+        .await?;
+    let id = first.build.id.clone();
+    env.client
+        .wait_for(&id, Duration::from_secs(600), |r| {
+            r.build.state != BuildState::Queued
+        })
+        .await?;
+
+    let resp = env.client.log_stream(&id).await?;
+    let mut body = resp.bytes_stream();
+    let mut seen = String::new();
+    // The fixture prints a tick a second for 10 s before it builds: the first tick
+    // must arrive while the build is still running.
+    while !seen.contains("kmf-live: tick 1\n") {
+        let chunk = tokio::time::timeout(Duration::from_secs(60), body.next())
+            .await
+            .context("no log data within 60 s")?;
+        let Some(chunk) = chunk else {
+            bail!("log stream ended before the first tick; got:\n{seen}")
+        };
+        seen.push_str(&String::from_utf8_lossy(&chunk?));
+    }
+    let state = env.client.get_build(&id).await?.build.state;
+    ensure!(
+        state == BuildState::Running,
+        "the first tick must stream while the build runs, but it is {state:?}"
+    );
+
+    // The stream goes on to the end of the build, then closes.
+    let rest = tokio::time::timeout(Duration::from_secs(600), async {
+        while let Some(chunk) = body.next().await {
+            seen.push_str(&String::from_utf8_lossy(&chunk?));
+        }
+        anyhow::Ok(())
+    });
+    rest.await
+        .context("log stream did not end with the build")??;
+    ensure!(
+        seen.contains("kmf-live: tick 10\n"),
+        "streamed log:\n{seen}"
+    );
+
+    let done = env.client.wait(&id).await?;
+    ensure!(
+        done.build.state == BuildState::Succeeded,
+        "{:?}",
+        done.build.failure
+    );
+    let stored = env.client.build_log(&id).await?;
+    ensure!(
+        stored.contains("kmf-live: tick 10\n"),
+        "stored log:\n{stored}"
+    );
+    ensure!(
+        stored == seen,
+        "the streamed log differs from the stored one:\n--- streamed\n{seen}\n--- stored\n{stored}"
+    );
+    Ok(())
+}
