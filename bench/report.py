@@ -23,12 +23,12 @@ MARKS = [
     ("removed", re.compile(r"^\[kmodforge\] build succeeded")),
 ]
 PHASES = [
-    ("t0", "unpacked", "submit, container create + start, source unpack (`kmf unpack`)"),
-    ("unpacked", "planned", "dkms.conf evaluation (`kmf eval`) + plan + cache lookups"),
-    ("planned", "make_start", "`kmf build` exec start, fresh build dir (`cp -a` of the source)"),
+    ("t0", "unpacked", "submit, container create + start, source unpack (`kmf prepare`)"),
+    ("unpacked", "planned", "dkms.conf evaluation (rest of `kmf prepare`) + plan + cache lookups"),
+    ("planned", "make_start", "`kmf build-collect` exec start, fresh build dir (`cp -a` of the source)"),
     ("make_start", "make_end", "make (the module's own make command)"),
     ("make_end", "installed", "check, copy and `strip -g` the .ko"),
-    ("installed", "stored", "`kmf collect` (tar out) + blob/record store"),
+    ("installed", "stored", "module tar out (end of `kmf build-collect`) + blob/record store"),
     ("stored", "removed", "container removal (`docker rm -f`)"),
     ("removed", "t_final", "log/record persisted, client sees the final state"),
 ]
@@ -48,16 +48,15 @@ def p90(xs):
 
 # Durations the server writes into the log itself (optional: older servers do not).
 SERVER_NOTES = [
-    (re.compile(r"^\[kmodforge\] sandbox started in ([\d.]+) s, source unpacked in ([\d.]+) s"),
-     ("server_create", "server_unpack")),
-    (re.compile(r"^\[kmodforge\] dkms\.conf evaluated in ([\d.]+) s"), ("server_eval",)),
+    (re.compile(r"^\[kmodforge\] sandbox started in ([\d.]+) s, source unpacked"
+                r"(?: and dkms\.conf evaluated)? in ([\d.]+) s"),
+     ("server_create", "server_prepare")),
     (re.compile(r"^\[kmodforge\] build step took ([\d.]+) s"), ("server_build_step",)),
 ]
 SERVER_NOTE_LABELS = [
     ("server_create", "container create + start"),
-    ("server_unpack", "`kmf unpack` exec"),
-    ("server_eval", "`kmf eval` exec + evaluation"),
-    ("server_build_step", "`kmf build` exec"),
+    ("server_prepare", "`kmf prepare` exec (unpack + dkms.conf evaluation)"),
+    ("server_build_step", "`kmf build-collect` exec"),
 ]
 
 
@@ -227,7 +226,7 @@ def print_markdown(facts, sources, summary, prepare, notes):
         for a, b, label in PHASES:
             p(f"| {label} | " + " | ".join(fmt(cold[pkg]["phases"][f"{a}->{b}"]) for pkg in cold) + " |")
         p("| **total (client wall)** | " + " | ".join(fmt(cold[pkg]["kmodforge_wall"]["median"]) for pkg in cold) + " |")
-        p("| server `artifact.build_seconds` (`kmf build` exec) | "
+        p("| server `artifact.build_seconds` (`kmf build-collect` exec) | "
           + " | ".join(fmt(cold[pkg]["kmodforge_build_seconds"]) for pkg in cold) + " |")
         for n, label in SERVER_NOTE_LABELS:
             if any(n in cold[pkg]["server_notes"] for pkg in cold):

@@ -277,15 +277,20 @@ name_type!(
     |s| MODULE_VERSION_RULE.check(s)
 );
 
-const SOURCE_DIGEST_RULE: Rule = Rule {
-    kind: "source digest",
-    min: 64,
-    max: 64,
-    allowed: lower_hex,
-    allowed_text: "must be 64 lowercase hex digits",
-    first: any_char,
-    first_text: "",
-};
+/// A sha256 in lowercase hex; `kind` names it in error messages.
+const fn sha256_rule(kind: &'static str) -> Rule {
+    Rule {
+        kind,
+        min: 64,
+        max: 64,
+        allowed: lower_hex,
+        allowed_text: "must be 64 lowercase hex digits",
+        first: any_char,
+        first_text: "",
+    }
+}
+
+const SOURCE_DIGEST_RULE: Rule = sha256_rule("source digest");
 
 name_type!(
     /// The sha256 of a module source archive: exactly 64 lowercase hex digits.
@@ -300,15 +305,7 @@ impl SourceDigest {
     }
 }
 
-const ARTIFACT_KEY_RULE: Rule = Rule {
-    kind: "artifact key",
-    min: 64,
-    max: 64,
-    allowed: lower_hex,
-    allowed_text: "must be 64 lowercase hex digits",
-    first: any_char,
-    first_text: "",
-};
+const ARTIFACT_KEY_RULE: Rule = sha256_rule("artifact key");
 
 name_type!(
     /// The cache key of a build result (see [`crate::cachekey`]): 64 lowercase hex digits.

@@ -4,15 +4,12 @@
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use kmodforge_api::wire::{BuildState, FailureKind};
+use kmodforge_api::wire::{BuildRequest, BuildState, FailureKind, Manifest};
 use kmodforge_e2e::{check_downloads, fixture, request, Env, ServerOpts, StopMode, KERNEL_A};
 use reqwest::StatusCode;
 
-#[tokio::test(flavor = "multi_thread")]
-async fn kill_9_during_a_build_then_restart() -> Result<()> {
-    let mut env = Env::start(ServerOpts::default().stop_mode(StopMode::Kill)).await?;
-
-    // A finished build whose artifact must survive the crash.
+/// Adds and builds the hello fixture for kernel A; returns the request and its manifest.
+async fn build_hello(env: &Env) -> Result<(BuildRequest, Manifest)> {
     env.client
         .add_module("kmf-hello", "1.0", &fixture("hello"))
         .await?;
@@ -25,6 +22,15 @@ async fn kill_9_during_a_build_then_restart() -> Result<()> {
         done.build.failure
     );
     let manifest = done.artifact.context("manifest")?;
+    Ok((hello, manifest))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_during_a_build_then_restart() -> Result<()> {
+    let mut env = Env::start(ServerOpts::default().stop_mode(StopMode::Kill)).await?;
+
+    // A finished build whose artifact must survive the crash.
+    let (_, manifest) = build_hello(&env).await?;
 
     // A build that is running (its container exists) when the server dies.
     env.client
@@ -73,7 +79,7 @@ async fn kill_9_during_a_build_then_restart() -> Result<()> {
     let kind = interrupted.build.failure.as_ref().map(|f| f.kind);
     ensure!(kind == Some(FailureKind::Infrastructure), "{kind:?}");
     // The finished build, its manifest and its .ko are still served.
-    let hello_again = env.client.get_build(&first.build.id).await?;
+    let hello_again = env.client.get_build(&manifest.build_id).await?;
     ensure!(hello_again.build.state == BuildState::Succeeded);
     ensure!(hello_again.artifact.as_ref() == Some(&manifest));
     let fetched = env.client.manifest("kmf-hello", "1.0", KERNEL_A).await?;
@@ -88,18 +94,7 @@ async fn kill_9_during_a_build_then_restart() -> Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn artifact_cache_survives_a_restart() -> Result<()> {
     let mut env = Env::start(ServerOpts::default()).await?;
-    env.client
-        .add_module("kmf-hello", "1.0", &fixture("hello"))
-        .await?;
-    let hello = request("kmf-hello", "1.0", KERNEL_A)?;
-    let (_, first) = env.client.build(&hello).await?;
-    let done = env.client.wait(&first.build.id).await?;
-    ensure!(
-        done.build.state == BuildState::Succeeded,
-        "{:?}",
-        done.build.failure
-    );
-    let manifest = done.artifact.context("manifest")?;
+    let (hello, manifest) = build_hello(&env).await?;
 
     let dir = env.server.data_dir();
     env.restart(ServerOpts::default().data_dir(dir)).await?;

@@ -126,6 +126,13 @@ impl SqliteRecords {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// True when the one-parameter query returns a row.
+    fn exists(&self, sql: &str, arg: &str) -> Result<bool, RecordsError> {
+        let conn = self.conn();
+        let found: Option<i64> = conn.query_row(sql, [arg], |r| r.get(0)).optional()?;
+        Ok(found.is_some())
+    }
+
     fn query_json<T: serde::de::DeserializeOwned>(
         &self,
         table: &'static str,
@@ -196,15 +203,7 @@ impl Records for SqliteRecords {
     }
 
     fn digest_in_use(&self, digest: &str) -> Result<bool, RecordsError> {
-        let conn = self.conn();
-        let found: Option<i64> = conn
-            .query_row(
-                "SELECT 1 FROM modules WHERE digest = ?1 LIMIT 1",
-                [digest],
-                |r| r.get(0),
-            )
-            .optional()?;
-        Ok(found.is_some())
+        self.exists("SELECT 1 FROM modules WHERE digest = ?1 LIMIT 1", digest)
     }
 
     fn put_build(&self, b: &BuildRecord) -> Result<(), RecordsError> {
@@ -324,15 +323,10 @@ impl Records for SqliteRecords {
     }
 
     fn blob_in_use(&self, sha256: &str) -> Result<bool, RecordsError> {
-        let conn = self.conn();
-        let found: Option<i64> = conn
-            .query_row(
-                "SELECT 1 FROM artifact_blobs WHERE sha256 = ?1 LIMIT 1",
-                [sha256],
-                |r| r.get(0),
-            )
-            .optional()?;
-        Ok(found.is_some())
+        self.exists(
+            "SELECT 1 FROM artifact_blobs WHERE sha256 = ?1 LIMIT 1",
+            sha256,
+        )
     }
 
     fn put_eval(&self, key: &str, value: &str) -> Result<(), RecordsError> {
