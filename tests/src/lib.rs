@@ -4,7 +4,8 @@
 //! The harness starts the real `kmodforge-server` binary on a free loopback port with
 //! a temporary data directory ([`Server`]), talks to it over HTTP ([`Client`]), and
 //! watches the Docker engine ([`DockerProbe`]) to count, list and inspect the job
-//! containers the server creates.
+//! containers the server creates. [`agent`] runs the real `kmodforge-agent` binary
+//! against temporary host roots (and a fake server for answers the real one never gives).
 //!
 //! # Rules the tests follow
 //! - Nothing skips: a test that needs Docker fails with a message saying the engine is
@@ -16,6 +17,7 @@
 //! - Every server gets a fresh data directory unless a test hands one over on purpose
 //!   (restart), so every first build is a cache miss.
 
+pub mod agent;
 mod client;
 mod docker;
 mod fixtures;

@@ -1,0 +1,296 @@
+//! The real `kmodforge-agent` binary run as a subprocess against a temporary root:
+//! kernel trees that the real `depmod -b ROOT` indexes, a config file, and a tiny
+//! HTTP server for answers the real server never gives (a wrong sha256).
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::{Arc, OnceLock};
+use std::time::SystemTime;
+
+use anyhow::{bail, Context, Result};
+
+use crate::server::workspace_root;
+
+/// The agent binary next to this test executable, built with cargo when it is missing
+/// or older than the agent's or api's sources. `KMODFORGE_AGENT_BIN` overrides it.
+pub fn agent_binary() -> Result<PathBuf> {
+    if let Some(bin) = std::env::var_os("KMODFORGE_AGENT_BIN") {
+        return Ok(PathBuf::from(bin));
+    }
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| build_agent().map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+fn build_agent() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating the test executable")?;
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("test executable is not in target/<profile>/deps")?;
+    let bin = profile_dir.join("kmodforge-agent");
+    if bin.exists() && !stale(&bin) {
+        return Ok(bin);
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "-p", "kmodforge-agent", "--bin", "kmodforge-agent"])
+        .arg("--manifest-path")
+        .arg(workspace_root().join("Cargo.toml"));
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    let status = cmd
+        .status()
+        .context("running cargo build -p kmodforge-agent")?;
+    if !status.success() || !bin.exists() {
+        bail!("cargo build -p kmodforge-agent failed ({status})");
+    }
+    Ok(bin)
+}
+
+fn stale(bin: &Path) -> bool {
+    let Ok(built) = bin.metadata().and_then(|m| m.modified()) else {
+        return true;
+    };
+    let root = workspace_root();
+    ["agent/src", "agent/Cargo.toml", "api/src"]
+        .iter()
+        .any(|p| newest(&root.join(p)) > Some(built))
+}
+
+fn newest(path: &Path) -> Option<SystemTime> {
+    let meta = std::fs::metadata(path).ok()?;
+    if meta.is_file() {
+        return meta.modified().ok();
+    }
+    std::fs::read_dir(path)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| newest(&e.path()))
+        .max()
+}
+
+/// What one agent run did.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(out: Output) -> Run {
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Fails unless the exit code is `code`, showing both streams.
+    pub fn expect(self, code: i32) -> Result<Run> {
+        if self.code != code {
+            bail!("agent exited {} (expected {code}):\n{self}", self.code);
+        }
+        Ok(self)
+    }
+}
+
+impl std::fmt::Display for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "--- stdout\n{}--- stderr\n{}", self.stdout, self.stderr)
+    }
+}
+
+/// A temporary host root: `lib/modules/<krel>` trees, a config file, the agent.
+pub struct AgentRoot {
+    dir: tempfile::TempDir,
+    pub config: PathBuf,
+}
+
+impl AgentRoot {
+    /// A root with a minimal tree (with `modules.dep`) for each of `kernels`.
+    pub fn new(kernels: &[&str]) -> Result<AgentRoot> {
+        let dir = tempfile::Builder::new()
+            .prefix("kmodforge-agent-root-")
+            .tempdir()
+            .context("creating the agent root")?;
+        let config = dir.path().join("etc/kmodforge/agent.toml");
+        let root = AgentRoot { dir, config };
+        for k in kernels {
+            root.add_kernel(k)?;
+        }
+        Ok(root)
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `lib/modules/<krel>` with empty `modules.dep`, `modules.order`, `modules.builtin`
+    /// and `modules.builtin.modinfo`: enough for `depmod -b ROOT -a KREL`.
+    pub fn add_kernel(&self, krel: &str) -> Result<()> {
+        let tree = self.tree(krel);
+        std::fs::create_dir_all(&tree).with_context(|| format!("creating {}", tree.display()))?;
+        for f in [
+            "modules.dep",
+            "modules.order",
+            "modules.builtin",
+            "modules.builtin.modinfo",
+        ] {
+            std::fs::write(tree.join(f), "").with_context(|| format!("writing {f}"))?;
+        }
+        Ok(())
+    }
+
+    /// `<root>/lib/modules/<krel>`.
+    pub fn tree(&self, krel: &str) -> PathBuf {
+        self.path().join("lib/modules").join(krel)
+    }
+
+    /// `modules.dep` of `krel` (empty when missing).
+    pub fn modules_dep(&self, krel: &str) -> String {
+        std::fs::read_to_string(self.tree(krel).join("modules.dep")).unwrap_or_default()
+    }
+
+    /// Writes the config: `server`, this root, `running_kernel`, the modules.
+    pub fn write_config(
+        &self,
+        server: &str,
+        running: &str,
+        modules: &[(&str, &str)],
+    ) -> Result<()> {
+        let mut text = format!(
+            "server = \"{server}\"\nroot = \"{}\"\nrunning_kernel = \"{running}\"\n\
+             connect_timeout_secs = 2\nrequest_timeout_secs = 60\nbuild_wait_secs = 1200\nretries = 1\n",
+            self.path().display()
+        );
+        for (name, version) in modules {
+            text.push_str(&format!(
+                "\n[[module]]\nname = \"{name}\"\nversion = \"{version}\"\n"
+            ));
+        }
+        if let Some(dir) = self.config.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(&self.config, text).context("writing the agent config")
+    }
+
+    /// Runs `kmodforge-agent --config CONFIG ARGS...` to completion.
+    pub async fn run(&self, args: &[&str]) -> Result<Run> {
+        let mut all = vec!["--config".to_string(), self.config.display().to_string()];
+        all.extend(args.iter().map(|s| s.to_string()));
+        run_agent(all).await
+    }
+
+    /// Runs the hook script `rel` (under root) with `args`, as the kernel package would.
+    pub async fn run_hook(&self, rel: &str, args: &[&str]) -> Result<Run> {
+        let script = self.path().join(rel);
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        tokio::task::spawn_blocking(move || {
+            let out = Command::new("sh")
+                .arg(&script)
+                .args(&args)
+                .stdin(Stdio::null())
+                .output()
+                .with_context(|| format!("running {}", script.display()))?;
+            let run = Run::from(out);
+            eprintln!("$ sh {} {}\n{run}", script.display(), args.join(" "));
+            Ok(run)
+        })
+        .await?
+    }
+}
+
+/// Runs the agent with `args` (no config added), off the async workers.
+pub async fn run_agent(args: Vec<String>) -> Result<Run> {
+    let bin = agent_binary()?;
+    tokio::task::spawn_blocking(move || {
+        let out = Command::new(&bin)
+            .args(&args)
+            .env_remove("KMODFORGE_AGENT_CONFIG")
+            .env_remove("KMODFORGE_SERVER")
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("running {}", bin.display()))?;
+        let run = Run::from(out);
+        eprintln!("$ kmodforge-agent {}\n{run}", args.join(" "));
+        Ok(run)
+    })
+    .await?
+}
+
+/// A canned answer of [`FakeServer`].
+#[derive(Clone)]
+pub struct Canned {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+/// A tiny HTTP/1.1 server answering GETs from a fixed map (anything else: 404 JSON).
+/// It runs on a thread until the process ends.
+pub struct FakeServer {
+    addr: SocketAddr,
+}
+
+impl FakeServer {
+    pub fn start(routes: HashMap<String, Canned>) -> Result<FakeServer> {
+        let listener = TcpListener::bind("127.0.0.1:0").context("binding the fake server")?;
+        let addr = listener.local_addr()?;
+        let routes = Arc::new(routes);
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let routes = routes.clone();
+                std::thread::spawn(move || {
+                    let _ = answer(stream, &routes);
+                });
+            }
+        });
+        Ok(FakeServer { addr })
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+fn answer(stream: TcpStream, routes: &HashMap<String, Canned>) -> std::io::Result<()> {
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line)?;
+    let mut length = 0usize;
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap_or(0);
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body)?;
+    let path = request_line.split_whitespace().nth(1).unwrap_or("/");
+    let not_found = Canned {
+        status: 404,
+        body: br#"{"error":{"kind":"not_found","message":"fake server: no such route"}}"#.to_vec(),
+    };
+    let c = routes.get(path).unwrap_or(&not_found);
+    let mut out = stream;
+    write!(
+        out,
+        "HTTP/1.1 {} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        c.status,
+        c.body.len()
+    )?;
+    out.write_all(&c.body)?;
+    out.flush()
+}

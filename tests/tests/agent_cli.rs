@@ -1,0 +1,81 @@
+//! The agent's command line without a server: configuration errors, the lock, an
+//! unreachable server, and the documented exit codes (agent/README.md).
+
+use std::fs::OpenOptions;
+use std::net::TcpListener;
+
+use anyhow::{ensure, Result};
+use kmodforge_e2e::agent::AgentRoot;
+use kmodforge_e2e::KERNEL_A;
+use nix::fcntl::{Flock, FlockArg};
+
+/// A loopback URL where nothing listens.
+fn dead_url() -> Result<String> {
+    let l = TcpListener::bind("127.0.0.1:0")?;
+    let addr = l.local_addr()?;
+    drop(l);
+    Ok(format!("http://{addr}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn config_errors_name_the_key_and_exit_2() -> Result<()> {
+    let root = AgentRoot::new(&[KERNEL_A])?;
+    root.write_config("http://127.0.0.1:1", KERNEL_A, &[("kmf-hello", "1.0")])?;
+    let text = std::fs::read_to_string(&root.config)?;
+    std::fs::write(
+        &root.config,
+        text.replace("retries = 1", "retries = \"many\""),
+    )?;
+    let run = root.run(&["sync"]).await?.expect(2)?;
+    ensure!(run.stderr.lines().count() == 1, "one line:\n{run}");
+    ensure!(run.stderr.contains("retries"), "{run}");
+
+    std::fs::write(&root.config, "server = \"ftp://x\"\n")?;
+    let run = root.run(&["status"]).await?.expect(2)?;
+    ensure!(run.stderr.contains("`server`"), "{run}");
+
+    let run = root.run(&["uninstall"]).await?.expect(2)?;
+    ensure!(run.stderr.contains("NAME/VERSION"), "{run}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lock_held_exits_7() -> Result<()> {
+    let root = AgentRoot::new(&[KERNEL_A])?;
+    root.write_config(&dead_url()?, KERNEL_A, &[("kmf-hello", "1.0")])?;
+    let dir = root.path().join("var/lib/kmodforge-agent");
+    std::fs::create_dir_all(&dir)?;
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("lock"))?;
+    let held = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| e)?;
+    let run = root.run(&["sync"]).await?.expect(7)?;
+    ensure!(run.stderr.contains("lock"), "{run}");
+    drop(held);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unreachable_server_exits_3_with_one_line_per_pair() -> Result<()> {
+    let root = AgentRoot::new(&[KERNEL_A, "6.1.0-56-amd64"])?;
+    root.write_config(&dead_url()?, KERNEL_A, &[("kmf-hello", "1.0")])?;
+    let run = root.run(&["sync"]).await?.expect(3)?;
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    ensure!(lines.len() == 2, "one line per kernel:\n{run}");
+    for (line, k) in lines.iter().zip([KERNEL_A, "6.1.0-56-amd64"]) {
+        let prefix = format!("kmodforge-agent: kmf-hello/1.0 on {k}: ");
+        ensure!(
+            line.starts_with(&prefix) && line.contains("unreachable"),
+            "{run}"
+        );
+    }
+    // A hook never fails the kernel package.
+    let hook = root
+        .run(&["sync", "--kernel", KERNEL_A, "--hook"])
+        .await?
+        .expect(0)?;
+    ensure!(hook.stderr.contains("unreachable"), "{hook}");
+    Ok(())
+}

@@ -1,0 +1,118 @@
+//! The agent refuses what does not verify: a manifest whose sha256 is not the
+//! download's, and a `.ko` whose vermagic names another kernel. Real modules built by
+//! the real server are served by a tiny fake server that lies about them.
+
+use std::collections::HashMap;
+
+use anyhow::{ensure, Context, Result};
+use kmodforge_api::wire::{BuildState, Manifest};
+use kmodforge_e2e::agent::{AgentRoot, Canned, FakeServer, Run};
+use kmodforge_e2e::{fixture, request, Env, ServerOpts, KERNEL_A, KERNEL_B};
+
+/// Builds kmf-hello for `krel` on the real server: its manifest and `.ko`.
+async fn built(env: &Env, krel: &str) -> Result<(Manifest, Vec<u8>)> {
+    let (_, first) = env
+        .client
+        .build(&request("kmf-hello", "1.0", krel)?)
+        .await?;
+    let done = env.client.wait(&first.build.id).await?;
+    ensure!(
+        done.build.state == BuildState::Succeeded,
+        "{:?}",
+        done.build
+    );
+    let m = done.artifact.context("manifest")?;
+    let ko = env
+        .client
+        .download("kmf-hello", "1.0", krel, "kmf_hello.ko")
+        .await?;
+    Ok((m, ko))
+}
+
+/// A fake server answering for kmf-hello/1.0 on `krel` with `manifest` and `ko`.
+fn serve(krel: &str, manifest: &Manifest, ko: Vec<u8>) -> Result<FakeServer> {
+    let base = format!("/v1/artifacts/kmf-hello/1.0/{krel}");
+    let mut routes = HashMap::new();
+    routes.insert(
+        base.clone(),
+        Canned {
+            status: 200,
+            body: serde_json::to_vec(manifest)?,
+        },
+    );
+    routes.insert(
+        format!("{base}/files/kmf_hello.ko"),
+        Canned {
+            status: 200,
+            body: ko,
+        },
+    );
+    FakeServer::start(routes)
+}
+
+/// Runs `sync --kernel krel` against `fake`; expects exit 5 and nothing installed.
+async fn refused(root: &AgentRoot, fake: &FakeServer, krel: &str) -> Result<Run> {
+    root.write_config(&fake.base_url(), KERNEL_A, &[("kmf-hello", "1.0")])?;
+    let run = root.run(&["sync", "--kernel", krel]).await?.expect(5)?;
+    let prefix = format!("kmodforge-agent: kmf-hello/1.0 on {krel}: ");
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    ensure!(
+        lines.len() == 1 && lines[0].starts_with(&prefix),
+        "expected one error line starting {prefix:?}:\n{run}"
+    );
+    let dkms = root.tree(krel).join("updates/dkms");
+    let left: Vec<_> = std::fs::read_dir(&dkms)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    ensure!(
+        left.is_empty(),
+        "files installed despite the failure: {left:?}"
+    );
+    ensure!(!root.modules_dep(krel).contains("kmf_hello"));
+    let status = root.run(&["status", "--json"]).await?.expect(0)?;
+    ensure!(
+        status.stdout.trim() == "[]",
+        "state must be empty:\n{status}"
+    );
+    Ok(run)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_sha256_or_vermagic_installs_nothing() -> Result<()> {
+    let env = Env::start(ServerOpts::default()).await?;
+    env.client
+        .add_module("kmf-hello", "1.0", &fixture("hello"))
+        .await?;
+    let (m_a, ko_a) = built(&env, KERNEL_A).await?;
+    let (_, ko_b) = built(&env, KERNEL_B).await?;
+    let root = AgentRoot::new(&[KERNEL_A])?;
+
+    let mut lying = m_a.clone();
+    lying.files[0].sha256 = "0".repeat(64);
+    let fake = serve(KERNEL_A, &lying, ko_a.clone())?;
+    let run = refused(&root, &fake, KERNEL_A).await?;
+    ensure!(run.stderr.contains("sha256 mismatch"), "{run}");
+
+    // The manifest is right about the bytes, but they are kernel B's module.
+    let mut other = m_a.clone();
+    other.files[0].sha256 = sha256_hex(&ko_b);
+    other.files[0].size = ko_b.len() as u64;
+    other.files[0].modinfo.vermagic = None;
+    let fake = serve(KERNEL_A, &other, ko_b)?;
+    let run = refused(&root, &fake, KERNEL_A).await?;
+    ensure!(run.stderr.contains("vermagic"), "{run}");
+
+    // The honest manifest installs (the fake server is not the cause of the refusals).
+    let fake = serve(KERNEL_A, &m_a, ko_a)?;
+    root.write_config(&fake.base_url(), KERNEL_A, &[("kmf-hello", "1.0")])?;
+    root.run(&["sync", "--kernel", KERNEL_A]).await?.expect(0)?;
+    ensure!(root
+        .modules_dep(KERNEL_A)
+        .contains("updates/dkms/kmf_hello.ko:"));
+    Ok(())
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
