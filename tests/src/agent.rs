@@ -7,73 +7,13 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::{Arc, OnceLock};
-use std::time::SystemTime;
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 
-use crate::server::workspace_root;
-
-/// The agent binary next to this test executable, built with cargo when it is missing
-/// or older than the agent's or api's sources. `KMODFORGE_AGENT_BIN` overrides it.
+/// The agent binary (built when missing or stale; `KMODFORGE_AGENT_BIN` overrides it).
 pub fn agent_binary() -> Result<PathBuf> {
-    if let Some(bin) = std::env::var_os("KMODFORGE_AGENT_BIN") {
-        return Ok(PathBuf::from(bin));
-    }
-    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    BUILT
-        .get_or_init(|| build_agent().map_err(|e| format!("{e:#}")))
-        .clone()
-        .map_err(anyhow::Error::msg)
-}
-
-fn build_agent() -> Result<PathBuf> {
-    let exe = std::env::current_exe().context("locating the test executable")?;
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("test executable is not in target/<profile>/deps")?;
-    let bin = profile_dir.join("kmodforge-agent");
-    if bin.exists() && !stale(&bin) {
-        return Ok(bin);
-    }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.args(["build", "-p", "kmodforge-agent", "--bin", "kmodforge-agent"])
-        .arg("--manifest-path")
-        .arg(workspace_root().join("Cargo.toml"));
-    if profile_dir.file_name().is_some_and(|n| n == "release") {
-        cmd.arg("--release");
-    }
-    let status = cmd
-        .status()
-        .context("running cargo build -p kmodforge-agent")?;
-    if !status.success() || !bin.exists() {
-        bail!("cargo build -p kmodforge-agent failed ({status})");
-    }
-    Ok(bin)
-}
-
-fn stale(bin: &Path) -> bool {
-    let Ok(built) = bin.metadata().and_then(|m| m.modified()) else {
-        return true;
-    };
-    let root = workspace_root();
-    ["agent/src", "agent/Cargo.toml", "api/src"]
-        .iter()
-        .any(|p| newest(&root.join(p)) > Some(built))
-}
-
-fn newest(path: &Path) -> Option<SystemTime> {
-    let meta = std::fs::metadata(path).ok()?;
-    if meta.is_file() {
-        return meta.modified().ok();
-    }
-    std::fs::read_dir(path)
-        .ok()?
-        .filter_map(|e| e.ok())
-        .filter_map(|e| newest(&e.path()))
-        .max()
+    crate::bins::AGENT.path()
 }
 
 /// What one agent run did.

@@ -18,6 +18,7 @@
 //!   (restart), so every first build is a cache miss.
 
 pub mod agent;
+mod bins;
 mod client;
 mod docker;
 mod fixtures;

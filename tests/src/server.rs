@@ -5,7 +5,7 @@ use std::fs::File;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context, Result};
@@ -107,7 +107,7 @@ pub struct Server {
 impl Server {
     /// Starts the binary and waits until `/healthz` answers.
     pub async fn start(opts: ServerOpts) -> Result<Server> {
-        let bin = server_binary()?;
+        let bin = crate::bins::SERVER.path()?;
         let dir = match opts.data_dir.clone() {
             Some(d) => d,
             None => DataDir::new()?,
@@ -275,83 +275,4 @@ impl Drop for Server {
 fn free_port() -> Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").context("binding a free loopback port")?;
     Ok(listener.local_addr()?)
-}
-
-/// The server binary next to this test executable (`target/<profile>/`), built with
-/// cargo when it is missing or older than the server's or api's sources.
-/// `KMODFORGE_SERVER_BIN` overrides the path (no build then).
-fn server_binary() -> Result<PathBuf> {
-    if let Some(bin) = std::env::var_os("KMODFORGE_SERVER_BIN") {
-        return Ok(PathBuf::from(bin));
-    }
-    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    BUILT
-        .get_or_init(|| locate_and_build().map_err(|e| format!("{e:#}")))
-        .clone()
-        .map_err(anyhow::Error::msg)
-}
-
-fn locate_and_build() -> Result<PathBuf> {
-    let exe = std::env::current_exe().context("locating the test executable")?;
-    // target/<profile>/deps/<test>-<hash> -> target/<profile>/kmodforge-server
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("test executable is not in target/<profile>/deps")?;
-    let bin = profile_dir.join("kmodforge-server");
-    if bin.exists() && !is_stale(&bin) {
-        return Ok(bin);
-    }
-    let workspace = workspace_root();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.arg("build")
-        .arg("-p")
-        .arg("kmodforge-server")
-        .arg("--manifest-path")
-        .arg(workspace.join("Cargo.toml"));
-    if profile_dir.file_name().is_some_and(|n| n == "release") {
-        cmd.arg("--release");
-    }
-    let status = cmd
-        .status()
-        .context("running cargo build -p kmodforge-server")?;
-    if !status.success() || !bin.exists() {
-        bail!(
-            "cargo build -p kmodforge-server failed ({status}) or did not produce {}",
-            bin.display()
-        );
-    }
-    Ok(bin)
-}
-
-pub(crate) fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from(".."))
-}
-
-/// True when a source file of the server or api crate is newer than the binary.
-fn is_stale(bin: &Path) -> bool {
-    let Ok(built) = bin.metadata().and_then(|m| m.modified()) else {
-        return true;
-    };
-    let root = workspace_root();
-    ["server", "api"].iter().any(|krate| {
-        let dir = root.join(krate);
-        newest_mtime(&dir.join("src")).max(newest_mtime(&dir.join("Cargo.toml"))) > Some(built)
-    })
-}
-
-fn newest_mtime(path: &Path) -> Option<SystemTime> {
-    let meta = std::fs::metadata(path).ok()?;
-    if meta.is_file() {
-        return meta.modified().ok();
-    }
-    std::fs::read_dir(path)
-        .ok()?
-        .filter_map(|e| e.ok())
-        .filter_map(|e| newest_mtime(&e.path()))
-        .max()
 }

@@ -148,7 +148,6 @@ impl Builds {
                 .note(&format!("build {}: {}", state.as_str(), f.message)),
             None => job.log.note("build succeeded"),
         }
-        job.log.finish();
         if let Err(e) = self.store.put_log(&job.id, &job.log.contents()) {
             tracing::error!(build = %job.id, error = %e, "cannot store build log");
         }
@@ -164,6 +163,9 @@ impl Builds {
             r.cached = cached;
         });
         self.persist(job);
+        // Only now end the live log: a follower that sees the stream end and then asks
+        // for the build must find it final (else it polls once more for nothing).
+        job.log.finish();
         let s = job.snapshot();
         tracing::info!(build = %job.id, state = s.build.state.as_str(), seconds, "build finished");
     }
