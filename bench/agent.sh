@@ -18,6 +18,8 @@
 # dkms and the kernel's headers if missing; /usr/src, /var/lib/dkms, /lib/modules/KREL). Everything this
 # script creates on the host is removed at exit (the installed packages stay).
 set -euo pipefail
+# shellcheck source=bench/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 shopt -s inherit_errexit
 export LC_ALL=C
 
@@ -28,11 +30,6 @@ CMDLINE="bench/agent.sh${*:+ $*}"
 RUNS=7 WARMUP=1 FLEET="50 200" MODES="poll verbose" KERNEL=6.1.0-47-amd64 TIMEOUT=600
 DKMS=1 BUILD=1 KEEP=0
 MODULE=kmf-hello MODVER=1.0 KO=kmf_hello.ko
-
-usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
-die() { printf '\nbench: ERROR: %s\n' "$*" >&2; exit 1; }
-say() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-posint() { [[ $2 =~ ^[0-9]+$ ]] || die "$1 needs a non-negative integer, got '$2'"; }
 
 while (($#)); do
     case $1 in
@@ -88,9 +85,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# ------------------------------------------------------------------ helpers
-now() { printf '%s' "$EPOCHREALTIME"; }
-jget() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); v=eval(sys.argv[2]); print("" if v is None else v)' "$1" "$2"; }
 # record KIND key=value ...: one raw JSON line (numbers stay numbers)
 record() {
     python3 - "$@" >>"$RAW" <<'PY'
@@ -118,10 +112,6 @@ check() {   # check WHAT CONDITION-RESULT(0/1) DETAIL
     if [[ $2 == 1 ]]; then return 0; fi
     CHECKS_FAILED+=("$1: $3")
     say "  CHECK FAILED: $1: $3"
-}
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
 # timed.py OUT LOG [VAR=value ...] CMD...: runs CMD (stdout+stderr appended to LOG) and writes to OUT one JSON object:
@@ -184,16 +174,6 @@ start_server() {
     read -r code t < <(api PUT "/v1/kernels/$KERNEL" "$WORK/kernel.json" --max-time 3600)
     [[ $code == 200 ]] || die "PUT /v1/kernels/$KERNEL: HTTP $code $(head -c 500 "$WORK/kernel.json")"
     IMAGE_ID=$(jget "$WORK/kernel.json" 'd["image"]["id"]')
-}
-
-stop_server() {
-    [[ -n $SERVER_PID ]] || return 0
-    kill -TERM "$SERVER_PID" 2>/dev/null || true
-    local i
-    for i in $(seq 100); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$SERVER_PID" 2>/dev/null || true
-    wait "$SERVER_PID" 2>/dev/null || true
-    SERVER_PID=""
 }
 
 # api METHOD PATH OUTFILE [curl args...]: prints "HTTP_CODE TIME_TOTAL"

@@ -12,6 +12,8 @@
 # stderr: progress. Raw data: bench/results/<timestamp>.json.
 # Starts its own release server on a free port with a temp data dir and stops it on exit.
 set -euo pipefail
+# shellcheck source=bench/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 shopt -s inherit_errexit
 export LC_ALL=C
 
@@ -24,11 +26,6 @@ KERNEL=6.1.0-47-amd64 IMAGE_KERNEL=6.1.0-56-amd64
 JOBS=${KMODFORGE_JOBS:-$(nproc)}
 PACKAGES="v4l2loopback-dkms apfs-dkms"
 BUILD=1 KEEP=0
-
-usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
-die() { printf '\nbench: ERROR: %s\n' "$*" >&2; exit 1; }
-say() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-posint() { [[ $2 =~ ^[0-9]+$ ]] || die "$1 needs a non-negative integer, got '$2'"; }
 
 while (($#)); do
     case $1 in
@@ -84,11 +81,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# ------------------------------------------------------------------ helpers
-now() { printf '%s' "$EPOCHREALTIME"; }
 elapsed() { python3 -c 'import sys; print(f"{float(sys.argv[2]) - float(sys.argv[1]):.6f}")' "$1" "$2"; }
-# jq-free JSON access: jget FILE 'python expression over d'
-jget() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); v=eval(sys.argv[2]); print("" if v is None else v)' "$1" "$2"; }
 # record KIND key=value ...: one raw JSON line (numbers stay numbers)
 record() {
     python3 - "$@" >>"$RAW" <<'PY'
@@ -106,10 +99,6 @@ for p in pairs:
         pass
 print(json.dumps(out))
 PY
-}
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
 # A kmodforge server sweeps EVERY container labelled kmodforge.job when it starts (not only its own),
@@ -140,16 +129,6 @@ start_server() {
     done
     tail -n 20 "$WORK/server.log" >&2
     die "the server did not answer $BASE/healthz within 20 s"
-}
-
-stop_server() {
-    [[ -n $SERVER_PID ]] || return 0
-    kill -TERM "$SERVER_PID" 2>/dev/null || true
-    local i
-    for i in $(seq 100); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$SERVER_PID" 2>/dev/null || true
-    wait "$SERVER_PID" 2>/dev/null || true
-    SERVER_PID=""
 }
 
 # api METHOD PATH OUTFILE [curl args...]: prints "HTTP_CODE TIME_TOTAL"
