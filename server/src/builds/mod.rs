@@ -7,6 +7,8 @@
 //! that end up with the same cache key share one build as well.
 
 pub mod collect;
+mod evaluate;
+mod execute;
 pub mod log;
 mod run;
 

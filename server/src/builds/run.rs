@@ -1,44 +1,32 @@
-//! One build job, phase by phase: image, sandbox, evaluate, cache, build, collect.
+//! One build job: its life cycle (queue, run, finish) and phase 1, the builder
+//! image and the sandbox; `evaluate` and `execute` hold the later phases.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
 use kmodforge_api::cachekey::{cache_key, CacheKeyParts};
-use kmodforge_api::dkms::{evaluate, BuildPlan, Dump, EvalContext, Evaluation};
+use kmodforge_api::dkms::BuildPlan;
 use kmodforge_api::names::{Arch, ArtifactKey};
 use kmodforge_api::wire::{
     BuildRequest, BuildResponse, BuildState, Failure, FailureKind, KernelInfo, Manifest,
     ModuleSource,
 };
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
-use super::collect::{collect_artifact, CollectInput};
+use super::evaluate::{eval_key, CachedEval, MAX_DUMP};
+use super::execute::BuildCtx;
 use super::{failure, now_rfc3339, Builds, Job};
 use crate::images::ImageError;
-use crate::sandbox::{ContainerSpec, Exec, ExecOutcome, JobContainer, Stopped};
-
-/// The evaluation of dkms.conf for one (source, kernel, arch, image), cached.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[allow(clippy::large_enum_variant)] // short-lived; boxing would only add noise
-enum CachedEval {
-    Build(BuildPlan),
-    NotApplicable(String),
-}
+use crate::sandbox::{ContainerSpec, Exec, ExecOutcome, JobContainer};
 
 /// How a job ended (before it is written to the record).
-enum Outcome {
+pub(super) enum Outcome {
     Built(Manifest),
     Cached(Manifest),
     Failed(Failure),
     NotApplicable(Failure),
 }
 
-/// Largest eval dump accepted, in bytes.
-const MAX_DUMP: usize = 4 << 20;
-/// Largest module tar accepted from a build, in bytes.
-const MAX_MODULES_TAR: usize = 1 << 30;
 /// Limit for unpacking and evaluating dkms.conf (it may run shell code).
 const EVAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
@@ -73,13 +61,8 @@ impl Builds {
         }))
     }
 
-    fn jobs(&self) -> u32 {
+    pub(super) fn jobs(&self) -> u32 {
         self.sandbox.limits().jobs
-    }
-
-    fn cached_eval(&self, ekey: &str) -> Option<CachedEval> {
-        let text = self.store.records.get_eval(ekey).ok()??;
-        serde_json::from_str(&text).ok()
     }
 
     fn artifact_key(
@@ -346,225 +329,14 @@ impl Builds {
             }
         }
     }
-
-    /// Validates the dump of `kmf prepare` in Rust and caches the result.
-    fn interpret_eval(
-        &self,
-        job: &Job,
-        out: Option<ExecOutcome>,
-        req: &BuildRequest,
-        arch: &Arch,
-        ekey: &str,
-    ) -> Result<CachedEval, Failure> {
-        let out = out.ok_or_else(|| {
-            failure(
-                FailureKind::Infrastructure,
-                "no dkms.conf evaluation".into(),
-                &job.log,
-            )
-        })?;
-        let what = format!("{}/{} for {}", req.name, req.version, req.kernel);
-        if out.exit_code != Some(0) {
-            let msg = format!(
-                "{what}: preparing the source or evaluating dkms.conf failed (exit {:?}; see the log)",
-                out.exit_code
-            );
-            return Err(failure(FailureKind::InvalidConf, msg, &job.log));
-        }
-        let conf_err = |e: kmodforge_api::dkms::ConfError| {
-            failure(
-                FailureKind::InvalidConf,
-                format!("{what}: dkms.conf: {e}"),
-                &job.log,
-            )
-        };
-        let dump = Dump::parse(&out.stdout).map_err(conf_err)?;
-        let ctx = EvalContext::new(
-            req.kernel.clone(),
-            arch.clone(),
-            req.name.clone(),
-            req.version.clone(),
-            self.jobs(),
-        );
-        let eval = match evaluate(&dump, &ctx).map_err(conf_err)? {
-            Evaluation::Build(plan) => CachedEval::Build(plan),
-            Evaluation::NotApplicable { reason } => {
-                CachedEval::NotApplicable(format!("{what}: not applicable: {reason}"))
-            }
-        };
-        if let Ok(text) = serde_json::to_string(&eval) {
-            if let Err(e) = self.store.records.put_eval(ekey, &text) {
-                tracing::warn!(error = %e, "cannot cache dkms.conf evaluation");
-            }
-        }
-        Ok(eval)
-    }
-
-    async fn build(&self, container: &JobContainer, ctx: &BuildCtx<'_>) -> Outcome {
-        let job = ctx.job;
-        let limits = self.sandbox.limits();
-        let mut env = base_env(ctx.req, self.jobs());
-        env.extend(plan_env(ctx.plan));
-        job.log.note(&format!("make command: {}", ctx.plan.make));
-        let started = Instant::now();
-        let run = container
-            .exec(Exec {
-                cmd: kmf("build-collect"),
-                env,
-                stdin: None,
-                collect_stdout: Some(MAX_MODULES_TAR),
-                log: &job.log,
-                timeouts: Some((limits.wall_clock, limits.idle)),
-            })
-            .await;
-        let what = format!(
-            "{}/{} for {}",
-            ctx.req.name, ctx.req.version, ctx.req.kernel
-        );
-        let out = match run {
-            Ok(o) => o,
-            Err(e) => {
-                return Outcome::Failed(failure(
-                    FailureKind::Infrastructure,
-                    e.to_string(),
-                    &job.log,
-                ))
-            }
-        };
-        let fail =
-            |kind, msg: String| Outcome::Failed(failure(kind, format!("{what}: {msg}"), &job.log));
-        match (out.stopped, out.exit_code) {
-            (Some(Stopped::WallClock), _) => {
-                return fail(
-                    FailureKind::Timeout,
-                    format!(
-                        "build exceeded the {} s wall-clock limit",
-                        limits.wall_clock.as_secs()
-                    ),
-                )
-            }
-            (Some(Stopped::Idle), _) => {
-                return fail(
-                    FailureKind::Timeout,
-                    format!("build printed nothing for {} s", limits.idle.as_secs()),
-                )
-            }
-            (None, Some(0)) => {}
-            (None, code) => {
-                if !container.is_running().await {
-                    return fail(
-                        FailureKind::Infrastructure,
-                        "the build container was stopped from outside the build".into(),
-                    );
-                }
-                if container.oom_killed().await {
-                    return fail(
-                        FailureKind::OutOfMemory,
-                        format!(
-                            "build ran out of memory (limit {} MiB)",
-                            limits.memory_bytes >> 20
-                        ),
-                    );
-                }
-                return match code {
-                    Some(5) | Some(6) => fail(
-                        FailureKind::PatchFailed,
-                        format!("applying a patch failed (exit {})", code.unwrap_or(-1)),
-                    ),
-                    Some(7) => fail(
-                        FailureKind::MissingModule,
-                        self.missing_modules(container, ctx).await,
-                    ),
-                    Some(10) => fail(
-                        FailureKind::CompileError,
-                        "make failed (DKMS: Bad return status for module build)".into(),
-                    ),
-                    other => fail(
-                        FailureKind::CompileError,
-                        format!("a build step failed (exit {other:?})"),
-                    ),
-                };
-            }
-        }
-        let build_seconds = started.elapsed().as_secs_f64();
-        job.log
-            .note(&format!("build step took {build_seconds:.2} s"));
-        self.collect(ctx, &out.stdout, build_seconds)
-    }
-
-    /// Names the `BUILT_MODULE_NAME` files that make did not produce.
-    async fn missing_modules(&self, container: &JobContainer, ctx: &BuildCtx<'_>) -> String {
-        let build_dir = format!("/var/lib/dkms/{}/{}/build", ctx.req.name, ctx.req.version);
-        let paths: Vec<String> = ctx
-            .plan
-            .modules
-            .iter()
-            .map(|m| format!("{build_dir}/{}{}.ko", m.built_location, m.built_name))
-            .collect();
-        let mut cmd = vec![
-            "sh",
-            "-c",
-            r#"for f; do [ -f "$f" ] || echo "$f"; done"#,
-            "sh",
-        ];
-        cmd.extend(paths.iter().map(String::as_str));
-        let missing = match container.read(&cmd, 64 * 1024).await {
-            Ok(o) => String::from_utf8_lossy(&o.stdout)
-                .trim()
-                .replace('\n', ", "),
-            Err(_) => String::new(),
-        };
-        if missing.is_empty() {
-            "a built module is missing".into()
-        } else {
-            format!("built module missing: {missing}")
-        }
-    }
-
-    /// Verifies and stores the module tar that `kmf build-collect` wrote to stdout.
-    fn collect(&self, ctx: &BuildCtx<'_>, tar: &[u8], build_seconds: f64) -> Outcome {
-        let job = ctx.job;
-        let input = CollectInput {
-            build_id: &job.id,
-            name: &ctx.req.name,
-            version: &ctx.req.version,
-            kernel: &ctx.req.kernel,
-            arch: ctx.arch,
-            source_digest: &ctx.module.digest,
-            image: &ctx.image.image,
-            plan: ctx.plan,
-            key: ctx.key,
-            build_seconds,
-        };
-        match collect_artifact(&self.store, &input, tar) {
-            Ok(manifest) => {
-                for f in &manifest.files {
-                    job.log
-                        .note(&format!("{} {} bytes sha256 {}", f.file, f.size, f.sha256));
-                }
-                Outcome::Built(manifest)
-            }
-            Err(e) => Outcome::Failed(failure(e.kind(), e.to_string(), &job.log)),
-        }
-    }
 }
 
-struct BuildCtx<'a> {
-    job: &'a Job,
-    module: &'a ModuleSource,
-    req: &'a BuildRequest,
-    arch: &'a Arch,
-    image: &'a KernelInfo,
-    plan: &'a BuildPlan,
-    key: &'a ArtifactKey,
-}
-
-fn kmf(sub: &str) -> Vec<String> {
+pub(super) fn kmf(sub: &str) -> Vec<String> {
     vec!["/usr/local/lib/kmodforge/kmf".into(), sub.into()]
 }
 
 /// Variables every `kmf` step gets (the DKMS `-m`, `-v`, `-k`, `--arch` equivalents).
-fn base_env(req: &BuildRequest, jobs: u32) -> Vec<String> {
+pub(super) fn base_env(req: &BuildRequest, jobs: u32) -> Vec<String> {
     vec![
         format!("KMF_MODULE={}", req.name),
         format!("KMF_VERSION={}", req.version),
@@ -575,49 +347,6 @@ fn base_env(req: &BuildRequest, jobs: u32) -> Vec<String> {
         ),
         format!("KMF_JOBS={jobs}"),
     ]
-}
-
-/// The validated plan, handed to `kmf build` as variables (no shell quoting involved).
-fn plan_env(plan: &BuildPlan) -> Vec<String> {
-    let modules: Vec<String> = plan
-        .modules
-        .iter()
-        .map(|m| {
-            let strip = if m.strip { "y" } else { "n" };
-            format!(
-                "{}\t{}\t{}\t{strip}",
-                m.built_location, m.built_name, m.dest_name
-            )
-        })
-        .collect();
-    vec![
-        format!("KMF_MAKE={}", plan.make),
-        format!("KMF_PATCHES={}", plan.patches.join("\n")),
-        format!(
-            "KMF_PRE_BUILD={}",
-            plan.pre_build.clone().unwrap_or_default()
-        ),
-        format!(
-            "KMF_POST_BUILD={}",
-            plan.post_build.clone().unwrap_or_default()
-        ),
-        format!("KMF_MODULES={}", modules.join("\n")),
-    ]
-}
-
-/// Identity of a dkms.conf evaluation: everything its result can depend on.
-fn eval_key(
-    module: &ModuleSource,
-    req: &BuildRequest,
-    arch: &Arch,
-    image: &KernelInfo,
-    jobs: u32,
-) -> String {
-    let text = serde_json::json!({
-        "v": 1, "name": module.name, "version": module.version, "digest": module.digest,
-        "kernel": req.kernel, "arch": arch, "image": image.image.id, "jobs": jobs,
-    });
-    hex::encode(Sha256::digest(text.to_string().as_bytes()))
 }
 
 fn image_failure(e: ImageError, job: &Job) -> Failure {
