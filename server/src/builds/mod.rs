@@ -153,7 +153,25 @@ impl Builds {
             inflight.by_id.insert(job.id.clone(), job.clone());
             job
         };
-        self.store.records.put_build(&job.snapshot().build)?;
+        if let Err(e) = self.store.records.put_build(&job.snapshot().build) {
+            // Nothing will run this job: take it back out so that later requests start afresh.
+            let mut inflight = self.inflight();
+            inflight.by_request.remove(&key);
+            inflight.by_id.remove(&job.id);
+            drop(inflight);
+            // A request that joined meanwhile must not wait forever.
+            let f = failure(
+                FailureKind::Infrastructure,
+                format!("cannot record the build: {e}"),
+                &job.log,
+            );
+            job.update(|r| {
+                r.build.state = BuildState::Failed;
+                r.build.failure = Some(f);
+            });
+            job.log.finish();
+            return Err(e.into());
+        }
         let this = self.clone();
         let job2 = job.clone();
         tokio::spawn(async move { this.run_job(job2, module, req, key).await });
