@@ -12,20 +12,12 @@ import json
 import math
 import os
 import re
-import statistics
 import sys
 
 
-def median(xs):
-    return statistics.median(xs) if xs else float("nan")
-
-
-def p90(xs):
-    """Nearest-rank 90th percentile."""
-    if not xs:
-        return float("nan")
-    s = sorted(xs)
-    return s[max(0, math.ceil(0.9 * len(s)) - 1)]
+# Shared statistics of the build-server benchmark (same directory).
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from report import median, p90  # noqa: E402
 
 
 def stats(xs):
