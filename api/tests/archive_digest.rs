@@ -186,3 +186,46 @@ fn archive_long_paths_survive_normalization() {
         "parents explicit"
     );
 }
+
+/// Symlinks that lead outside the tree are dropped and reported, never refused:
+/// Debian ships `README.gz -> ../../share/doc/…` inside `/usr/src/<m>-<v>`. The
+/// tree without them has the same digest as a tree that never had them.
+#[test]
+fn archive_drops_escaping_symlinks_and_reports_them() {
+    let escaping = [
+        ("README.gz", "../../share/doc/pkg/README.gz"),
+        ("abs", "/etc/shadow"),
+        ("src/up", "../../x"),
+    ];
+    let mut with_links = base("pkg-1.0/");
+    for (path, target) in escaping {
+        with_links.push(symlink(&format!("pkg-1.0/{path}"), target));
+    }
+    // Through another link: d/up -> .. is the root, so d/up/.. is above it.
+    with_links.push(dir("pkg-1.0/d"));
+    with_links.push(symlink("pkg-1.0/d/up", ".."));
+    with_links.push(symlink("pkg-1.0/through", "d/up/.."));
+    let mut clean = base("");
+    clean.push(dir("d"));
+    clean.push(symlink("d/up", ".."));
+
+    let tree = ok(&tar_of(&with_links));
+    let dropped: Vec<(String, String)> = tree
+        .dropped_links
+        .iter()
+        .map(|l| (l.path.clone(), l.target.clone()))
+        .collect();
+    assert_eq!(
+        dropped,
+        vec![
+            ("README.gz".into(), "../../share/doc/pkg/README.gz".into()),
+            ("abs".into(), "/etc/shadow".into()),
+            ("src/up".into(), "../../x".into()),
+            ("through".into(), "d/up/..".into()),
+        ]
+    );
+    let reference = ok(&tar_of(&clean));
+    assert!(reference.dropped_links.is_empty());
+    assert_eq!(tree.digest, reference.digest);
+    assert_eq!(tree.normalized_tar, reference.normalized_tar);
+}

@@ -72,7 +72,16 @@ impl Sources {
             .await
             .map_err(|e| SourceError::Task(e.to_string()))??;
         let declared = scan_declared(&tree.dkms_conf);
-        let mut warnings = Vec::new();
+        let mut warnings: Vec<String> = tree
+            .dropped_links
+            .iter()
+            .map(|l| {
+                format!(
+                    "dropped symlink {:?} -> {:?}: it points outside the source tree",
+                    l.path, l.target
+                )
+            })
+            .collect();
         if let Some(pkg) = declared.package_name.as_deref() {
             if pkg != name.as_str() && !declared.dynamic {
                 warnings.push(format!(

@@ -5,7 +5,6 @@ use std::io::{self, Read};
 use tar::{Archive, Entry, EntryType};
 
 use super::error::{reason, shown};
-use super::links::escapes_lexically;
 use super::tree::{Node, Tree};
 use super::{ArchiveError, ArchiveLimits};
 
@@ -136,15 +135,8 @@ impl Collector<'_> {
 
     fn add_symlink(&mut self, path: String, raw_target: &[u8]) -> Result<(), ArchiveError> {
         self.ensure_vacant(&path)?;
+        // Where it leads is judged on the final tree (`links::drop_escaping`).
         let target = symlink_target(&path, raw_target, self.limits.max_path_bytes)?;
-        // Fail fast on the obvious escapes; `links::check` redoes this on the final tree.
-        if escapes_lexically(&path, &target) {
-            return Err(ArchiveError::LinkEscapes {
-                path,
-                target,
-                link: "symlink",
-            });
-        }
         self.tree.insert(path, Node::Symlink { target });
         Ok(())
     }
@@ -278,9 +270,10 @@ fn hard_link_target(path: &str, raw: &[u8], max_bytes: usize) -> Result<String, 
     })
 }
 
-/// Checks a symlink target and gives its canonical spelling: relative, with empty
-/// and `.` components dropped (`./a//b/` becomes `a/b`, an empty result `.`). `..`
-/// is kept: where it leads is checked against the final tree.
+/// Checks a symlink target and gives its canonical spelling, with empty and `.`
+/// components dropped (`./a//b/` becomes `a/b`, an empty result `.`, an absolute
+/// target keeps its leading `/`). `..` is kept: where it leads is judged on the
+/// final tree.
 fn symlink_target(path: &str, raw: &[u8], max_bytes: usize) -> Result<String, ArchiveError> {
     let invalid = |reason| ArchiveError::InvalidPath {
         path: path.to_owned(),
@@ -298,20 +291,15 @@ fn symlink_target(path: &str, raw: &[u8], max_bytes: usize) -> Result<String, Ar
             limit: max_bytes,
         });
     }
-    if text.starts_with('/') {
-        return Err(ArchiveError::LinkEscapes {
-            path: path.to_owned(),
-            target: shown(raw),
-            link: "symlink",
-        });
-    }
+    let absolute = text.starts_with('/');
     let parts: Vec<&str> = text
         .split('/')
         .filter(|c| !c.is_empty() && *c != ".")
         .collect();
-    Ok(match parts.is_empty() {
-        true => ".".to_owned(),
-        false => parts.join("/"),
+    Ok(match (absolute, parts.is_empty()) {
+        (true, _) => format!("/{}", parts.join("/")),
+        (false, true) => ".".to_owned(),
+        (false, false) => parts.join("/"),
     })
 }
 

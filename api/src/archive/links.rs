@@ -1,6 +1,7 @@
-//! Proving that every symlink of the final tree stays inside it.
+//! Proving that every symlink of the final tree stays inside it; the ones that
+//! do not are dropped (and reported), never extracted.
 //!
-//! Two checks, both must pass:
+//! A link stays when both checks pass:
 //! - lexical: the target, read from the link's directory with `..` popping one
 //!   component, never climbs above the root;
 //! - resolved: the target walked like the kernel would once the tree is extracted,
@@ -20,8 +21,11 @@ use super::ArchiveError;
 const MAX_LINK_DEPTH: u32 = 40;
 
 /// Whether `target`, read from the directory of the link at `link_path`, climbs
-/// above the tree root, without following any link.
+/// above the tree root (or is absolute), without following any link.
 pub(super) fn escapes_lexically(link_path: &str, target: &str) -> bool {
+    if target.starts_with('/') {
+        return true;
+    }
     let mut depth = link_path.matches('/').count();
     for component in target.split('/') {
         match component {
@@ -34,24 +38,50 @@ pub(super) fn escapes_lexically(link_path: &str, target: &str) -> bool {
     false
 }
 
-/// Checks every symlink of a tree whose parent directories are all explicit.
-pub(super) fn check(tree: &Tree) -> Result<(), ArchiveError> {
+/// A symlink taken out of the tree because it points outside it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DroppedLink {
+    pub path: String,
+    pub target: String,
+}
+
+/// Removes every symlink that leads outside the tree (absolute, climbing above the
+/// root, or doing so through other links) and returns them. Such links are common
+/// in real packages (Debian's `README.gz -> ../../share/doc/...` dangles once the
+/// tree is copied anywhere); dropping them keeps the tree safe without refusing it.
+/// Removing a link can change where others lead, so this runs to a fixed point.
+/// A cycle or a chain deeper than the kernel follows is still an error.
+pub(super) fn drop_escaping(tree: &mut Tree) -> Result<Vec<DroppedLink>, ArchiveError> {
+    let mut dropped = Vec::new();
+    loop {
+        let escaping = escaping_links(tree)?;
+        if escaping.is_empty() {
+            dropped.sort_by(|a: &DroppedLink, b| a.path.cmp(&b.path));
+            return Ok(dropped);
+        }
+        for path in escaping {
+            if let Some(Node::Symlink { target }) = tree.remove(&path) {
+                dropped.push(DroppedLink { path, target });
+            }
+        }
+    }
+}
+
+/// The paths of the symlinks of `tree` (parent directories all explicit) that escape.
+fn escaping_links(tree: &Tree) -> Result<Vec<String>, ArchiveError> {
     let mut resolver = Resolver::new(tree);
+    let mut escaping = Vec::new();
     for (id, (path, node)) in tree.iter().enumerate() {
         let Node::Symlink { target } = node else {
             continue;
         };
-        let escape = || ArchiveError::LinkEscapes {
-            path: path.clone(),
-            target: target.clone(),
-            link: "symlink",
-        };
         if escapes_lexically(path, target) {
-            return Err(escape());
+            escaping.push(path.clone());
+            continue;
         }
         match resolver.resolve(id + 1, 0) {
             Ok(_) => {}
-            Err(Failure::Escapes) => return Err(escape()),
+            Err(Failure::Escapes) => escaping.push(path.clone()),
             Err(Failure::TooDeep) => {
                 return Err(ArchiveError::LinkLoop {
                     path: path.clone(),
@@ -61,7 +91,7 @@ pub(super) fn check(tree: &Tree) -> Result<(), ArchiveError> {
             }
         }
     }
-    Ok(())
+    Ok(escaping)
 }
 
 /// Node 0 is the root; tree entry `i` (in order) is node `i + 1`.
@@ -136,6 +166,9 @@ impl<'t> Resolver<'t> {
             Memo::Unvisited => {}
         }
         let target = self.targets[node].unwrap_or(".");
+        if target.starts_with('/') {
+            return Err(Failure::Escapes);
+        }
         self.memo[node] = Memo::InProgress;
         let mut place = Place {
             node: self.parents[node],
@@ -219,6 +252,7 @@ mod tests {
             ("d/a", "x/../../y", false),
             ("d/a", "x/../../../y", true),
             ("a", "./.", false),
+            ("a", "/etc", true),
         ];
         for (path, target, escapes) in cases {
             assert_eq!(
@@ -232,7 +266,7 @@ mod tests {
     #[test]
     fn resolution_through_links() {
         // (symlinks, directories, whether the tree passes)
-        let cases: [(Links, &[&str], bool); 6] = [
+        let cases: [(Links, &[&str], bool); 7] = [
             // d/up -> .. is the root, so d/up/.. is above it.
             (&[("d/up", ".."), ("x", "d/up/..")], &["d"], false),
             (&[("d/up", ".."), ("x", "d/up/d")], &["d"], true),
@@ -243,6 +277,7 @@ mod tests {
                 false,
             ),
             (&[("a", "b"), ("b", "a")], &[], false),
+            (&[("abs", "/usr/src"), ("x", "abs/y")], &[], false),
             (&[("a", "missing/deep/../.."), ("b", "c")], &[], true),
             (
                 &[("deep", "a/b/c"), ("x", "deep/..")],
@@ -251,7 +286,9 @@ mod tests {
             ),
         ];
         for (links, dirs, ok) in cases {
-            assert_eq!(check(&tree(links, dirs)).is_ok(), ok, "{links:?}");
+            let mut t = tree(links, dirs);
+            let kept = matches!(drop_escaping(&mut t), Ok(d) if d.is_empty());
+            assert_eq!(kept, ok, "{links:?}");
         }
     }
 }

@@ -10,9 +10,12 @@
 //! - enforces every [`ArchiveLimits`] while streaming: bytes are counted as they are
 //!   decompressed and read, and no buffer is sized from a header's claim;
 //! - rejects absolute paths, `..` components, non-UTF-8 paths, device and fifo
-//!   entries, duplicate paths, entries below a file or symlink, symlinks that lead
-//!   outside the tree (lexically or by following other symlinks), and hard links
-//!   to anything but an earlier regular file (valid ones become copies);
+//!   entries, duplicate paths, entries below a file or symlink, symlink cycles, and
+//!   hard links to anything but an earlier regular file (valid ones become copies);
+//! - drops, and reports in [`SourceTree::dropped_links`], every symlink that leads
+//!   outside the tree (absolute, or climbing out lexically or by following other
+//!   symlinks): real packages ship dangling ones (`README.gz -> ../../share/doc/…`),
+//!   and DKMS would copy them as they are;
 //! - keeps no owner, time or permission beyond the exec bit.
 //!
 //! The output tar is therefore safe to extract with any tar, and the same source
@@ -35,6 +38,7 @@ mod tree;
 use std::fmt;
 
 pub use error::ArchiveError;
+pub use links::DroppedLink;
 
 use crate::names::SourceDigest;
 use stream::LimitedStream;
@@ -87,6 +91,8 @@ pub struct SourceTree {
     pub bytes: u64,
     /// The top-level folder that held `dkms.conf` and was removed, if any.
     pub stripped_prefix: Option<String>,
+    /// Symlinks that pointed outside the tree and were left out of it.
+    pub dropped_links: Vec<DroppedLink>,
 }
 
 /// Prints sizes instead of the (large) tar bytes and `dkms.conf` text.
@@ -99,6 +105,7 @@ impl fmt::Debug for SourceTree {
             .field("files", &self.files)
             .field("bytes", &self.bytes)
             .field("stripped_prefix", &self.stripped_prefix)
+            .field("dropped_links", &self.dropped_links)
             .finish()
     }
 }
@@ -124,13 +131,14 @@ pub fn ingest(input: &[u8], limits: &ArchiveLimits) -> Result<SourceTree, Archiv
         tree = tree::strip(tree, prefix);
     }
     tree::add_parents(&mut tree, limits.max_entries)?;
-    links::check(&tree)?;
-    summarize(&tree, stripped_prefix)
+    let dropped_links = links::drop_escaping(&mut tree)?;
+    summarize(&tree, stripped_prefix, dropped_links)
 }
 
 fn summarize(
     tree: &tree::Tree,
     stripped_prefix: Option<String>,
+    dropped_links: Vec<DroppedLink>,
 ) -> Result<SourceTree, ArchiveError> {
     let dkms_conf = match tree.get(DKMS_CONF) {
         Some(Node::File { data, .. }) => String::from_utf8_lossy(data).into_owned(),
@@ -148,5 +156,6 @@ fn summarize(
         files,
         bytes,
         stripped_prefix,
+        dropped_links,
     })
 }
