@@ -3,11 +3,13 @@
 //! Nothing here does IO or needs an async runtime: validated names (`names`), the
 //! DKMS directive model and its rules (`dkms`), `.ko` modinfo parsing (`modinfo`),
 //! untrusted source-archive validation and digests (`archive`), the cache-key
-//! function (`cachekey`) and the HTTP wire types (`wire`).
+//! function (`cachekey`), per-module settings (`settings`) and the HTTP wire types
+//! (`wire`).
 
 pub mod archive;
 pub mod cachekey;
 pub mod dkms;
 pub mod modinfo;
 pub mod names;
+pub mod settings;
 pub mod wire;

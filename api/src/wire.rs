@@ -117,6 +117,10 @@ pub enum FailureKind {
     InvalidConf,
     /// No `linux-headers-<krel>` package exists for the requested kernel.
     UnknownKernel,
+    /// A BUILD_DEPENDS dependency (dkms.conf or settings) is not registered or did
+    /// not build, or a Debian package of the module's settings could not be installed
+    /// (DKMS's exit 13, "missing BUILD_DEPENDS").
+    DependencyFailed,
     /// The service failed (Docker, disk, image build), not the module.
     Infrastructure,
 }
@@ -133,6 +137,7 @@ impl FailureKind {
             FailureKind::NotApplicable => "not_applicable",
             FailureKind::InvalidConf => "invalid_conf",
             FailureKind::UnknownKernel => "unknown_kernel",
+            FailureKind::DependencyFailed => "dependency_failed",
             FailureKind::Infrastructure => "infrastructure",
         }
     }
@@ -219,6 +224,34 @@ pub struct Manifest {
     pub built_at: String,
     /// Wall time of the build container's work, in seconds.
     pub build_seconds: f64,
+    /// The build's `Module.symvers` (exported symbols), kept for modules that are
+    /// built against this one (BUILD_DEPENDS); not installed on hosts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub symvers: Option<BlobRef>,
+    /// Debian packages installed into the builder image (the module's settings).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub packages: Vec<String>,
+    /// The BUILD_DEPENDS artifacts this build was made against.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dependencies: Vec<DependencyRef>,
+    /// The DKMS override files that applied (file names; texts are in the settings).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub overrides: Vec<String>,
+}
+
+/// A stored blob that is not a module.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobRef {
+    pub sha256: String,
+    pub size: u64,
+}
+
+/// A dependency's artifact used by a build.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DependencyRef {
+    pub name: ModuleName,
+    pub version: ModuleVersion,
+    pub key: ArtifactKey,
 }
 
 /// A prepared builder image (`GET /v1/kernels`).

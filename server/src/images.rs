@@ -56,8 +56,30 @@ pub enum ImageError {
         #[source]
         source: std::io::Error,
     },
+    #[error("kernel {kernel}: installing Debian packages {packages} failed: {message}")]
+    Packages {
+        kernel: String,
+        packages: String,
+        message: String,
+        log_tail: String,
+    },
     #[error("Docker: {0}")]
     Docker(#[from] bollard::errors::Error),
+}
+
+/// A failed image build step.
+struct StepFailure {
+    message: String,
+    code: Option<i64>,
+    log: Vec<u8>,
+}
+
+/// apt's own one-line reason (`E: Unable to locate package foo`), if it gave one.
+fn apt_error(log: &[u8]) -> Option<String> {
+    String::from_utf8_lossy(log)
+        .lines()
+        .find(|l| l.starts_with("E: "))
+        .map(|l| l.trim().to_string())
 }
 
 impl ImageError {
@@ -92,6 +114,8 @@ pub struct BuilderImages {
     locks: Mutex<HashMap<KernelRelease, Arc<tokio::sync::Mutex<()>>>>,
     /// One base-image bootstrap at a time.
     base_lock: tokio::sync::Mutex<()>,
+    /// Per-tag locks of the images with packages.
+    package_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl BuilderImages {
@@ -104,6 +128,7 @@ impl BuilderImages {
             prepared: Mutex::new(HashMap::new()),
             locks: Mutex::new(HashMap::new()),
             base_lock: tokio::sync::Mutex::new(()),
+            package_locks: Mutex::new(HashMap::new()),
         }
     }
 
@@ -163,6 +188,7 @@ impl BuilderImages {
         let spec = ContainerSpec {
             job_id: &job_id,
             image_id,
+            source_dirs: &[],
         };
         let container = self.sandbox.create(&spec).await.ok()?;
         let out = container
@@ -328,6 +354,23 @@ impl BuilderImages {
             .build();
         tracing::info!(%kernel, %tag, "building builder image");
         let started = std::time::Instant::now();
+        if let Err(f) = self.run_build(options, context).await? {
+            return Err(self.build_failure(kernel, suite, &f.message, f.code, &f.log));
+        }
+        let img = self.docker.inspect_image(tag).await?;
+        let id = img.id.unwrap_or_default();
+        let labels = img.config.and_then(|c| c.labels).unwrap_or_default();
+        tracing::info!(%kernel, %id, secs = started.elapsed().as_secs_f64(), "builder image ready");
+        Ok(kernel_info(kernel, suite, id, tag.to_string(), &labels))
+    }
+
+    /// Runs one image build; the inner error is the build's own failure (a step
+    /// failed), the outer one the engine's.
+    async fn run_build(
+        &self,
+        options: bollard::query_parameters::BuildImageOptions,
+        context: Vec<u8>,
+    ) -> Result<Result<(), StepFailure>, ImageError> {
         let mut stream =
             self.docker
                 .build_image(options, None, Some(bollard::body_full(context.into())));
@@ -336,7 +379,11 @@ impl BuilderImages {
             let info = match item {
                 Ok(info) => info,
                 Err(bollard::errors::Error::DockerStreamError { error }) => {
-                    return Err(self.build_failure(kernel, suite, &error, None, &log))
+                    return Ok(Err(StepFailure {
+                        message: error,
+                        code: None,
+                        log,
+                    }))
                 }
                 Err(e) => return Err(e.into()),
             };
@@ -346,15 +393,101 @@ impl BuilderImages {
                 log.extend_from_slice(plain.as_bytes());
             }
             if let Some(detail) = info.error_detail {
-                let message = detail.message.unwrap_or_default();
-                return Err(self.build_failure(kernel, suite, &message, detail.code, &log));
+                return Ok(Err(StepFailure {
+                    message: detail.message.unwrap_or_default(),
+                    code: detail.code,
+                    log,
+                }));
             }
         }
-        let img = self.docker.inspect_image(tag).await?;
-        let id = img.id.unwrap_or_default();
-        let labels = img.config.and_then(|c| c.labels).unwrap_or_default();
-        tracing::info!(%kernel, %id, secs = started.elapsed().as_secs_f64(), "builder image ready");
-        Ok(kernel_info(kernel, suite, id, tag.to_string(), &labels))
+        Ok(Ok(()))
+    }
+
+    /// The builder image of `base` plus Debian `packages` (a module's settings),
+    /// built once per (image, package set) and kept like builder images.
+    pub async fn with_packages(
+        &self,
+        base: &KernelInfo,
+        packages: &[String],
+    ) -> Result<KernelInfo, ImageError> {
+        if packages.is_empty() {
+            return Ok(base.clone());
+        }
+        let mut hasher = Sha256::new();
+        hasher.update(base.image.id.as_bytes());
+        for p in packages {
+            hasher.update([0]);
+            hasher.update(p.as_bytes());
+        }
+        let digest = hex::encode(hasher.finalize());
+        let tag = format!("{}-pkgs-{}", base.image.tag, &digest[..12]);
+        let info = |id: String| KernelInfo {
+            image: ImageRef {
+                id,
+                tag: tag.clone(),
+            },
+            ..base.clone()
+        };
+        let lock = {
+            let mut locks = self.package_locks.lock().unwrap_or_else(|p| p.into_inner());
+            locks.entry(tag.clone()).or_default().clone()
+        };
+        let _guard = lock.lock().await;
+        if let Ok(img) = self.docker.inspect_image(&tag).await {
+            let labels = img.config.and_then(|c| c.labels).unwrap_or_default();
+            if labels.get("kmodforge.base").map(String::as_str) == Some(base.image.id.as_str()) {
+                if let Some(id) = img.id {
+                    return Ok(info(id));
+                }
+            }
+        }
+        // Debian package names were validated (no spaces or shell characters).
+        let list = packages.join(" ");
+        let dockerfile = format!(
+            "FROM {base}\nUSER root\nRUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+             apt-get install -y -qq --no-install-recommends {list} && rm -rf /var/lib/apt/lists/*\n\
+             USER builder\n",
+            base = base.image.id
+        );
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(dockerfile.len() as u64);
+        header.set_mode(0o644);
+        header.set_mtime(0);
+        let err = |source| ImageError::Recipe {
+            dir: PathBuf::from("(generated Dockerfile)"),
+            source,
+        };
+        builder
+            .append_data(&mut header, "Dockerfile", dockerfile.as_bytes())
+            .map_err(err)?;
+        let context = builder.into_inner().map_err(err)?;
+        let labels = HashMap::from([
+            // Not a kernel's builder image: keep it out of `GET /v1/kernels`.
+            ("kmodforge.recipe".to_string(), "packages".to_string()),
+            ("kmodforge.base".to_string(), base.image.id.clone()),
+            ("kmodforge.packages".to_string(), list.clone()),
+        ]);
+        let options = BuildImageOptionsBuilder::default()
+            .dockerfile("Dockerfile")
+            .t(&tag)
+            .rm(true)
+            .forcerm(true)
+            .labels(&labels)
+            .build();
+        tracing::info!(kernel = %base.kernel, %tag, packages = %list, "building builder image with packages");
+        let started = std::time::Instant::now();
+        if let Err(f) = self.run_build(options, context).await? {
+            return Err(ImageError::Packages {
+                kernel: base.kernel.to_string(),
+                packages: list,
+                message: apt_error(&f.log).unwrap_or_else(|| f.message.trim().to_string()),
+                log_tail: crate::builds::log::tail_of(&f.log, 20),
+            });
+        }
+        let img = self.docker.inspect_image(&tag).await?;
+        tracing::info!(%tag, secs = started.elapsed().as_secs_f64(), "builder image with packages ready");
+        Ok(info(img.id.unwrap_or_default()))
     }
 
     fn build_failure(

@@ -36,7 +36,9 @@ pub const OWNER_LABEL: &str = "kmodforge.owner";
 
 /// Mount points of the writable tmpfs filesystems inside a build container.
 pub const DKMS_TREE: &str = "/var/lib/dkms";
-pub const SOURCE_TREE: &str = "/usr/local/src";
+/// DKMS's source_tree. The directory itself stays read-only (it holds the kernel
+/// headers); each module source is a tmpfs of its own at `/usr/src/<m>-<v>`.
+pub const SOURCE_TREE: &str = "/usr/src";
 
 /// Resource limits of one build container. Defaults live in `Config`.
 #[derive(Clone, Debug)]
@@ -133,6 +135,9 @@ pub struct Sandbox {
 pub struct ContainerSpec<'a> {
     pub job_id: &'a str,
     pub image_id: &'a str,
+    /// `<m>-<v>` of each source tree the job unpacks: each gets a writable tmpfs
+    /// at `/usr/src/<m>-<v>`, where DKMS keeps it (packages hard-code the path).
+    pub source_dirs: &'a [String],
 }
 
 /// A running job container. Call [`JobContainer::remove`] when done.
@@ -199,14 +204,19 @@ impl Sandbox {
         let l = &self.limits;
         let tmpfs_opts =
             |size: u64| format!("rw,exec,nosuid,nodev,size={size},uid=1000,gid=1000,mode=0755");
-        let tmpfs = HashMap::from([
+        let mut tmpfs = HashMap::from([
             (DKMS_TREE.to_string(), tmpfs_opts(l.tmpfs_bytes)),
-            (SOURCE_TREE.to_string(), tmpfs_opts(l.tmpfs_bytes / 4)),
             (
                 "/tmp".to_string(),
                 "rw,exec,nosuid,nodev,size=536870912,mode=1777".to_string(),
             ),
         ]);
+        for dir in spec.source_dirs {
+            tmpfs.insert(
+                format!("{SOURCE_TREE}/{dir}"),
+                tmpfs_opts(l.tmpfs_bytes / 4),
+            );
+        }
         let host_config = HostConfig {
             network_mode: Some("none".into()),
             readonly_rootfs: Some(true),

@@ -84,6 +84,38 @@ impl Client {
         Ok((status, resp.json().await.context("AddModuleResponse")?))
     }
 
+    /// `PUT /v1/modules/{name}/settings` with a JSON body (any status returned).
+    pub async fn put_settings(&self, name: &str, body: &Value) -> Result<Response> {
+        let url = self.url(&format!("/v1/modules/{name}/settings"));
+        self.http
+            .put(&url)
+            .timeout(REQUEST_TIMEOUT)
+            .json(body)
+            .send()
+            .await
+            .with_context(|| format!("PUT {url}"))
+    }
+
+    /// Sets a module's settings; expects 200.
+    pub async fn set_settings(&self, name: &str, body: &Value) -> Result<Value> {
+        let resp = expect_status(self.put_settings(name, body).await?, &[StatusCode::OK]).await?;
+        resp.json().await.context("settings")
+    }
+
+    /// `DELETE /v1/modules/{name}/settings`; expects 204.
+    pub async fn delete_settings(&self, name: &str) -> Result<()> {
+        let url = self.url(&format!("/v1/modules/{name}/settings"));
+        let resp = self
+            .http
+            .delete(&url)
+            .timeout(REQUEST_TIMEOUT)
+            .send()
+            .await
+            .with_context(|| format!("DELETE {url}"))?;
+        expect_status(resp, &[StatusCode::NO_CONTENT]).await?;
+        Ok(())
+    }
+
     pub async fn modules(&self) -> Result<Vec<ModuleSource>> {
         let resp = expect_status(self.get("/v1/modules").await?, &[StatusCode::OK]).await?;
         resp.json().await.context("module list")

@@ -13,7 +13,7 @@ use kmodforge_api::modinfo::{parse_modinfo, vermagic_targets};
 use kmodforge_api::names::{
     Arch, ArtifactKey, KernelRelease, ModuleName, ModuleVersion, SourceDigest,
 };
-use kmodforge_api::wire::{ArtifactFile, FailureKind, ImageRef, Manifest};
+use kmodforge_api::wire::{ArtifactFile, BlobRef, DependencyRef, FailureKind, ImageRef, Manifest};
 
 use crate::store::Store;
 
@@ -55,6 +55,9 @@ impl CollectError {
     }
 }
 
+/// The exported-symbols file `kmf build` keeps beside the modules.
+pub const SYMVERS: &str = "Module.symvers";
+
 /// What is known about the build whose modules are collected.
 pub struct CollectInput<'a> {
     pub build_id: &'a str,
@@ -67,6 +70,11 @@ pub struct CollectInput<'a> {
     pub plan: &'a BuildPlan,
     pub key: &'a ArtifactKey,
     pub build_seconds: f64,
+    /// Debian packages of the builder image (the module's settings).
+    pub packages: &'a [String],
+    pub dependencies: Vec<DependencyRef>,
+    /// File names of the DKMS overrides that applied.
+    pub overrides: Vec<String>,
 }
 
 impl CollectInput<'_> {
@@ -136,13 +144,21 @@ pub fn collect_artifact(
         }
         out.push((file, spec.dest_location.clone(), data, modinfo));
     }
+    let store_err = |file: &str, e: crate::store::BlobError| CollectError::Store {
+        what: input.what(),
+        file: file.to_string(),
+        reason: e.to_string(),
+    };
+    let symvers = match files.remove(SYMVERS) {
+        Some(data) => Some(BlobRef {
+            sha256: store.blobs.put(&data).map_err(|e| store_err(SYMVERS, e))?,
+            size: data.len() as u64,
+        }),
+        None => None,
+    };
     let mut artifact_files = Vec::new();
     for (file, dest_location, data, modinfo) in out {
-        let sha256 = store.blobs.put(&data).map_err(|e| CollectError::Store {
-            what: input.what(),
-            file: file.clone(),
-            reason: e.to_string(),
-        })?;
+        let sha256 = store.blobs.put(&data).map_err(|e| store_err(&file, e))?;
         artifact_files.push(ArtifactFile {
             file,
             dest_location,
@@ -164,6 +180,10 @@ pub fn collect_artifact(
         build_id: input.build_id.to_string(),
         built_at: super::now_rfc3339(),
         build_seconds: input.build_seconds,
+        symvers,
+        packages: input.packages.to_vec(),
+        dependencies: input.dependencies.clone(),
+        overrides: input.overrides.clone(),
     };
     store
         .records

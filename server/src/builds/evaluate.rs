@@ -1,5 +1,6 @@
 //! Phase 2 of a job: dkms.conf, evaluated in the sandbox by `kmf prepare` and
-//! validated in Rust; the result is cached per (source, kernel, arch, image, jobs).
+//! validated in Rust; the result is cached per (source, kernel, arch, image, jobs,
+//! override files, dependencies in place).
 
 use kmodforge_api::dkms::{evaluate, BuildPlan, Dump, EvalContext, Evaluation};
 use kmodforge_api::names::Arch;
@@ -7,6 +8,7 @@ use kmodforge_api::wire::{BuildRequest, Failure, FailureKind, KernelInfo, Module
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::deps::Extras;
 use super::{failure, Builds, Job};
 use crate::sandbox::ExecOutcome;
 
@@ -88,10 +90,13 @@ pub(super) fn eval_key(
     arch: &Arch,
     image: &KernelInfo,
     jobs: u32,
+    extras: &Extras,
 ) -> String {
+    // v2: source tree at /usr/src/<m>-<v>, override files, dependencies in place.
     let text = serde_json::json!({
-        "v": 1, "name": module.name, "version": module.version, "digest": module.digest,
+        "v": 2, "name": module.name, "version": module.version, "digest": module.digest,
         "kernel": req.kernel, "arch": arch, "image": image.image.id, "jobs": jobs,
+        "extras": extras.identity(),
     });
     hex::encode(Sha256::digest(text.to_string().as_bytes()))
 }

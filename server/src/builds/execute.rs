@@ -8,6 +8,7 @@ use kmodforge_api::names::{Arch, ArtifactKey};
 use kmodforge_api::wire::{BuildRequest, FailureKind, KernelInfo, ModuleSource};
 
 use super::collect::{collect_artifact, CollectInput};
+use super::deps::Extras;
 use super::run::{base_env, kmf, Outcome};
 use super::{failure, Builds, Job};
 use crate::sandbox::{Exec, JobContainer, Stopped};
@@ -23,6 +24,7 @@ pub(super) struct BuildCtx<'a> {
     pub(super) image: &'a KernelInfo,
     pub(super) plan: &'a BuildPlan,
     pub(super) key: &'a ArtifactKey,
+    pub(super) extras: &'a Extras,
 }
 
 impl Builds {
@@ -31,6 +33,7 @@ impl Builds {
         let limits = self.sandbox.limits();
         let mut env = base_env(ctx.req, self.jobs());
         env.extend(plan_env(ctx.plan));
+        env.extend(ctx.extras.env());
         job.log.note(&format!("make command: {}", ctx.plan.make));
         let started = Instant::now();
         let run = container
@@ -161,6 +164,9 @@ impl Builds {
             plan: ctx.plan,
             key: ctx.key,
             build_seconds,
+            packages: &ctx.extras.packages,
+            dependencies: ctx.extras.dependency_refs(),
+            overrides: ctx.extras.override_names(),
         };
         match collect_artifact(&self.store, &input, tar) {
             Ok(manifest) => {

@@ -7,6 +7,7 @@
 //! that end up with the same cache key share one build as well.
 
 pub mod collect;
+mod deps;
 mod evaluate;
 mod execute;
 pub mod log;
@@ -16,6 +17,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use kmodforge_api::names::{Arch, ArtifactKey, ModuleName, ModuleVersion};
+use kmodforge_api::settings::ModuleSettings;
 use kmodforge_api::wire::{
     BuildRecord, BuildRequest, BuildResponse, BuildState, Failure, FailureKind, ModuleSource,
 };
@@ -39,6 +41,8 @@ pub enum BuildError {
     UnsupportedArch { arch: String, kernel: String },
     #[error("build {0} not found")]
     NotFound(String),
+    #[error("{0}")]
+    Settings(String),
     #[error(transparent)]
     Records(#[from] RecordsError),
 }
@@ -75,6 +79,8 @@ struct Inflight {
     by_request: HashMap<String, Arc<Job>>,
     by_id: HashMap<String, Arc<Job>>,
     by_cache_key: HashMap<ArtifactKey, Arc<Job>>,
+    /// Job id -> the job it waits for (a BUILD_DEPENDS dependency).
+    waits: HashMap<String, String>,
 }
 
 /// Settings of the build service.
@@ -137,7 +143,10 @@ impl Builds {
                 job: None,
             });
         }
-        let key = request_key(&module, &req, &arch);
+        // Settings change what a job does: a request after a change never joins a job
+        // started before it.
+        let settings = self.settings_of(&req.name).map_err(BuildError::Settings)?;
+        let key = request_key(&module, &req, &arch, &settings);
         let job = {
             let mut inflight = self.inflight();
             if let Some(job) = inflight.by_request.get(&key) {
@@ -282,10 +291,15 @@ fn check_arch(req: &BuildRequest) -> Result<Arch, BuildError> {
 }
 
 /// Identity of a request before dkms.conf is evaluated.
-fn request_key(module: &ModuleSource, req: &BuildRequest, arch: &Arch) -> String {
+fn request_key(
+    module: &ModuleSource,
+    req: &BuildRequest,
+    arch: &Arch,
+    settings: &ModuleSettings,
+) -> String {
     let text = serde_json::json!({
         "name": module.name, "version": module.version, "digest": module.digest,
-        "kernel": req.kernel, "arch": arch, "options": req.options,
+        "kernel": req.kernel, "arch": arch, "options": req.options, "settings": settings,
     });
     hex::encode(Sha256::digest(text.to_string().as_bytes()))
 }

@@ -1,18 +1,22 @@
 //! One build job: its life cycle (queue, run, finish) and phase 1, the builder
 //! image and the sandbox; `evaluate` and `execute` hold the later phases.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
+use tokio::sync::SemaphorePermit;
 use kmodforge_api::cachekey::{cache_key, CacheKeyParts};
 use kmodforge_api::dkms::BuildPlan;
-use kmodforge_api::names::{Arch, ArtifactKey};
+use kmodforge_api::names::{Arch, ArtifactKey, ModuleName};
 use kmodforge_api::wire::{
     BuildRequest, BuildResponse, BuildState, Failure, FailureKind, KernelInfo, Manifest,
     ModuleSource,
 };
 
+use super::deps::{Extras, MAX_DEPENDENCY_ROUNDS};
 use super::evaluate::{eval_key, CachedEval, MAX_DUMP};
 use super::execute::BuildCtx;
 use super::{failure, now_rfc3339, Builds, Job};
@@ -28,7 +32,7 @@ pub(super) enum Outcome {
 }
 
 /// Limit for unpacking and evaluating dkms.conf (it may run shell code).
-const EVAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+pub(super) const EVAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 impl Builds {
     /// Answers from the cache without a container, when image, evaluation and
@@ -42,11 +46,22 @@ impl Builds {
         let Some(image) = self.images.existing(&req.kernel).await else {
             return Ok(None);
         };
-        let ekey = eval_key(module, req, arch, &image, self.jobs());
+        let Ok(settings) = self.settings_of(&req.name) else {
+            return Ok(None);
+        };
+        // Dependencies and package images are resolved by a job (quickly, when cached).
+        if !settings.build_depends.is_empty() || !settings.packages.is_empty() {
+            return Ok(None);
+        }
+        let extras = Extras::new(&settings, req, arch);
+        let ekey = eval_key(module, req, arch, &image, self.jobs(), &extras);
         let Some(CachedEval::Build(plan)) = self.cached_eval(&ekey) else {
             return Ok(None);
         };
-        let key = self.artifact_key(module, req, arch, &image, &plan);
+        if !plan.build_depends.is_empty() {
+            return Ok(None);
+        }
+        let key = self.artifact_key(module, req, arch, &image, &plan, &extras);
         let Some(manifest) = self.store.records.get_artifact(&key)? else {
             return Ok(None);
         };
@@ -72,8 +87,11 @@ impl Builds {
         arch: &Arch,
         image: &KernelInfo,
         plan: &BuildPlan,
+        extras: &Extras,
     ) -> ArtifactKey {
-        let options = serde_json::json!({ "jobs": self.jobs(), "options": req.options });
+        let options = serde_json::json!({
+            "jobs": self.jobs(), "options": req.options, "settings": extras.identity(),
+        });
         cache_key(&CacheKeyParts {
             source_digest: &module.digest,
             kernel: &req.kernel,
@@ -85,31 +103,26 @@ impl Builds {
     }
 
     /// Runs a job to its end and records the outcome.
-    pub(super) async fn run_job(
+    ///
+    /// Boxed with an explicit `Send`: a job submits its BUILD_DEPENDS as jobs of
+    /// their own, and the named type breaks that recursion for the compiler.
+    pub(super) fn run_job(
         self: Arc<Self>,
         job: Arc<Job>,
         module: ModuleSource,
         req: BuildRequest,
         request_key: String,
-    ) {
-        let started = Instant::now();
-        let outcome = match self.permits.acquire().await {
-            Ok(_permit) => {
-                job.update(|r| r.build.state = BuildState::Running);
-                self.persist(&job);
-                self.pipeline(&job, &module, &req).await
-            }
-            Err(_) => Outcome::Failed(failure(
-                FailureKind::Infrastructure,
-                "the server is shutting down".into(),
-                &job.log,
-            )),
-        };
-        self.finish(&job, outcome, started.elapsed().as_secs_f64());
-        let mut inflight = self.inflight();
-        inflight.by_request.remove(&request_key);
-        inflight.by_id.remove(&job.id);
-        inflight.by_cache_key.retain(|_, j| j.id != job.id);
+    ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(async move {
+            let started = Instant::now();
+            let outcome = self.pipeline(&job, &module, &req).await;
+            self.finish(&job, outcome, started.elapsed().as_secs_f64());
+            let mut inflight = self.inflight();
+            inflight.by_request.remove(&request_key);
+            inflight.by_id.remove(&job.id);
+            inflight.by_cache_key.retain(|_, j| j.id != job.id);
+            inflight.waits.remove(&job.id);
+        })
     }
 
     fn persist(&self, job: &Job) {
@@ -153,13 +166,47 @@ impl Builds {
         tracing::info!(build = %job.id, state = s.build.state.as_str(), seconds, "build finished");
     }
 
-    async fn pipeline(&self, job: &Job, module: &ModuleSource, req: &BuildRequest) -> Outcome {
+    /// A build slot (at most `max_builds` containers at a time). The job is
+    /// `running` from its first slot on.
+    async fn slot(&self, job: &Job) -> Result<SemaphorePermit<'_>, Outcome> {
+        match self.permits.acquire().await {
+            Ok(permit) => {
+                if job.snapshot().build.state == BuildState::Queued {
+                    job.update(|r| r.build.state = BuildState::Running);
+                    self.persist(job);
+                }
+                Ok(permit)
+            }
+            Err(_) => Err(Outcome::Failed(failure(
+                FailureKind::Infrastructure,
+                "the server is shutting down".into(),
+                &job.log,
+            ))),
+        }
+    }
+
+    async fn pipeline(
+        self: &Arc<Self>,
+        job: &Job,
+        module: &ModuleSource,
+        req: &BuildRequest,
+    ) -> Outcome {
         let arch = job.snapshot().build.arch;
         job.log.note(&format!(
             "{}/{} for kernel {} ({arch})",
             req.name, req.version, req.kernel
         ));
+        let settings = match self.settings_of(&req.name) {
+            Ok(s) => s,
+            Err(msg) => {
+                return Outcome::Failed(failure(FailureKind::Infrastructure, msg, &job.log))
+            }
+        };
         let image = match self.images.ensure(&req.kernel).await {
+            Ok(i) => i,
+            Err(e) => return Outcome::Failed(image_failure(e, job)),
+        };
+        let image = match self.images.with_packages(&image, &settings.packages).await {
             Ok(i) => i,
             Err(e) => return Outcome::Failed(image_failure(e, job)),
         };
@@ -168,31 +215,93 @@ impl Builds {
             "builder image {} ({})",
             image.image.tag, image.image.id
         ));
-        let ekey = eval_key(module, req, &arch, &image, self.jobs());
-        let mut container = None;
-        let eval = match self.cached_eval(&ekey) {
-            Some(e) => e,
-            None => {
-                let (c, dump) = match self.start_container(job, module, req, &image, true).await {
-                    Ok(c) => c,
+        let mut extras = Extras::new(&settings, req, &arch);
+        for (file, _) in &extras.overrides {
+            job.log
+                .note(&format!("override /etc/dkms/{file} (module settings)"));
+        }
+        // Evaluate with the dependencies known so far; dkms.conf may name more.
+        let mut wanted: Vec<ModuleName> = settings.build_depends.clone();
+        let mut container: Option<(JobContainer, SemaphorePermit<'_>)> = None;
+        let mut round = 0;
+        let plan = loop {
+            round += 1;
+            if extras.deps.len() < wanted.len() {
+                if let Some((c, permit)) = container.take() {
+                    c.remove().await;
+                    drop(permit);
+                }
+                let new = &wanted[extras.deps.len()..];
+                match self.resolve_deps(job, new, req, &arch).await {
+                    Ok(deps) => extras.deps.extend(deps),
                     Err(f) => return Outcome::Failed(f),
-                };
-                let e = self.interpret_eval(job, dump, req, &arch, &ekey);
-                container = Some(c);
-                match e {
-                    Ok(e) => e,
-                    Err(f) => return self.cleanup(container, Outcome::Failed(f)).await,
                 }
             }
-        };
-        let plan = match eval {
-            CachedEval::Build(plan) => plan,
-            CachedEval::NotApplicable(reason) => {
-                let f = failure(FailureKind::NotApplicable, reason, &job.log);
-                return self.cleanup(container, Outcome::NotApplicable(f)).await;
+            let ekey = eval_key(module, req, &arch, &image, self.jobs(), &extras);
+            let eval = match self.cached_eval(&ekey) {
+                Some(e) => e,
+                None => {
+                    let permit = match self.slot(job).await {
+                        Ok(p) => p,
+                        Err(o) => return o,
+                    };
+                    let (c, dump) = match self
+                        .start_container(job, module, req, &image, &extras, true)
+                        .await
+                    {
+                        Ok(c) => c,
+                        Err(f) => return Outcome::Failed(f),
+                    };
+                    let e = self.interpret_eval(job, dump, req, &arch, &ekey);
+                    container = Some((c, permit));
+                    match e {
+                        Ok(e) => e,
+                        Err(f) => return self.cleanup(container, Outcome::Failed(f)).await,
+                    }
+                }
+            };
+            let plan = match eval {
+                CachedEval::Build(plan) => plan,
+                CachedEval::NotApplicable(reason) => {
+                    let f = failure(FailureKind::NotApplicable, reason, &job.log);
+                    return self.cleanup(container, Outcome::NotApplicable(f)).await;
+                }
+            };
+            let mut missing = Vec::new();
+            for d in &plan.build_depends {
+                match ModuleName::parse(d) {
+                    Ok(n) if n == req.name => {}
+                    Ok(n) if !wanted.contains(&n) && !missing.contains(&n) => missing.push(n),
+                    Ok(_) => {}
+                    Err(e) => {
+                        let msg = format!(
+                            "{}/{} for {}: dkms.conf: BUILD_DEPENDS: {e}",
+                            req.name, req.version, req.kernel
+                        );
+                        let f = failure(FailureKind::InvalidConf, msg, &job.log);
+                        return self.cleanup(container, Outcome::Failed(f)).await;
+                    }
+                }
             }
+            if missing.is_empty() {
+                break plan;
+            }
+            if round >= MAX_DEPENDENCY_ROUNDS {
+                let msg = format!(
+                    "{}/{} for {}: BUILD_DEPENDS keeps changing with its dependencies",
+                    req.name, req.version, req.kernel
+                );
+                let f = failure(FailureKind::InvalidConf, msg, &job.log);
+                return self.cleanup(container, Outcome::Failed(f)).await;
+            }
+            let names: Vec<String> = missing.iter().map(|n| n.to_string()).collect();
+            job.log.note(&format!(
+                "dkms.conf BUILD_DEPENDS: {}; evaluating again with them in place",
+                names.join(" ")
+            ));
+            wanted.extend(missing);
         };
-        let key = self.artifact_key(module, req, &arch, &image, &plan);
+        let key = self.artifact_key(module, req, &arch, &image, &plan, &extras);
         job.update(|r| {
             r.build.artifact_key = Some(key.clone());
             r.build.warnings = plan.warnings.clone();
@@ -203,12 +312,21 @@ impl Builds {
         if let Some(outcome) = self.reuse(job, &key).await {
             return self.cleanup(container, outcome).await;
         }
-        let container = match container {
+        let (container, permit) = match container {
             Some(c) => c,
-            None => match self.start_container(job, module, req, &image, false).await {
-                Ok((c, _)) => c,
-                Err(f) => return Outcome::Failed(f),
-            },
+            None => {
+                let permit = match self.slot(job).await {
+                    Ok(p) => p,
+                    Err(o) => return o,
+                };
+                match self
+                    .start_container(job, module, req, &image, &extras, false)
+                    .await
+                {
+                    Ok((c, _)) => (c, permit),
+                    Err(f) => return Outcome::Failed(f),
+                }
+            }
         };
         let ctx = BuildCtx {
             job,
@@ -218,9 +336,10 @@ impl Builds {
             image: &image,
             plan: &plan,
             key: &key,
+            extras: &extras,
         };
         let outcome = self.build(&container, &ctx).await;
-        self.cleanup(Some(container), outcome).await
+        self.cleanup(Some((container, permit)), outcome).await
     }
 
     /// A finished artifact with this key, or the result of a job building it now.
@@ -259,9 +378,15 @@ impl Builds {
         )
     }
 
-    async fn cleanup(&self, container: Option<JobContainer>, outcome: Outcome) -> Outcome {
-        if let Some(c) = container {
+    /// Removes the job's container (if any), then frees its build slot.
+    async fn cleanup(
+        &self,
+        container: Option<(JobContainer, SemaphorePermit<'_>)>,
+        outcome: Outcome,
+    ) -> Outcome {
+        if let Some((c, permit)) = container {
             c.remove().await;
+            drop(permit);
         }
         outcome
     }
@@ -272,6 +397,7 @@ impl Builds {
         module: &ModuleSource,
         req: &BuildRequest,
         image: &KernelInfo,
+        extras: &Extras,
         with_eval: bool,
     ) -> Result<(JobContainer, Option<ExecOutcome>), Failure> {
         let infra = |msg: String| failure(FailureKind::Infrastructure, msg, &job.log);
@@ -279,9 +405,11 @@ impl Builds {
             .store
             .get_source(&module.digest)
             .map_err(|e| infra(format!("source of {}/{}: {e}", req.name, req.version)))?;
+        let source_dirs = extras.source_dirs(req);
         let spec = ContainerSpec {
             job_id: &job.id,
             image_id: &image.image.id,
+            source_dirs: &source_dirs,
         };
         let t0 = Instant::now();
         let container = self
@@ -290,11 +418,17 @@ impl Builds {
             .await
             .map_err(|e| infra(e.to_string()))?;
         let created = t0.elapsed().as_secs_f64();
+        if let Err(e) = self.place_deps(&container, job, req, extras).await {
+            container.remove().await;
+            return Err(infra(e));
+        }
+        let mut env = base_env(req, self.jobs());
+        env.extend(extras.env());
         // `prepare` = unpack + evaluate dkms.conf in one exec (stdout: the dump).
         let unpack = container
             .exec(Exec {
                 cmd: kmf(if with_eval { "prepare" } else { "unpack" }),
-                env: base_env(req, self.jobs()),
+                env,
                 stdin: Some(Bytes::from(source)),
                 collect_stdout: with_eval.then_some(MAX_DUMP),
                 log: &job.log,
@@ -354,9 +488,10 @@ fn image_failure(e: ImageError, job: &Job) -> Failure {
         ImageError::UnknownKernel { .. } | ImageError::UnsupportedKernel(_) => {
             FailureKind::UnknownKernel
         }
+        ImageError::Packages { .. } => FailureKind::DependencyFailed,
         _ => FailureKind::Infrastructure,
     };
-    if let ImageError::Build { log_tail, .. } = &e {
+    if let ImageError::Build { log_tail, .. } | ImageError::Packages { log_tail, .. } = &e {
         job.log.note("builder image build output (tail):");
         crate::sandbox::OutputSink::append(&job.log, log_tail.as_bytes());
     }

@@ -17,6 +17,9 @@ pub enum AppError {
     BadRequest(String),
     #[error("{what}: {reason}")]
     InvalidName { what: &'static str, reason: String },
+    /// Module settings that do not validate; the message names the field.
+    #[error("invalid settings: {0}")]
+    InvalidSettings(String),
     #[error("{0}")]
     NotFound(String),
     #[error(transparent)]
@@ -41,6 +44,7 @@ impl AppError {
         match self {
             E::BadRequest(_) => s(StatusCode::BAD_REQUEST, "invalid_request"),
             E::InvalidName { .. } => s(StatusCode::BAD_REQUEST, "invalid_name"),
+            E::InvalidSettings(_) => s(StatusCode::BAD_REQUEST, "invalid_settings"),
             E::NotFound(_) => s(StatusCode::NOT_FOUND, "not_found"),
             E::Source(e) => source_status(e),
             E::Build(e) => match e {
@@ -49,7 +53,9 @@ impl AppError {
                     s(StatusCode::BAD_REQUEST, "unsupported_arch")
                 }
                 BuildError::NotFound(_) => s(StatusCode::NOT_FOUND, "not_found"),
-                BuildError::Records(_) => s(StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+                BuildError::Records(_) | BuildError::Settings(_) => {
+                    s(StatusCode::INTERNAL_SERVER_ERROR, "internal")
+                }
             },
             E::Image(e) => match e {
                 ImageError::UnknownKernel { .. } => s(StatusCode::NOT_FOUND, e.kind()),

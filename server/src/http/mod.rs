@@ -4,6 +4,7 @@
 mod artifacts;
 mod error;
 mod oneshot;
+mod settings;
 
 use std::sync::Arc;
 
@@ -43,6 +44,10 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/kernels", get(list_kernels))
         .route("/v1/kernels/{krel}", put(prepare_kernel))
         .route("/v1/modules", get(list_modules))
+        .route(
+            "/v1/modules/{name}/settings",
+            put(settings::put).get(settings::get).delete(settings::delete),
+        )
         .route(
             "/v1/modules/{name}/{version}",
             put(add_module).get(get_module).delete(delete_module),

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use kmodforge_api::names::{Arch, ArtifactKey, KernelRelease, ModuleName, ModuleVersion};
+use kmodforge_api::settings::SettingsRecord;
 use kmodforge_api::wire::{BuildRecord, BuildState, Failure, FailureKind, Manifest, ModuleSource};
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -76,6 +77,12 @@ pub trait Records: Send + Sync {
 
     fn put_eval(&self, key: &str, value: &str) -> Result<(), RecordsError>;
     fn get_eval(&self, key: &str) -> Result<Option<String>, RecordsError>;
+
+    /// Stores (replaces) a module's settings.
+    fn put_settings(&self, s: &SettingsRecord) -> Result<(), RecordsError>;
+    fn get_settings(&self, name: &ModuleName) -> Result<Option<SettingsRecord>, RecordsError>;
+    /// True when there were settings to delete.
+    fn delete_settings(&self, name: &ModuleName) -> Result<bool, RecordsError>;
 }
 
 /// SQLite-backed records (one connection, serialized; calls are sub-millisecond).
@@ -98,6 +105,7 @@ CREATE INDEX IF NOT EXISTS artifacts_by_module ON artifacts (name, version, kern
 CREATE TABLE IF NOT EXISTS artifact_blobs (key TEXT NOT NULL, sha256 TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS artifact_blobs_sha ON artifact_blobs (sha256);
 CREATE TABLE IF NOT EXISTS evals (key TEXT PRIMARY KEY, json TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS module_settings (name TEXT PRIMARY KEY, json TEXT NOT NULL);
 ";
 
 fn from_json<T: serde::de::DeserializeOwned>(
@@ -268,10 +276,11 @@ impl Records for SqliteRecords {
             "DELETE FROM artifact_blobs WHERE key = ?1",
             [m.key.as_str()],
         )?;
-        for f in &m.files {
+        let blobs = m.files.iter().map(|f| &f.sha256);
+        for sha256 in blobs.chain(m.symvers.as_ref().map(|b| &b.sha256)) {
             tx.execute(
                 "INSERT INTO artifact_blobs (key, sha256) VALUES (?1, ?2)",
-                params![m.key.as_str(), f.sha256],
+                params![m.key.as_str(), sha256],
             )?;
         }
         tx.commit()?;
@@ -342,5 +351,27 @@ impl Records for SqliteRecords {
         Ok(conn
             .query_row("SELECT json FROM evals WHERE key = ?1", [key], |r| r.get(0))
             .optional()?)
+    }
+
+    fn put_settings(&self, s: &SettingsRecord) -> Result<(), RecordsError> {
+        self.conn().execute(
+            "INSERT OR REPLACE INTO module_settings (name, json) VALUES (?1, ?2)",
+            params![s.name.as_str(), to_json(s)],
+        )?;
+        Ok(())
+    }
+
+    fn get_settings(&self, name: &ModuleName) -> Result<Option<SettingsRecord>, RecordsError> {
+        let sql = "SELECT json FROM module_settings WHERE name = ?1";
+        Ok(self
+            .query_json("module_settings", sql, [name.as_str()])?
+            .pop())
+    }
+
+    fn delete_settings(&self, name: &ModuleName) -> Result<bool, RecordsError> {
+        let n = self
+            .conn()
+            .execute("DELETE FROM module_settings WHERE name = ?1", [name.as_str()])?;
+        Ok(n > 0)
     }
 }

@@ -1,0 +1,68 @@
+//! `PUT`/`GET`/`DELETE /v1/modules/{name}/settings`: a module's DKMS override
+//! files, Debian build packages and BUILD_DEPENDS (see `kmodforge_api::settings`).
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use kmodforge_api::names::ModuleName;
+use kmodforge_api::settings::{ModuleSettings, SettingsRecord};
+
+use super::{json_body, AppError, AppState};
+use crate::builds::now_rfc3339;
+
+fn module_name(name: &str) -> Result<ModuleName, AppError> {
+    ModuleName::parse(name).map_err(|e| AppError::InvalidName {
+        what: "module name",
+        reason: e.to_string(),
+    })
+}
+
+fn internal(e: impl std::fmt::Display) -> AppError {
+    AppError::Internal(e.to_string())
+}
+
+/// Replaces the module's settings; answers them in canonical form.
+pub(super) async fn put(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Response, AppError> {
+    let name = module_name(&name)?;
+    let settings: ModuleSettings = json_body(&body)?;
+    let settings = settings
+        .validated(&name)
+        .map_err(|e| AppError::InvalidSettings(e.to_string()))?;
+    let record = SettingsRecord {
+        name,
+        settings,
+        updated_at: Some(now_rfc3339()),
+    };
+    s.store.records.put_settings(&record).map_err(internal)?;
+    Ok(Json(record).into_response())
+}
+
+/// The module's settings; empty ones when none were set.
+pub(super) async fn get(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, AppError> {
+    let name = module_name(&name)?;
+    let record = s.store.records.get_settings(&name).map_err(internal)?;
+    Ok(Json(record.unwrap_or(SettingsRecord {
+        name,
+        settings: ModuleSettings::default(),
+        updated_at: None,
+    }))
+    .into_response())
+}
+
+pub(super) async fn delete(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, AppError> {
+    let name = module_name(&name)?;
+    s.store.records.delete_settings(&name).map_err(internal)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
