@@ -298,8 +298,9 @@ async fn patch_naming_a_missing_file_is_patch_failed() -> Result<()> {
     Ok(())
 }
 
-/// DKMS aborts do_build with the script's exit status; kmodforge has no kind of its own
-/// for a failing build script and reports the build step as `compile_error`.
+/// DKMS aborts do_build with the script's exit status; kmodforge reports the package's
+/// own build step as `compile_error` and names the script. The script exits 7, which
+/// is also kmf's "module missing" code: it must not pass for that.
 #[tokio::test(flavor = "multi_thread")]
 async fn failing_pre_build_stops_the_build_before_make() -> Result<()> {
     let env = Env::start(ServerOpts::default()).await?;
@@ -307,13 +308,13 @@ async fn failing_pre_build_stops_the_build_before_make() -> Result<()> {
     let (done, log) = build_to_end(&env, name, &e2e_fixture("pre-build-fails")).await?;
     let f = failed_with(&env, name, &done, &log, FailureKind::CompileError).await?;
     ensure!(
-        f.message.contains('3'),
-        "the message must give the script's exit status 3: {}",
+        f.message.contains("PRE_BUILD script failed"),
+        "the message must name the PRE_BUILD script: {}",
         f.message
     );
-    position(&log, "kmf-pre-fail: exiting with status 3")?;
+    position(&log, "kmf-pre-fail: exiting with status 7")?;
     ensure!(
-        log.contains("pre_build script failed with exit status 3"),
+        log.contains("pre_build script failed with exit status 7"),
         "the log must say that PRE_BUILD failed:\n{log}"
     );
     ensure!(

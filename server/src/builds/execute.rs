@@ -108,9 +108,24 @@ impl Builds {
                         FailureKind::CompileError,
                         "make failed (DKMS: Bad return status for module build)".into(),
                     ),
-                    other => fail(
+                    Some(30) => fail(
                         FailureKind::CompileError,
-                        format!("a build step failed (exit {other:?})"),
+                        "the PRE_BUILD script failed (its exit status is in the log)".into(),
+                    ),
+                    Some(31) => fail(
+                        FailureKind::CompileError,
+                        "the POST_BUILD script failed (its exit status is in the log)".into(),
+                    ),
+                    Some(21) => fail(
+                        FailureKind::Infrastructure,
+                        "the builder image has no kernel headers for this kernel".into(),
+                    ),
+                    other => fail(
+                        FailureKind::Infrastructure,
+                        format!(
+                            "kmf build failed with exit {} (see the log)",
+                            other.map_or("none".to_string(), |c| c.to_string())
+                        ),
                     ),
                 };
             }
