@@ -252,14 +252,14 @@ mod tests {
     use super::*;
 
     fn name(s: &str) -> ModuleName {
-        ModuleName::parse(s).unwrap()
+        ModuleName::parse(s).expect("valid test input")
     }
 
     fn ov(v: Option<&str>, k: Option<&str>, a: Option<&str>) -> ConfOverride {
         ConfOverride {
-            version: v.map(|v| ModuleVersion::parse(v).unwrap()),
-            kernel: k.map(|k| KernelRelease::parse(k).unwrap()),
-            arch: a.map(|a| Arch::parse(a).unwrap()),
+            version: v.map(|v| ModuleVersion::parse(v).expect("valid test input")),
+            kernel: k.map(|k| KernelRelease::parse(k).expect("valid test input")),
+            arch: a.map(|a| Arch::parse(a).expect("valid test input")),
             conf: format!("# {v:?} {k:?} {a:?}"),
         }
     }
@@ -282,13 +282,13 @@ mod tests {
             ..Default::default()
         }
         .validated(&m)
-        .unwrap();
+        .expect("valid test input");
         let files: Vec<String> = s
             .overrides_for(
                 &m,
-                &ModuleVersion::parse("1.0").unwrap(),
-                &KernelRelease::parse(k).unwrap(),
-                &Arch::parse("x86_64").unwrap(),
+                &ModuleVersion::parse("1.0").expect("valid test input"),
+                &KernelRelease::parse(k).expect("valid test input"),
+                &Arch::parse("x86_64").expect("valid test input"),
             )
             .into_iter()
             .map(|(f, _)| f)
@@ -340,7 +340,7 @@ mod tests {
             ),
         ];
         for (s, field) in cases {
-            let e = s.validated(&m).unwrap_err();
+            let e = s.validated(&m).expect_err("must be refused");
             assert_eq!(e.field, field, "{e}");
         }
     }
@@ -353,14 +353,14 @@ mod tests {
             overrides: vec![],
         }
         .validated(&name("foo"))
-        .unwrap();
+        .expect("valid test input");
         assert_eq!(s.packages, ["gawk", "libxtables-dev"]);
         assert_eq!(s.build_depends, [name("b"), name("a")]);
     }
 
     #[test]
     fn unknown_fields_are_refused() {
-        let e = serde_json::from_str::<ModuleSettings>(r#"{"pakages":["x"]}"#).unwrap_err();
+        let e = serde_json::from_str::<ModuleSettings>(r#"{"pakages":["x"]}"#).expect_err("must be refused");
         assert!(e.to_string().contains("pakages"), "{e}");
     }
 

@@ -4,7 +4,9 @@
 
 use anyhow::{ensure, Context, Result};
 use kmodforge_api::wire::{BuildResponse, BuildState, FailureKind, Manifest};
-use kmodforge_e2e::{e2e_fixture, error_body, fixture, real_modinfo, request, Env, ServerOpts, KERNEL_A};
+use kmodforge_e2e::{
+    e2e_fixture, error_body, fixture, real_modinfo, request, Env, ServerOpts, KERNEL_A,
+};
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -23,7 +25,10 @@ async fn succeeded(env: &Env, done: &BuildResponse) -> Result<Manifest> {
         done.build.id,
         done.build.name,
         done.build.failure,
-        env.client.build_log(&done.build.id).await.unwrap_or_default()
+        env.client
+            .build_log(&done.build.id)
+            .await
+            .unwrap_or_default()
     );
     done.artifact.clone().context("succeeded without artifact")
 }
@@ -65,7 +70,10 @@ async fn settings_round_trip_and_bad_settings_are_refused() -> Result<()> {
             }),
         )
         .await?;
-    ensure!(set["packages"] == json!(["gawk", "libxtables-dev"]), "{set}");
+    ensure!(
+        set["packages"] == json!(["gawk", "libxtables-dev"]),
+        "{set}"
+    );
     ensure!(
         set["overrides"][0]["conf"] == "STRIP[0]=no" && set["overrides"][1]["kernel"] == KERNEL_A,
         "overrides must be in DKMS's order (<m>.conf before <m>--<kver>.conf): {set}"
@@ -159,7 +167,10 @@ async fn overrides_are_sourced_after_dkms_conf_and_change_the_build() -> Result<
     // Without settings the plain build (another cache key) comes back.
     env.client.delete_settings("kmf-hello").await?;
     let m = succeeded(&env, &build(&env, "kmf-hello").await?).await?;
-    ensure!(m.files[0].file == "kmf_hello.ko" && m.overrides.is_empty(), "{m:?}");
+    ensure!(
+        m.files[0].file == "kmf_hello.ko" && m.overrides.is_empty(),
+        "{m:?}"
+    );
     Ok(())
 }
 
@@ -268,7 +279,10 @@ async fn packages_are_installed_into_a_derived_builder_image() -> Result<()> {
     );
 
     env.client
-        .set_settings("kmf-needs-package", &json!({"packages": ["libxtables-dev"]}))
+        .set_settings(
+            "kmf-needs-package",
+            &json!({"packages": ["libxtables-dev"]}),
+        )
         .await?;
     let done = build(&env, "kmf-needs-package").await?;
     let m = succeeded(&env, &done).await?;

@@ -60,7 +60,12 @@ impl Extras {
             .deps
             .iter()
             .map(|d| {
-                serde_json::json!([d.module.name, d.module.version, d.module.digest, d.manifest.key])
+                serde_json::json!([
+                    d.module.name,
+                    d.module.version,
+                    d.module.digest,
+                    d.manifest.key
+                ])
             })
             .collect();
         serde_json::json!({ "overrides": self.overrides, "packages": self.packages, "deps": deps })
@@ -235,7 +240,9 @@ impl Builds {
                 _ => break,
             }
         }
-        inflight.waits.insert(waiter.to_string(), target.to_string());
+        inflight
+            .waits
+            .insert(waiter.to_string(), target.to_string());
         None
     }
 

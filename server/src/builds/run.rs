@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use tokio::sync::SemaphorePermit;
 use kmodforge_api::cachekey::{cache_key, CacheKeyParts};
 use kmodforge_api::dkms::BuildPlan;
 use kmodforge_api::names::{Arch, ArtifactKey, ModuleName};
@@ -15,6 +14,7 @@ use kmodforge_api::wire::{
     BuildRequest, BuildResponse, BuildState, Failure, FailureKind, KernelInfo, Manifest,
     ModuleSource,
 };
+use tokio::sync::SemaphorePermit;
 
 use super::deps::{Extras, MAX_DEPENDENCY_ROUNDS};
 use super::evaluate::{eval_key, CachedEval, MAX_DUMP};

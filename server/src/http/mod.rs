@@ -46,7 +46,9 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/modules", get(list_modules))
         .route(
             "/v1/modules/{name}/settings",
-            put(settings::put).get(settings::get).delete(settings::delete),
+            put(settings::put)
+                .get(settings::get)
+                .delete(settings::delete),
         )
         .route(
             "/v1/modules/{name}/{version}",

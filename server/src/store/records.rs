@@ -369,9 +369,10 @@ impl Records for SqliteRecords {
     }
 
     fn delete_settings(&self, name: &ModuleName) -> Result<bool, RecordsError> {
-        let n = self
-            .conn()
-            .execute("DELETE FROM module_settings WHERE name = ?1", [name.as_str()])?;
+        let n = self.conn().execute(
+            "DELETE FROM module_settings WHERE name = ?1",
+            [name.as_str()],
+        )?;
         Ok(n > 0)
     }
 }
