@@ -236,7 +236,7 @@ fn unit(spec: &HookSpec) -> String {
          \n\
          [Service]\n\
          Type=oneshot\n\
-         ExecStart={exec} sync\n\
+         ExecStart={exec} sync --autoinstall\n\
          # Retry while the server is unreachable (3) or another run holds the lock (7);\n\
          # the other failures need an operator (see agent/README.md, exit codes).\n\
          Restart=on-failure\n\

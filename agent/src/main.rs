@@ -63,9 +63,13 @@ enum Cmd {
         /// Show the live build log instead of a progress line.
         #[arg(long, short)]
         verbose: bool,
-        /// Run from a kernel hook: report errors but always exit 0.
+        /// Run from a kernel hook: report errors but always exit 0 (implies --autoinstall).
         #[arg(long)]
         hook: bool,
+        /// Only modules whose dkms.conf sets AUTOINSTALL=yes, like DKMS's autoinstall
+        /// (the kernel hook and the boot unit).
+        #[arg(long)]
+        autoinstall: bool,
     },
     /// Remove an installed module (NAME/VERSION) and rerun depmod.
     Uninstall {
@@ -181,6 +185,7 @@ fn run(cli: Cli) -> Exit {
             force,
             verbose,
             hook,
+            autoinstall,
         } => {
             let args = sync::SyncArgs {
                 kernels,
@@ -188,6 +193,7 @@ fn run(cli: Cli) -> Exit {
                 force,
                 verbose,
                 hook,
+                autoinstall: autoinstall || hook,
             };
             sync::run(&cfg, &args)
         }

@@ -36,6 +36,8 @@ pub struct SyncArgs {
     pub verbose: bool,
     /// Run from a kernel hook: never fail.
     pub hook: bool,
+    /// Skip modules without `AUTOINSTALL=yes` (DKMS's autoinstall).
+    pub autoinstall: bool,
 }
 
 /// Why one (module, kernel) was not synced.
@@ -86,6 +88,8 @@ enum Outcome {
     Unchanged,
     Installed(Box<InstallReport>),
     NotApplicable(String),
+    /// With `--autoinstall`: dkms.conf does not set `AUTOINSTALL=yes`.
+    NotAutoinstall,
 }
 
 /// Everything one pair needs.
@@ -181,6 +185,14 @@ fn sync_all(ctx: &Ctx, kernels: &[KernelRelease]) -> Exit {
                 Ok(Outcome::Unchanged) => report::outcome(&s, "unchanged (already installed)"),
                 Ok(Outcome::Installed(r)) => report::outcome(&s, describe_install(&r)),
                 Ok(Outcome::NotApplicable(why)) => report::outcome(&s, not_applicable(&why)),
+                Ok(Outcome::NotAutoinstall) => report::outcome(
+                    &s,
+                    format!(
+                        "skipped: dkms.conf does not set AUTOINSTALL=yes, so kernel hooks and the boot \
+                         unit leave it alone as DKMS's autoinstall does (`kmodforge-agent sync --kernel {k}` \
+                         installs it)"
+                    ),
+                ),
                 Err(e) => {
                     if e.exit() == Exit::NotNewer {
                         report::error(&s, format!("{e} (--force installs it anyway)"));
@@ -258,6 +270,11 @@ fn sync_one(ctx: &Ctx, m: &WantedModule, k: &KernelRelease) -> Result<Outcome, S
             Err(why) => return Ok(Outcome::NotApplicable(why)),
         },
     };
+    // DKMS's autoinstall (its kernel hook and boot service) installs only
+    // AUTOINSTALL=yes modules.
+    if ctx.args.autoinstall && !manifest.plan.autoinstall {
+        return Ok(Outcome::NotAutoinstall);
+    }
     if !ctx.args.force && already_installed(ctx.host, m, k, &manifest)? {
         return Ok(Outcome::Unchanged);
     }

@@ -360,7 +360,8 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_refused() {
-        let e = serde_json::from_str::<ModuleSettings>(r#"{"pakages":["x"]}"#).expect_err("must be refused");
+        let e = serde_json::from_str::<ModuleSettings>(r#"{"pakages":["x"]}"#)
+            .expect_err("must be refused");
         assert!(e.to_string().contains("pakages"), "{e}");
     }
 

@@ -42,7 +42,8 @@ getent group 1000 >/dev/null || groupadd --gid 1000 builder
 getent passwd 1000 >/dev/null || useradd --uid 1000 --gid 1000 --home-dir /tmp --no-create-home \
     --shell /bin/bash builder
 
-# DKMS layout: dkms_tree and source_tree are tmpfs mounts in the sandbox; create them so that the image
-# also works without (e.g. for debugging with a writable rootfs).
-mkdir -p /var/lib/dkms /usr/local/src /etc/kmodforge
-chown 1000:1000 /var/lib/dkms /usr/local/src
+# DKMS layout: dkms_tree is a tmpfs mount in the sandbox, and so is each source tree /usr/src/<m>-<v>
+# (source_tree = /usr/src, as in DKMS); create dkms_tree so that the image also works without (e.g. for
+# debugging with a writable rootfs).
+mkdir -p /var/lib/dkms /etc/kmodforge
+chown 1000:1000 /var/lib/dkms

@@ -76,6 +76,11 @@ pub struct Config {
     /// How long `POST /v1/build` (curl one-shot) waits for the build, in seconds.
     #[arg(long, env = "KMODFORGE_ONESHOT_WAIT_SECS", default_value_t = 3600)]
     pub oneshot_wait_secs: u64,
+
+    /// Mount each builder image's /usr from read-only named volumes (copied once per
+    /// image): much faster on engines with the fuse-overlayfs storage driver.
+    #[arg(long, env = "KMODFORGE_USR_VOLUMES", default_value_t = true, action = clap::ArgAction::Set)]
+    pub usr_volumes: bool,
 }
 
 fn default_jobs() -> u32 {

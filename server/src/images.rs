@@ -189,6 +189,7 @@ impl BuilderImages {
             job_id: &job_id,
             image_id,
             source_dirs: &[],
+            ro_volumes: &[],
         };
         let container = self.sandbox.create(&spec).await.ok()?;
         let out = container

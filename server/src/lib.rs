@@ -15,6 +15,7 @@ pub mod images;
 pub mod sandbox;
 pub mod sources;
 pub mod store;
+pub mod usr_volumes;
 
 use std::sync::Arc;
 
@@ -62,6 +63,7 @@ pub async fn init(config: &Config) -> Result<AppState, StartError> {
         images.clone(),
         builds::BuildSettings {
             max_builds: config.max_builds,
+            usr_volumes: config.usr_volumes,
         },
     );
     builds.recover().await?;

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
-use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, KillContainerOptionsBuilder, ListContainersOptionsBuilder,
     RemoveContainerOptionsBuilder,
@@ -138,6 +138,8 @@ pub struct ContainerSpec<'a> {
     /// `<m>-<v>` of each source tree the job unpacks: each gets a writable tmpfs
     /// at `/usr/src/<m>-<v>`, where DKMS keeps it (packages hard-code the path).
     pub source_dirs: &'a [String],
+    /// Named volumes mounted read-only: (volume name, target), see `usr_volumes`.
+    pub ro_volumes: &'a [(String, String)],
 }
 
 /// A running job container. Call [`JobContainer::remove`] when done.
@@ -227,6 +229,18 @@ impl Sandbox {
             memory_swap: Some(l.memory_bytes as i64),
             nano_cpus: Some(i64::from(l.jobs) * 1_000_000_000),
             tmpfs: Some(tmpfs),
+            mounts: Some(
+                spec.ro_volumes
+                    .iter()
+                    .map(|(name, target)| Mount {
+                        target: Some(target.clone()),
+                        source: Some(name.clone()),
+                        typ: Some(MountType::VOLUME),
+                        read_only: Some(true),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
             auto_remove: Some(false),
             ..Default::default()
         };

@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use kmodforge_api::names::{KernelRelease, ModuleName, ModuleVersion};
-use kmodforge_api::wire::BuildRequest;
+use kmodforge_api::wire::{BuildRequest, BuildResponse, BuildState, Failure, FailureKind};
 use tokio::sync::{Mutex, MutexGuard};
 
 pub use client::{error_body, Client};
@@ -142,4 +142,47 @@ impl Env {
         ensure!(left.is_empty(), "job containers left behind: {left:?}");
         Ok(())
     }
+
+    /// Fails unless the failed build `done` has no artifact, and none is served for
+    /// `name`/`version` on `kernel`.
+    pub async fn assert_no_artifact(
+        &self,
+        done: &BuildResponse,
+        name: &str,
+        version: &str,
+        kernel: &str,
+    ) -> Result<()> {
+        ensure!(done.artifact.is_none(), "no artifact expected: {done:?}");
+        let resp = self
+            .client
+            .get(&format!("/v1/artifacts/{name}/{version}/{kernel}"))
+            .await?;
+        ensure!(
+            resp.status() == reqwest::StatusCode::NOT_FOUND,
+            "{name}/{version}: GET artifact answered {}",
+            resp.status()
+        );
+        Ok(())
+    }
+}
+
+/// The failure of a build that must have failed with `kind` (the message quotes
+/// the record and its log tail otherwise).
+pub fn expect_failure(done: &BuildResponse, kind: FailureKind) -> Result<&Failure> {
+    let f = done
+        .build
+        .failure
+        .as_ref()
+        .with_context(|| format!("build {} has no failure: {done:?}", done.build.id))?;
+    ensure!(
+        done.build.state == BuildState::Failed && f.kind == kind,
+        "build {} of {}: expected failed/{kind:?}, got {:?} {:?}: {}\n{}",
+        done.build.id,
+        done.build.name,
+        done.build.state,
+        f.kind,
+        f.message,
+        f.log_tail
+    );
+    Ok(f)
 }

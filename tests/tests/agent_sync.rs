@@ -168,3 +168,40 @@ async fn kernel_hooks_install_and_survive_a_stopped_server() -> Result<()> {
     );
     Ok(())
 }
+
+/// DKMS's autoinstall (the kernel hook) skips modules whose dkms.conf does not set
+/// `AUTOINSTALL=yes`; so does the agent's hook, while a plain sync installs them.
+#[tokio::test(flavor = "multi_thread")]
+async fn kernel_hook_skips_modules_without_autoinstall() -> Result<()> {
+    let env = Env::start(ServerOpts::default()).await?;
+    let src = tempfile::tempdir()?;
+    for f in ["Makefile", "kmf_hello.c"] {
+        std::fs::copy(fixture("hello").join(f), src.path().join(f))?;
+    }
+    let conf = std::fs::read_to_string(fixture("hello").join("dkms.conf"))?;
+    let conf: String = conf
+        .lines()
+        .filter(|l| !l.starts_with("AUTOINSTALL"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(src.path().join("dkms.conf"), conf)?;
+    env.client
+        .add_module("kmf-hello", "1.0", src.path())
+        .await?;
+    let root = AgentRoot::new(&[KERNEL_A])?;
+    root.write_config(&env.server.base_url(), KERNEL_A, &[("kmf-hello", "1.0")])?;
+    let hook = root
+        .run(&["sync", "--hook", "--kernel", KERNEL_A])
+        .await?
+        .expect(0)?;
+    ensure!(
+        hook.stdout.contains("AUTOINSTALL") && !ko(&root, KERNEL_A).exists(),
+        "the hook must skip it and say why:\n{hook}"
+    );
+    root.run(&["sync", "--kernel", KERNEL_A]).await?.expect(0)?;
+    ensure!(
+        root.modules_dep(KERNEL_A).contains(ENTRY),
+        "a plain sync installs it"
+    );
+    Ok(())
+}

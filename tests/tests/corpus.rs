@@ -167,72 +167,59 @@ async fn compare(env: &Env, package: &str, kernel: &str) -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn acpi_call_build_exclusive_config() -> Result<()> {
+/// Registers `packages` (then the settings, by DKMS name), and builds and compares
+/// each for both kernels, last registered first: a dependent is listed after its
+/// dependency and builds it on the way.
+async fn corpus_case(packages: &[&str], settings: &[(&str, serde_json::Value)]) -> Result<()> {
     let env = Env::start(ServerOpts::default()).await?;
-    add(&env, "acpi-call-dkms").await?;
+    for p in packages {
+        add(&env, p).await?;
+    }
+    for (name, body) in settings {
+        env.client.set_settings(name, body).await?;
+    }
     for k in [KERNEL_A, KERNEL_B] {
-        compare(&env, "acpi-call-dkms", k).await?;
+        for p in packages.iter().rev() {
+            compare(&env, p, k).await?;
+        }
     }
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn acpi_call_build_exclusive_config() -> Result<()> {
+    corpus_case(&["acpi-call-dkms"], &[]).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ddcci_two_modules_that_depend_on_each_other() -> Result<()> {
-    let env = Env::start(ServerOpts::default()).await?;
-    add(&env, "ddcci-dkms").await?;
-    for k in [KERNEL_A, KERNEL_B] {
-        compare(&env, "ddcci-dkms", k).await?;
-    }
-    Ok(())
+    corpus_case(&["ddcci-dkms"], &[]).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn lttng_modules_from_shell_code_and_the_same_failure_on_56() -> Result<()> {
-    let env = Env::start(ServerOpts::default()).await?;
-    add(&env, "lttng-modules-dkms").await?;
-    for k in [KERNEL_A, KERNEL_B] {
-        compare(&env, "lttng-modules-dkms", k).await?;
-    }
-    Ok(())
+    corpus_case(&["lttng-modules-dkms"], &[]).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn iptables_netflow_with_its_build_package() -> Result<()> {
-    let env = Env::start(ServerOpts::default()).await?;
-    let row = add(&env, "iptables-netflow-dkms").await?;
     // Depends: libc6-dev, libxtables-dev, pkg-config (libc6 is there already).
-    env.client
-        .set_settings(
-            &row.name,
-            &json!({"packages": ["libc6-dev", "libxtables-dev", "pkg-config"]}),
-        )
-        .await?;
-    for k in [KERNEL_A, KERNEL_B] {
-        compare(&env, "iptables-netflow-dkms", k).await?;
-    }
-    Ok(())
+    let packages = json!({"packages": ["libc6-dev", "libxtables-dev", "pkg-config"]});
+    corpus_case(&["iptables-netflow-dkms"], &[("ipt-netflow", packages)]).await
 }
 
+/// West-chamber first (it builds xtables-addons on the way), then xtables-addons
+/// itself, which matches DKMS too.
 #[tokio::test(flavor = "multi_thread")]
 async fn west_chamber_with_xtables_addons_as_build_depends() -> Result<()> {
-    let env = Env::start(ServerOpts::default()).await?;
-    add(&env, "xtables-addons-dkms").await?;
-    let row = add(&env, "west-chamber-dkms").await?;
     // Depends: bzip2, libxtables-dev (>= 1.4.3), make, xtables-addons-dkms (>= 3.13).
-    env.client
-        .set_settings(
-            &row.name,
-            &json!({
-                "packages": ["bzip2", "libxtables-dev", "make"],
-                "build_depends": ["xtables-addons"],
-            }),
-        )
-        .await?;
-    for k in [KERNEL_A, KERNEL_B] {
-        compare(&env, "west-chamber-dkms", k).await?;
-        // The dependency was built on the way, and it matches DKMS too.
-        compare(&env, "xtables-addons-dkms", k).await?;
-    }
-    Ok(())
+    let settings = json!({
+        "packages": ["bzip2", "libxtables-dev", "make"],
+        "build_depends": ["xtables-addons"],
+    });
+    corpus_case(
+        &["xtables-addons-dkms", "west-chamber-dkms"],
+        &[("west-chamber", settings)],
+    )
+    .await
 }

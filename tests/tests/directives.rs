@@ -8,11 +8,11 @@
 
 use std::path::Path;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use kmodforge_api::modinfo::ModInfo;
 use kmodforge_api::wire::{ArtifactFile, BuildResponse, BuildState, Failure, FailureKind};
 use kmodforge_e2e::{
-    check_downloads, e2e_fixture, real_modinfo, request, Env, ServerOpts, KERNEL_A,
+    check_downloads, e2e_fixture, expect_failure, real_modinfo, request, Env, ServerOpts, KERNEL_A,
 };
 use reqwest::StatusCode;
 
@@ -36,35 +36,11 @@ async fn failed_with<'a>(
     env: &Env,
     name: &str,
     done: &'a BuildResponse,
-    log: &str,
     kind: FailureKind,
 ) -> Result<&'a Failure> {
-    ensure!(
-        done.build.state == BuildState::Failed,
-        "build {} of {name} must fail, got {:?}; log:\n{log}",
-        done.build.id,
-        done.build.state
-    );
-    let Some(f) = done.build.failure.as_ref() else {
-        bail!("failed build {} has no failure", done.build.id);
-    };
-    ensure!(
-        f.kind == kind,
-        "expected {kind:?}, got {:?}: {}\n{log}",
-        f.kind,
-        f.message
-    );
+    let f = expect_failure(done, kind)?;
     eprintln!("{name}: failed as expected: {:?}: {}", f.kind, f.message);
-    ensure!(done.artifact.is_none(), "no artifact expected: {done:?}");
-    let resp = env
-        .client
-        .get(&format!("/v1/artifacts/{name}/1.0/{KERNEL_A}"))
-        .await?;
-    ensure!(
-        resp.status() == StatusCode::NOT_FOUND,
-        "{name}: GET artifact answered {}",
-        resp.status()
-    );
+    env.assert_no_artifact(done, name, "1.0", KERNEL_A).await?;
     Ok(f)
 }
 
@@ -274,7 +250,7 @@ async fn patch_that_does_not_apply_is_patch_failed() -> Result<()> {
     let env = Env::start(ServerOpts::default()).await?;
     let name = "kmf-patch-fails";
     let (done, log) = build_to_end(&env, name, &e2e_fixture("patch-fails")).await?;
-    failed_with(&env, name, &done, &log, FailureKind::PatchFailed).await?;
+    failed_with(&env, name, &done, FailureKind::PatchFailed).await?;
     position(&log, "wrong-context.patch")?;
     position(&log, "FAILED")?; // patch(1)'s own "Hunk #1 FAILED at 16."
     ensure!(
@@ -289,7 +265,7 @@ async fn patch_naming_a_missing_file_is_patch_failed() -> Result<()> {
     let env = Env::start(ServerOpts::default()).await?;
     let name = "kmf-patch-missing";
     let (done, log) = build_to_end(&env, name, &e2e_fixture("patch-missing")).await?;
-    failed_with(&env, name, &done, &log, FailureKind::PatchFailed).await?;
+    failed_with(&env, name, &done, FailureKind::PatchFailed).await?;
     position(&log, "absent.patch")?;
     ensure!(
         !log.contains("kmf_pm.o"),
@@ -306,7 +282,7 @@ async fn failing_pre_build_stops_the_build_before_make() -> Result<()> {
     let env = Env::start(ServerOpts::default()).await?;
     let name = "kmf-pre-build-fails";
     let (done, log) = build_to_end(&env, name, &e2e_fixture("pre-build-fails")).await?;
-    let f = failed_with(&env, name, &done, &log, FailureKind::CompileError).await?;
+    let f = failed_with(&env, name, &done, FailureKind::CompileError).await?;
     ensure!(
         f.message.contains("PRE_BUILD script failed"),
         "the message must name the PRE_BUILD script: {}",

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::{ensure, Result};
 use kmodforge_api::wire::{BuildResponse, BuildState, FailureKind};
-use kmodforge_e2e::{e2e_fixture, fixture, request, Env, ServerOpts, KERNEL_A};
+use kmodforge_e2e::{e2e_fixture, expect_failure, fixture, request, Env, ServerOpts, KERNEL_A};
 use reqwest::StatusCode;
 
 /// Adds `dir` as `name`/1.0, builds it for `KERNEL_A`, waits, and checks that no
@@ -17,45 +17,15 @@ async fn build_to_end(env: &Env, name: &str, dir: &Path) -> Result<BuildResponse
     ensure!(status == StatusCode::ACCEPTED, "{status} {first:?}");
     let done = env.client.wait(&first.build.id).await?;
     env.assert_no_container_of(&done.build.id).await?;
-    ensure!(done.artifact.is_none(), "no artifact expected: {done:?}");
-    let resp = env
-        .client
-        .get(&format!("/v1/artifacts/{name}/1.0/{KERNEL_A}"))
-        .await?;
-    ensure!(
-        resp.status() == StatusCode::NOT_FOUND,
-        "{name}: GET artifact answered {}",
-        resp.status()
-    );
+    env.assert_no_artifact(&done, name, "1.0", KERNEL_A).await?;
     Ok(done)
-}
-
-/// The failure of a build that must have failed with `kind`.
-fn failed_with(done: &BuildResponse, kind: FailureKind) -> Result<&kmodforge_api::wire::Failure> {
-    ensure!(
-        done.build.state == BuildState::Failed,
-        "build {} must fail, got {:?}",
-        done.build.id,
-        done.build.state
-    );
-    let Some(f) = done.build.failure.as_ref() else {
-        anyhow::bail!("failed build {} has no failure", done.build.id);
-    };
-    ensure!(
-        f.kind == kind,
-        "expected {kind:?}, got {:?}: {}\n{}",
-        f.kind,
-        f.message,
-        f.log_tail
-    );
-    Ok(f)
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn compile_error_is_reported_with_the_compiler_message() -> Result<()> {
     let env = Env::start(ServerOpts::default()).await?;
     let done = build_to_end(&env, "kmf-compile-error", &fixture("compile-error")).await?;
-    let f = failed_with(&done, FailureKind::CompileError)?;
+    let f = expect_failure(&done, FailureKind::CompileError)?;
     ensure!(
         f.log_tail.contains("kmf_this_symbol_does_not_exist") && f.log_tail.contains("error:"),
         "log_tail must quote gcc's error:\n{}",
@@ -70,7 +40,7 @@ async fn compile_error_is_reported_with_the_compiler_message() -> Result<()> {
 async fn rewritten_vermagic_is_refused() -> Result<()> {
     let env = Env::start(ServerOpts::default()).await?;
     let done = build_to_end(&env, "kmf-vm", &e2e_fixture("wrong-vermagic")).await?;
-    let f = failed_with(&done, FailureKind::WrongVermagic)?;
+    let f = expect_failure(&done, FailureKind::WrongVermagic)?;
     ensure!(
         f.message.contains("kmf_vm.ko"),
         "message must name the file: {}",
@@ -83,7 +53,7 @@ async fn rewritten_vermagic_is_refused() -> Result<()> {
 async fn module_that_make_did_not_build_is_missing() -> Result<()> {
     let env = Env::start(ServerOpts::default()).await?;
     let done = build_to_end(&env, "kmf-missing", &e2e_fixture("missing-module")).await?;
-    let f = failed_with(&done, FailureKind::MissingModule)?;
+    let f = expect_failure(&done, FailureKind::MissingModule)?;
     ensure!(
         f.message.contains("kmf_absent.ko"),
         "message must name the file: {}",

@@ -99,28 +99,48 @@ async fn job_container_follows_the_sandbox_policy() -> Result<()> {
         host.nano_cpus
     );
 
-    // No host path inside: tmpfs only.
+    // No host path inside: tmpfs, and the builder image's own /usr on read-only
+    // named volumes (copied from the image by the engine; see server/src/usr_volumes.rs).
     ensure!(
         host.binds.clone().unwrap_or_default().is_empty(),
         "Binds {:?}",
         host.binds
     );
     ensure!(
-        host.mounts.clone().unwrap_or_default().is_empty(),
-        "Mounts {:?}",
-        host.mounts
-    );
-    ensure!(
         host.volumes_from.clone().unwrap_or_default().is_empty(),
         "VolumesFrom {:?}",
         host.volumes_from
     );
+    let image_short: String = inspect
+        .image
+        .clone()
+        .unwrap_or_default()
+        .trim_start_matches("sha256:")
+        .chars()
+        .take(12)
+        .collect();
+    let mut usr_volumes = 0;
     for m in inspect.mounts.clone().unwrap_or_default() {
-        ensure!(
-            m.typ.as_deref() == Some("tmpfs"),
-            "a non-tmpfs mount: {m:?}"
-        );
+        match m.typ.as_deref() {
+            Some("tmpfs") => {}
+            Some("volume") => {
+                let name = m.name.clone().unwrap_or_default();
+                let target = m.destination.clone().unwrap_or_default();
+                ensure!(
+                    m.rw == Some(false)
+                        && name.starts_with(&format!("kmodforge-usr-{image_short}-"))
+                        && target.starts_with("/usr/"),
+                    "a volume that is not the image's own read-only /usr: {m:?}"
+                );
+                usr_volumes += 1;
+            }
+            _ => bail!("a mount that is neither tmpfs nor an image /usr volume: {m:?}"),
+        }
     }
+    ensure!(
+        usr_volumes > 0,
+        "the image's /usr is not on volumes (KMODFORGE_USR_VOLUMES defaults to on)"
+    );
     let tmpfs = host.tmpfs.clone().unwrap_or_default();
     ensure!(
         tmpfs.contains_key("/tmp") && tmpfs.contains_key("/var/lib/dkms"),

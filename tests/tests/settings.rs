@@ -5,7 +5,8 @@
 use anyhow::{ensure, Context, Result};
 use kmodforge_api::wire::{BuildResponse, BuildState, FailureKind, Manifest};
 use kmodforge_e2e::{
-    e2e_fixture, error_body, fixture, real_modinfo, request, Env, ServerOpts, KERNEL_A,
+    e2e_fixture, error_body, expect_failure, fixture, real_modinfo, request, Env, ServerOpts,
+    KERNEL_A,
 };
 use reqwest::StatusCode;
 use serde_json::json;
@@ -34,18 +35,7 @@ async fn succeeded(env: &Env, done: &BuildResponse) -> Result<Manifest> {
 }
 
 fn failed_with(done: &BuildResponse, kind: FailureKind) -> Result<String> {
-    let f = done.build.failure.as_ref().context("no failure")?;
-    ensure!(
-        done.build.state == BuildState::Failed && f.kind == kind,
-        "build {} of {}: expected failed/{kind:?}, got {:?} {:?}: {}\n{}",
-        done.build.id,
-        done.build.name,
-        done.build.state,
-        f.kind,
-        f.message,
-        f.log_tail
-    );
-    Ok(f.message.clone())
+    Ok(expect_failure(done, kind)?.message.clone())
 }
 
 #[tokio::test(flavor = "multi_thread")]

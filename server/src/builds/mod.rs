@@ -27,6 +27,7 @@ use tokio::sync::{watch, Semaphore};
 use crate::images::BuilderImages;
 use crate::sandbox::Sandbox;
 use crate::store::{RecordsError, Store};
+use crate::usr_volumes::UsrVolumeCache;
 use log::LogBuffer;
 
 /// Errors of build submission and lookup (not build failures: those are records).
@@ -87,6 +88,8 @@ struct Inflight {
 #[derive(Clone, Debug)]
 pub struct BuildSettings {
     pub max_builds: usize,
+    /// Mount builder images' /usr from read-only volumes (see `usr_volumes`).
+    pub usr_volumes: bool,
 }
 
 /// The build service: shared by the HTTP handlers.
@@ -94,6 +97,7 @@ pub struct Builds {
     store: Store,
     sandbox: Sandbox,
     images: Arc<BuilderImages>,
+    usr_volumes: UsrVolumeCache,
     permits: Semaphore,
     inflight: Mutex<Inflight>,
 }
@@ -114,6 +118,7 @@ impl Builds {
     ) -> Arc<Self> {
         Arc::new(Builds {
             store,
+            usr_volumes: UsrVolumeCache::new(sandbox.clone(), settings.usr_volumes),
             sandbox,
             images,
             permits: Semaphore::new(settings.max_builds),

@@ -309,7 +309,7 @@ impl Builds {
         for w in &plan.warnings {
             job.log.note(&format!("warning: {w}"));
         }
-        if let Some(outcome) = self.reuse(job, &key).await {
+        if let Some(outcome) = self.reuse(job, &key, &mut container).await {
             return self.cleanup(container, outcome).await;
         }
         let (container, permit) = match container {
@@ -343,7 +343,14 @@ impl Builds {
     }
 
     /// A finished artifact with this key, or the result of a job building it now.
-    async fn reuse(&self, job: &Job, key: &ArtifactKey) -> Option<Outcome> {
+    /// The job's container and slot are given back before waiting for another
+    /// job: that one may need a slot to finish.
+    async fn reuse<'s>(
+        &'s self,
+        job: &Job,
+        key: &ArtifactKey,
+        container: &mut Option<(JobContainer, SemaphorePermit<'s>)>,
+    ) -> Option<Outcome> {
         if let Ok(Some(m)) = self.store.records.get_artifact(key) {
             job.log.note("artifact cache hit: nothing to build");
             return Some(Outcome::Cached(m));
@@ -364,6 +371,10 @@ impl Builds {
             "joining build {} with the same cache key",
             other.id
         ));
+        if let Some((c, permit)) = container.take() {
+            c.remove().await;
+            drop(permit);
+        }
         let done = other.wait().await;
         Some(
             match (done.build.state, done.artifact, done.build.failure) {
@@ -406,10 +417,12 @@ impl Builds {
             .get_source(&module.digest)
             .map_err(|e| infra(format!("source of {}/{}: {e}", req.name, req.version)))?;
         let source_dirs = extras.source_dirs(req);
+        let volumes = self.usr_volumes.for_image(image).await;
         let spec = ContainerSpec {
             job_id: &job.id,
             image_id: &image.image.id,
             source_dirs: &source_dirs,
+            ro_volumes: &volumes,
         };
         let t0 = Instant::now();
         let container = self
