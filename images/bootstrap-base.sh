@@ -50,11 +50,11 @@ root=$1; suite=$2
 case "$suite" in sid|unstable|experimental|rc-buggy) exit 0 ;; esac
 list="$root/etc/apt/sources.list"
 all=$(cat "$root/etc/apt/sources.list" "$root"/etc/apt/sources.list.d/*.list "$root"/etc/apt/sources.list.d/*.sources 2>/dev/null || true)
-if ! printf "%s\n" "$all" | grep -q -- "$suite-updates"; then
+if ! grep -q -- "$suite-updates" <<<"$all"; then
     echo "bootstrap-base: $suite-updates missing from apt sources; adding it" >&2
     echo "deb http://deb.debian.org/debian $suite-updates main" >>"$list"
 fi
-if ! printf "%s\n" "$all" | grep -q -- "$suite-security"; then
+if ! grep -q -- "$suite-security" <<<"$all"; then
     echo "bootstrap-base: $suite-security missing from apt sources; adding it" >&2
     echo "deb http://security.debian.org/debian-security $suite-security main" >>"$list"
 fi

@@ -37,7 +37,10 @@ fi
 rm -f "$update_log"
 
 pkg="linux-headers-$KREL"
-if ! apt-cache show "$pkg" 2>/dev/null | grep -q '^Package: '; then
+# Not `| grep -q`: under pipefail, grep -q exiting at the first match can kill apt-cache with SIGPIPE
+# and turn a real kernel into "not found" (seen in about a third of runs).
+show=$(apt-cache show "$pkg" 2>/dev/null || true)
+if ! grep -q '^Package: ' <<<"$show"; then
     not_found
 fi
 
