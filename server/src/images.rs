@@ -23,6 +23,7 @@ use kmodforge_api::names::KernelRelease;
 use kmodforge_api::wire::{ImageRef, KernelInfo};
 use sha2::{Digest, Sha256};
 
+use crate::flat_tar::flat_tar;
 use crate::sandbox::{ContainerSpec, Sandbox};
 
 /// Repository of builder image tags.
@@ -450,19 +451,13 @@ impl BuilderImages {
              USER builder\n",
             base = base.image.id
         );
-        let mut builder = tar::Builder::new(Vec::new());
-        let mut header = tar::Header::new_gnu();
-        header.set_size(dockerfile.len() as u64);
-        header.set_mode(0o644);
-        header.set_mtime(0);
-        let err = |source| ImageError::Recipe {
-            dir: PathBuf::from("(generated Dockerfile)"),
-            source,
-        };
-        builder
-            .append_data(&mut header, "Dockerfile", dockerfile.as_bytes())
-            .map_err(err)?;
-        let context = builder.into_inner().map_err(err)?;
+        let context =
+            flat_tar([("Dockerfile", 0o644, dockerfile.as_bytes())]).map_err(|source| {
+                ImageError::Recipe {
+                    dir: PathBuf::from("(generated Dockerfile)"),
+                    source,
+                }
+            })?;
         let labels = HashMap::from([
             // Not a kernel's builder image: keep it out of `GET /v1/kernels`.
             ("kmodforge.recipe".to_string(), "packages".to_string()),
@@ -550,18 +545,16 @@ impl BuilderImages {
             dir: dir.clone(),
             source,
         };
-        let mut builder = tar::Builder::new(Vec::new());
-        for (rel, bytes) in self.recipe_files()? {
-            let mut header = tar::Header::new_gnu();
-            header.set_size(bytes.len() as u64);
+        let files = self.recipe_files()?;
+        let entries = files.iter().map(|(rel, bytes)| {
             let exec = rel.ends_with(".sh") || !rel.contains('.');
-            header.set_mode(if exec { 0o755 } else { 0o644 });
-            header.set_mtime(0);
-            builder
-                .append_data(&mut header, &rel, bytes.as_slice())
-                .map_err(err)?;
-        }
-        builder.into_inner().map_err(err)
+            (
+                rel.as_str(),
+                if exec { 0o755 } else { 0o644 },
+                bytes.as_slice(),
+            )
+        });
+        flat_tar(entries).map_err(err)
     }
 }
 

@@ -10,6 +10,7 @@
 
 pub mod builds;
 pub mod config;
+pub mod flat_tar;
 pub mod http;
 pub mod images;
 pub mod sandbox;

@@ -137,7 +137,8 @@ impl UsrVolumeCache {
         let out = self.run(image_id, &[], &script).await?;
         let mut targets: Vec<String> = out
             .lines()
-            .filter(|l| l.starts_with("/usr/") && !l.contains(['\n', ' ', ':', ',']))
+            // A mount target with a space, `:` or `,` would need quoting; Debian has none.
+            .filter(|l| l.starts_with("/usr/") && !l.contains([' ', ':', ',']))
             .map(str::to_string)
             .collect();
         targets.sort();

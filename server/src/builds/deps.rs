@@ -25,6 +25,7 @@ use kmodforge_api::wire::{
 
 use super::{failure, Builds, Job};
 use crate::builds::collect::SYMVERS;
+use crate::flat_tar::flat_tar;
 
 /// Most rounds of "evaluate, find new BUILD_DEPENDS, resolve them".
 pub(super) const MAX_DEPENDENCY_ROUNDS: usize = 4;
@@ -140,17 +141,18 @@ impl Builds {
                 &job.log,
             )
         };
+        let registered = self
+            .store
+            .records
+            .list_modules()
+            .map_err(|e| failure(FailureKind::Infrastructure, e.to_string(), &job.log))?;
         let mut out = Vec::new();
         for name in names {
-            let modules = self
-                .store
-                .records
-                .list_modules()
-                .map_err(|e| failure(FailureKind::Infrastructure, e.to_string(), &job.log))?;
-            let Some(module) = modules
-                .into_iter()
+            let Some(module) = registered
+                .iter()
                 .filter(|m| &m.name == name)
                 .max_by(|a, b| version_cmp(a.version.as_str(), b.version.as_str()))
+                .cloned()
             else {
                 return Err(fail(format!(
                     "BUILD_DEPENDS {name} is not registered (PUT /v1/modules/{name}/<version> first; DKMS: missing BUILD_DEPENDS)"
@@ -304,7 +306,7 @@ impl Builds {
         if let Some(s) = &m.symvers {
             files.push((SYMVERS.to_string(), s.sha256.clone()));
         }
-        let mut builder = tar::Builder::new(Vec::new());
+        let mut blobs = Vec::with_capacity(files.len());
         for (name, sha256) in files {
             let data = self
                 .store
@@ -312,14 +314,13 @@ impl Builds {
                 .get(&sha256)
                 .map_err(|e| format!("blob {sha256} of {}/{}: {e}", m.name, m.version))?
                 .ok_or_else(|| format!("blob {sha256} of {}/{} is missing", m.name, m.version))?;
-            let mut header = tar::Header::new_gnu();
-            header.set_size(data.len() as u64);
-            header.set_mode(0o644);
-            header.set_mtime(0);
-            builder
-                .append_data(&mut header, &name, data.as_slice())
-                .map_err(|e| e.to_string())?;
+            blobs.push((name, data));
         }
-        builder.into_inner().map_err(|e| e.to_string())
+        flat_tar(
+            blobs
+                .iter()
+                .map(|(name, data)| (name.as_str(), 0o644, data.as_slice())),
+        )
+        .map_err(|e| e.to_string())
     }
 }

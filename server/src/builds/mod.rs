@@ -142,7 +142,9 @@ impl Builds {
                 version: req.version.clone(),
             })?;
         let arch = check_arch(&req)?;
-        if let Some(hit) = self.cache_hit(&module, &req, &arch).await? {
+        // Read once: the request key, the cache lookup and the job all use this snapshot.
+        let settings = self.settings_of(&req.name).map_err(BuildError::Settings)?;
+        if let Some(hit) = self.cache_hit(&module, &req, &arch, &settings).await? {
             return Ok(Submitted {
                 response: hit,
                 job: None,
@@ -150,7 +152,6 @@ impl Builds {
         }
         // Settings change what a job does: a request after a change never joins a job
         // started before it.
-        let settings = self.settings_of(&req.name).map_err(BuildError::Settings)?;
         let key = request_key(&module, &req, &arch, &settings);
         let job = {
             let mut inflight = self.inflight();
@@ -188,7 +189,7 @@ impl Builds {
         }
         let this = self.clone();
         let job2 = job.clone();
-        tokio::spawn(async move { this.run_job(job2, module, req, key).await });
+        tokio::spawn(async move { this.run_job(job2, module, req, settings, key).await });
         Ok(Submitted {
             response: job.snapshot(),
             job: Some(job),

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use kmodforge_api::cachekey::{cache_key, CacheKeyParts};
 use kmodforge_api::dkms::BuildPlan;
 use kmodforge_api::names::{Arch, ArtifactKey, ModuleName};
+use kmodforge_api::settings::ModuleSettings;
 use kmodforge_api::wire::{
     BuildRequest, BuildResponse, BuildState, Failure, FailureKind, KernelInfo, Manifest,
     ModuleSource,
@@ -42,18 +43,16 @@ impl Builds {
         module: &ModuleSource,
         req: &BuildRequest,
         arch: &Arch,
+        settings: &ModuleSettings,
     ) -> Result<Option<BuildResponse>, super::BuildError> {
         let Some(image) = self.images.existing(&req.kernel).await else {
-            return Ok(None);
-        };
-        let Ok(settings) = self.settings_of(&req.name) else {
             return Ok(None);
         };
         // Dependencies and package images are resolved by a job (quickly, when cached).
         if !settings.build_depends.is_empty() || !settings.packages.is_empty() {
             return Ok(None);
         }
-        let extras = Extras::new(&settings, req, arch);
+        let extras = Extras::new(settings, req, arch);
         let ekey = eval_key(module, req, arch, &image, self.jobs(), &extras);
         let Some(CachedEval::Build(plan)) = self.cached_eval(&ekey) else {
             return Ok(None);
@@ -111,11 +110,12 @@ impl Builds {
         job: Arc<Job>,
         module: ModuleSource,
         req: BuildRequest,
+        settings: ModuleSettings,
         request_key: String,
     ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
         Box::pin(async move {
             let started = Instant::now();
-            let outcome = self.pipeline(&job, &module, &req).await;
+            let outcome = self.pipeline(&job, &module, &req, &settings).await;
             self.finish(&job, outcome, started.elapsed().as_secs_f64());
             let mut inflight = self.inflight();
             inflight.by_request.remove(&request_key);
@@ -190,18 +190,13 @@ impl Builds {
         job: &Job,
         module: &ModuleSource,
         req: &BuildRequest,
+        settings: &ModuleSettings,
     ) -> Outcome {
         let arch = job.snapshot().build.arch;
         job.log.note(&format!(
             "{}/{} for kernel {} ({arch})",
             req.name, req.version, req.kernel
         ));
-        let settings = match self.settings_of(&req.name) {
-            Ok(s) => s,
-            Err(msg) => {
-                return Outcome::Failed(failure(FailureKind::Infrastructure, msg, &job.log))
-            }
-        };
         let image = match self.images.ensure(&req.kernel).await {
             Ok(i) => i,
             Err(e) => return Outcome::Failed(image_failure(e, job)),
@@ -215,7 +210,7 @@ impl Builds {
             "builder image {} ({})",
             image.image.tag, image.image.id
         ));
-        let mut extras = Extras::new(&settings, req, &arch);
+        let mut extras = Extras::new(settings, req, &arch);
         for (file, _) in &extras.overrides {
             job.log
                 .note(&format!("override /etc/dkms/{file} (module settings)"));

@@ -9,6 +9,7 @@ use kmodforge_api::wire::Manifest;
 use serde::Deserialize;
 
 use super::{kernel, module_id, AppError, AppState};
+use crate::flat_tar::flat_tar;
 use crate::store::Store;
 
 #[derive(Deserialize)]
@@ -97,24 +98,18 @@ fn octets(bytes: Vec<u8>, file: &str) -> impl IntoResponse {
 
 /// A tar of the manifest's `.ko` files (flat names) plus `manifest.json`.
 pub(crate) fn modules_tar(store: &Store, m: &Manifest) -> Result<Vec<u8>, AppError> {
-    let mut builder = tar::Builder::new(Vec::new());
-    let mut add = |name: &str, data: &[u8]| {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_mtime(0);
-        builder
-            .append_data(&mut h, name, data)
-            .map_err(|e| AppError::Internal(format!("building tar: {e}")))
-    };
+    let mut files = Vec::with_capacity(m.files.len() + 1);
     for f in &m.files {
-        add(&f.file, &read_blob(store, &f.sha256)?)?;
+        files.push((f.file.as_str(), read_blob(store, &f.sha256)?));
     }
     let json = serde_json::to_vec_pretty(m).map_err(|e| AppError::Internal(e.to_string()))?;
-    add("manifest.json", &json)?;
-    builder
-        .into_inner()
-        .map_err(|e| AppError::Internal(format!("building tar: {e}")))
+    files.push(("manifest.json", json));
+    flat_tar(
+        files
+            .iter()
+            .map(|(name, data)| (*name, 0o644, data.as_slice())),
+    )
+    .map_err(|e| AppError::Internal(format!("building tar: {e}")))
 }
 
 pub(super) async fn tarball(
