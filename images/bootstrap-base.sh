@@ -67,17 +67,24 @@ mirror_args=()
 
 echo "bootstrap-base: building $TAG from Debian $SUITE with mmdebstrap (minbase + ca-certificates)" >&2
 start=$SECONDS
+# Imported under a temporary tag first: a failed mmdebstrap still feeds `docker import` an empty (or
+# truncated) stream, and an empty image under TAG would pass the "already exists" check forever.
+tmp_tag="kmodforge-bootstrap:$SUITE-$$"
+cleanup() { rm -f "$hook_file"; docker rmi -f "$tmp_tag" >/dev/null 2>&1 || true; }
+trap cleanup EXIT
+# The hook uses bash syntax (here-strings); mmdebstrap runs it on the host with $1 = the chroot.
 mmdebstrap --variant=minbase --include=ca-certificates \
-    --customize-hook="sh $hook_file \"\$1\" $SUITE" \
+    --customize-hook="bash $hook_file \"\$1\" $SUITE" \
     "$SUITE" - "${mirror_args[@]}" \
-    | docker import --change 'CMD ["bash"]' - "$TAG"
+    | docker import --change 'CMD ["bash"]' - "$tmp_tag"
 
 # Final check from the image itself: apt must see the suite's security updates.
 if [[ $SUITE != sid && $SUITE != unstable && $SUITE != experimental ]]; then
-    if ! docker run --rm --network none "$TAG" sh -c \
+    if ! docker run --rm --network none "$tmp_tag" sh -c \
         "cat /etc/apt/sources.list /etc/apt/sources.list.d/* 2>/dev/null | grep -q -- '$SUITE-security'"; then
         echo "bootstrap-base: $TAG has no $SUITE-security in its apt sources" >&2
         exit 1
     fi
 fi
+docker tag "$tmp_tag" "$TAG"
 echo "bootstrap-base: created $TAG in $((SECONDS - start))s"
