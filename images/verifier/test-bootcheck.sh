@@ -95,7 +95,7 @@ compile() {
     local name=$1 src=$2 script=$3
     log "compiling $name for $KREL"
     rm -rf "$OUT/ko/$name"; mkdir -p "$OUT/ko/$name"
-    tar -C "$src" -cf - . | docker run --rm -i --network none --read-only --user 1000:1000 --cap-drop ALL \
+    tar -h -C "$src" -cf - . | docker run --rm -i --network none --read-only --user 1000:1000 --cap-drop ALL \
         --security-opt no-new-privileges --tmpfs /tmp:rw,exec,nosuid,nodev,size=1g,mode=1777 \
         -e "KREL=$KREL" "$BUILDER" bash -c '
             set -e; mkdir -p /tmp/src /tmp/out; tar -x -C /tmp/src; cd /tmp/src

@@ -1,11 +1,14 @@
-//! Builder images: one per kernel release, built on demand, once.
+//! Per-kernel images, built on demand, once per kernel: builder images and
+//! verifier images.
 //!
-//! An image is the kernel's own Debian release as base, its toolchain layer
-//! (shared by every kernel of that release), and exactly `linux-headers-<krel>`
-//! with the compiler named by its `CONFIG_CC_VERSION_TEXT` (see
-//! `images/builder/Dockerfile`). It is tagged
-//! `kmodforge-builder:debian-<suite>-<krel>` and used by image ID. The recipe's
-//! hash is a label, so an image built from an older recipe is rebuilt.
+//! A builder image is the kernel's own Debian release as base, its toolchain
+//! layer (shared by every kernel of that release), and exactly
+//! `linux-headers-<krel>` with the compiler named by its `CONFIG_CC_VERSION_TEXT`
+//! (see `images/builder/Dockerfile`), tagged `kmodforge-builder:debian-<suite>-<krel>`.
+//! A verifier image holds the kernel itself, `linux-image-<krel>`, and qemu to
+//! boot it (`images/verifier/`), tagged `kmodforge-verifier:debian-<suite>-<krel>`.
+//! Both are used by image ID. A recipe's hash is a label, so an image built from
+//! an older recipe is rebuilt.
 //!
 //! No registry is reachable on our machines: when the base image is neither
 //! present nor pullable, `images/bootstrap-base.sh` makes it from Debian
@@ -26,10 +29,41 @@ use sha2::{Digest, Sha256};
 use crate::flat_tar::flat_tar;
 use crate::sandbox::{ContainerSpec, Sandbox};
 
-/// Repository of builder image tags.
-pub const BUILDER_REPO: &str = "kmodforge-builder";
-/// Exit code of the Dockerfile's check when `linux-headers-<krel>` does not exist.
+/// Exit code of a recipe's check when its kernel package does not exist.
 const UNKNOWN_KERNEL_EXIT: i64 = 42;
+
+/// An image recipe under `images/`: one image per kernel release.
+#[derive(Clone, Copy, Debug)]
+pub struct Recipe {
+    /// Directory under `images/` holding the Dockerfile.
+    pub dir: &'static str,
+    /// Repository of the image tags.
+    pub repo: &'static str,
+    /// What the image is, in messages.
+    pub role: &'static str,
+    /// The Debian package whose absence the recipe reports with exit 42.
+    pub package: fn(&KernelRelease) -> String,
+}
+
+/// Builder images: kernel headers and the kernel's compiler.
+pub const BUILDER: Recipe = Recipe {
+    dir: "builder",
+    repo: "kmodforge-builder",
+    role: "builder",
+    package: KernelRelease::headers_package,
+};
+
+/// Verifier images: the kernel itself and qemu to boot it.
+pub const VERIFIER: Recipe = Recipe {
+    dir: "verifier",
+    repo: "kmodforge-verifier",
+    role: "verifier",
+    package: image_package,
+};
+
+fn image_package(kernel: &KernelRelease) -> String {
+    format!("linux-image-{kernel}")
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
@@ -45,13 +79,14 @@ pub enum ImageError {
     UnsupportedKernel(String),
     #[error("base image {image}: {message}")]
     BaseImage { image: String, message: String },
-    #[error("builder image for kernel {kernel} failed to build: {message}")]
+    #[error("{role} image for kernel {kernel} failed to build: {message}")]
     Build {
+        role: &'static str,
         kernel: String,
         message: String,
         log_tail: String,
     },
-    #[error("builder recipe {dir}: {source}")]
+    #[error("image recipe {dir}: {source}")]
     Recipe {
         dir: PathBuf,
         #[source]
@@ -103,179 +138,27 @@ pub struct ImageSettings {
     pub base_image: String,
 }
 
-/// Builder images by kernel, single-flight per kernel.
-pub struct BuilderImages {
+/// The suite's base images: present, pulled, or bootstrapped from Debian packages.
+pub struct BaseImages {
     docker: Docker,
-    sandbox: Sandbox,
-    /// `CONFIG_CC_VERSION_TEXT` by image ID, read once from the image.
-    compilers: Mutex<HashMap<String, Option<String>>>,
     settings: ImageSettings,
-    prepared: Mutex<HashMap<KernelRelease, KernelInfo>>,
-    /// Per-kernel locks: concurrent requests for one kernel wait for one build.
-    locks: Mutex<HashMap<KernelRelease, Arc<tokio::sync::Mutex<()>>>>,
     /// One base-image bootstrap at a time.
-    base_lock: tokio::sync::Mutex<()>,
-    /// Per-tag locks of the images with packages.
-    package_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    lock: tokio::sync::Mutex<()>,
 }
 
-impl BuilderImages {
-    pub fn new(sandbox: Sandbox, settings: ImageSettings) -> Self {
-        BuilderImages {
-            docker: sandbox.docker().clone(),
-            sandbox,
-            compilers: Mutex::new(HashMap::new()),
+impl BaseImages {
+    pub fn new(docker: Docker, settings: ImageSettings) -> Arc<Self> {
+        Arc::new(BaseImages {
+            docker,
             settings,
-            prepared: Mutex::new(HashMap::new()),
-            locks: Mutex::new(HashMap::new()),
-            base_lock: tokio::sync::Mutex::new(()),
-            package_locks: Mutex::new(HashMap::new()),
-        }
-    }
-
-    fn prepared(&self) -> std::sync::MutexGuard<'_, HashMap<KernelRelease, KernelInfo>> {
-        self.prepared.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Kernels whose builder image is ready (checked against the engine).
-    pub async fn list(&self) -> Result<Vec<KernelInfo>, ImageError> {
-        let recipe = self.recipe_hash()?;
-        let filters = HashMap::from([(
-            "label".to_string(),
-            vec![format!("kmodforge.recipe={recipe}")],
-        )]);
-        let options = bollard::query_parameters::ListImagesOptionsBuilder::default()
-            .filters(&filters)
-            .build();
-        let mut out = Vec::new();
-        for img in self.docker.list_images(Some(options)).await? {
-            let Some(krel) = img.labels.get("kmodforge.kernel") else {
-                continue;
-            };
-            let Ok(kernel) = KernelRelease::parse(krel) else {
-                continue;
-            };
-            let suite = img
-                .labels
-                .get("kmodforge.suite")
-                .cloned()
-                .unwrap_or_default();
-            out.push(KernelInfo {
-                image: ImageRef {
-                    id: img.id.clone(),
-                    tag: tag_for(&suite, &kernel),
-                },
-                compiler: self.compiler_of(&img.id).await,
-                kernel,
-                suite,
-            });
-        }
-        out.sort_by(|a, b| a.kernel.cmp(&b.kernel));
-        Ok(out)
-    }
-
-    /// The compiler an image carries (its kernel's `CONFIG_CC_VERSION_TEXT`),
-    /// read once per image from `/etc/kmodforge/kernel.env` in a sandbox.
-    pub async fn compiler_of(&self, image_id: &str) -> Option<String> {
-        if let Some(c) = self
-            .compilers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(image_id)
-        {
-            return c.clone();
-        }
-        let job_id = format!("kinfo-{:016x}", rand::random::<u64>());
-        let spec = ContainerSpec {
-            job_id: &job_id,
-            image_id,
-            source_dirs: &[],
-            ro_volumes: &[],
-        };
-        let container = self.sandbox.create(&spec).await.ok()?;
-        let out = container
-            .read(&["cat", "/etc/kmodforge/kernel.env"], 64 * 1024)
-            .await;
-        container.remove().await;
-        let text = parse_cc_text(&String::from_utf8_lossy(&out.ok()?.stdout));
-        let mut map = self.compilers.lock().unwrap_or_else(|p| p.into_inner());
-        map.insert(image_id.to_string(), text.clone());
-        text
-    }
-
-    /// The ready image for `kernel`, if this process already resolved it.
-    pub fn cached(&self, kernel: &KernelRelease) -> Option<KernelInfo> {
-        self.prepared().get(kernel).cloned()
-    }
-
-    /// The builder image for `kernel` if it is ready in the engine (never builds).
-    pub async fn existing(&self, kernel: &KernelRelease) -> Option<KernelInfo> {
-        if let Some(info) = self.cached(kernel) {
-            return Some(info);
-        }
-        let suite = kernel.debian_suite()?;
-        let info = self.current(kernel, suite).await.ok()??;
-        self.prepared().insert(kernel.clone(), info.clone());
-        Some(info)
-    }
-
-    /// The tagged image for `kernel` when it was built from the current recipe.
-    async fn current(
-        &self,
-        kernel: &KernelRelease,
-        suite: &str,
-    ) -> Result<Option<KernelInfo>, ImageError> {
-        let tag = tag_for(suite, kernel);
-        let recipe = self.recipe_hash()?;
-        let Ok(img) = self.docker.inspect_image(&tag).await else {
-            return Ok(None);
-        };
-        let labels = img.config.and_then(|c| c.labels).unwrap_or_default();
-        match (labels.get("kmodforge.recipe") == Some(&recipe), img.id) {
-            (true, Some(id)) => Ok(Some(kernel_info(kernel, suite, id, tag, &labels))),
-            _ => {
-                tracing::info!(%tag, "builder image is from an older recipe; it will be rebuilt");
-                Ok(None)
-            }
-        }
-    }
-
-    /// Returns the builder image for `kernel`, building it if needed (once,
-    /// however many callers ask at the same time).
-    pub async fn ensure(&self, kernel: &KernelRelease) -> Result<KernelInfo, ImageError> {
-        if let Some(info) = self.cached(kernel) {
-            return Ok(info);
-        }
-        let lock = {
-            let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
-            locks.entry(kernel.clone()).or_default().clone()
-        };
-        let _guard = lock.lock().await;
-        if let Some(info) = self.cached(kernel) {
-            return Ok(info);
-        }
-        let info = self.resolve(kernel).await?;
-        self.prepared().insert(kernel.clone(), info.clone());
-        Ok(info)
-    }
-
-    async fn resolve(&self, kernel: &KernelRelease) -> Result<KernelInfo, ImageError> {
-        let suite = kernel
-            .debian_suite()
-            .ok_or_else(|| ImageError::UnsupportedKernel(kernel.to_string()))?;
-        if let Some(info) = self.current(kernel, suite).await? {
-            return Ok(info);
-        }
-        let tag = tag_for(suite, kernel);
-        let recipe = self.recipe_hash()?;
-        let base = self.ensure_base(suite).await?;
-        self.build(kernel, suite, &base, &tag, &recipe).await
+            lock: tokio::sync::Mutex::new(()),
+        })
     }
 
     /// Makes sure the suite's base image exists: present, else pulled, else bootstrapped.
-    async fn ensure_base(&self, suite: &str) -> Result<String, ImageError> {
+    async fn ensure(&self, suite: &str) -> Result<String, ImageError> {
         let image = self.settings.base_image.replace("{suite}", suite);
-        let _guard = self.base_lock.lock().await;
+        let _guard = self.lock.lock().await;
         if self.docker.inspect_image(&image).await.is_ok() {
             return Ok(image);
         }
@@ -327,6 +210,129 @@ impl BuilderImages {
         }
         Ok(())
     }
+}
+
+/// A per-kernel image that is ready in the engine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadyImage {
+    pub kernel: KernelRelease,
+    pub suite: String,
+    pub image: ImageRef,
+}
+
+/// The images of one recipe by kernel, single-flight per kernel.
+pub struct KernelImages {
+    docker: Docker,
+    recipe: Recipe,
+    settings: ImageSettings,
+    base: Arc<BaseImages>,
+    prepared: Mutex<HashMap<KernelRelease, ReadyImage>>,
+    /// Per-kernel locks: concurrent requests for one kernel wait for one build.
+    locks: Mutex<HashMap<KernelRelease, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl KernelImages {
+    pub fn new(
+        docker: Docker,
+        recipe: Recipe,
+        settings: ImageSettings,
+        base: Arc<BaseImages>,
+    ) -> Self {
+        KernelImages {
+            docker,
+            recipe,
+            settings,
+            base,
+            prepared: Mutex::new(HashMap::new()),
+            locks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn recipe(&self) -> &Recipe {
+        &self.recipe
+    }
+
+    fn prepared(&self) -> std::sync::MutexGuard<'_, HashMap<KernelRelease, ReadyImage>> {
+        self.prepared.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `<repo>:debian-<suite>-<krel>`.
+    pub fn tag_for(&self, suite: &str, kernel: &KernelRelease) -> String {
+        format!("{}:debian-{suite}-{kernel}", self.recipe.repo)
+    }
+
+    /// The ready image for `kernel`, if this process already resolved it.
+    pub fn cached(&self, kernel: &KernelRelease) -> Option<ReadyImage> {
+        self.prepared().get(kernel).cloned()
+    }
+
+    /// The image for `kernel` if it is ready in the engine (never builds).
+    pub async fn existing(&self, kernel: &KernelRelease) -> Option<ReadyImage> {
+        if let Some(info) = self.cached(kernel) {
+            return Some(info);
+        }
+        let suite = kernel.debian_suite()?;
+        let info = self.current(kernel, suite).await.ok()??;
+        self.prepared().insert(kernel.clone(), info.clone());
+        Some(info)
+    }
+
+    /// The tagged image for `kernel` when it was built from the current recipe.
+    async fn current(
+        &self,
+        kernel: &KernelRelease,
+        suite: &str,
+    ) -> Result<Option<ReadyImage>, ImageError> {
+        let tag = self.tag_for(suite, kernel);
+        let recipe = self.recipe_hash()?;
+        let Ok(img) = self.docker.inspect_image(&tag).await else {
+            return Ok(None);
+        };
+        let labels = img.config.and_then(|c| c.labels).unwrap_or_default();
+        match (labels.get("kmodforge.recipe") == Some(&recipe), img.id) {
+            (true, Some(id)) => Ok(Some(ReadyImage {
+                kernel: kernel.clone(),
+                suite: suite.to_string(),
+                image: ImageRef { id, tag },
+            })),
+            _ => {
+                tracing::info!(%tag, role = self.recipe.role, "image is from an older recipe; it will be rebuilt");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Returns the image for `kernel`, building it if needed (once, however many
+    /// callers ask at the same time).
+    pub async fn ensure(&self, kernel: &KernelRelease) -> Result<ReadyImage, ImageError> {
+        if let Some(info) = self.cached(kernel) {
+            return Ok(info);
+        }
+        let lock = {
+            let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+            locks.entry(kernel.clone()).or_default().clone()
+        };
+        let _guard = lock.lock().await;
+        if let Some(info) = self.cached(kernel) {
+            return Ok(info);
+        }
+        let info = self.resolve(kernel).await?;
+        self.prepared().insert(kernel.clone(), info.clone());
+        Ok(info)
+    }
+
+    async fn resolve(&self, kernel: &KernelRelease) -> Result<ReadyImage, ImageError> {
+        let suite = kernel
+            .debian_suite()
+            .ok_or_else(|| ImageError::UnsupportedKernel(kernel.to_string()))?;
+        if let Some(info) = self.current(kernel, suite).await? {
+            return Ok(info);
+        }
+        let tag = self.tag_for(suite, kernel);
+        let recipe = self.recipe_hash()?;
+        let base = self.base.ensure(suite).await?;
+        self.build(kernel, suite, &base, &tag, &recipe).await
+    }
 
     async fn build(
         &self,
@@ -335,7 +341,7 @@ impl BuilderImages {
         base: &str,
         tag: &str,
         recipe: &str,
-    ) -> Result<KernelInfo, ImageError> {
+    ) -> Result<ReadyImage, ImageError> {
         let context = self.context_tar()?;
         let args = HashMap::from([
             ("BASE".to_string(), base.to_string()),
@@ -354,55 +360,198 @@ impl BuilderImages {
             .buildargs(&args)
             .labels(&labels)
             .build();
-        tracing::info!(%kernel, %tag, "building builder image");
+        let role = self.recipe.role;
+        tracing::info!(%kernel, %tag, role, "building image");
         let started = std::time::Instant::now();
-        if let Err(f) = self.run_build(options, context).await? {
+        if let Err(f) = run_build(&self.docker, options, context).await? {
             return Err(self.build_failure(kernel, suite, &f.message, f.code, &f.log));
         }
         let img = self.docker.inspect_image(tag).await?;
         let id = img.id.unwrap_or_default();
-        let labels = img.config.and_then(|c| c.labels).unwrap_or_default();
-        tracing::info!(%kernel, %id, secs = started.elapsed().as_secs_f64(), "builder image ready");
-        Ok(kernel_info(kernel, suite, id, tag.to_string(), &labels))
+        tracing::info!(%kernel, %id, role, secs = started.elapsed().as_secs_f64(), "image ready");
+        Ok(ReadyImage {
+            kernel: kernel.clone(),
+            suite: suite.to_string(),
+            image: ImageRef {
+                id,
+                tag: tag.to_string(),
+            },
+        })
     }
 
-    /// Runs one image build; the inner error is the build's own failure (a step
-    /// failed), the outer one the engine's.
-    async fn run_build(
+    fn build_failure(
         &self,
-        options: bollard::query_parameters::BuildImageOptions,
-        context: Vec<u8>,
-    ) -> Result<Result<(), StepFailure>, ImageError> {
-        let mut stream =
-            self.docker
-                .build_image(options, None, Some(bollard::body_full(context.into())));
-        let mut log = Vec::<u8>::new();
-        while let Some(item) = stream.next().await {
-            let info = match item {
-                Ok(info) => info,
-                Err(bollard::errors::Error::DockerStreamError { error }) => {
-                    return Ok(Err(StepFailure {
-                        message: error,
-                        code: None,
-                        log,
-                    }))
-                }
-                Err(e) => return Err(e.into()),
+        kernel: &KernelRelease,
+        suite: &str,
+        message: &str,
+        code: Option<i64>,
+        log: &[u8],
+    ) -> ImageError {
+        // The classic builder reports a RUN step's exit status in errorDetail.code
+        // (older engines only in the message), so accept either form.
+        let unknown = code == Some(UNKNOWN_KERNEL_EXIT)
+            || message.ends_with(&format!("non-zero code: {UNKNOWN_KERNEL_EXIT}"));
+        if unknown {
+            return ImageError::UnknownKernel {
+                kernel: kernel.to_string(),
+                package: (self.recipe.package)(kernel),
+                suite: suite.to_string(),
             };
-            if let Some(s) = &info.stream {
-                // The classic builder wraps RUN's stderr in ANSI red; keep the text only.
-                let plain = s.replace("\u{1b}[91m", "").replace("\u{1b}[0m", "");
-                log.extend_from_slice(plain.as_bytes());
-            }
-            if let Some(detail) = info.error_detail {
-                return Ok(Err(StepFailure {
-                    message: detail.message.unwrap_or_default(),
-                    code: detail.code,
-                    log,
-                }));
-            }
         }
-        Ok(Ok(()))
+        ImageError::Build {
+            role: self.recipe.role,
+            kernel: kernel.to_string(),
+            message: message.trim().to_string(),
+            log_tail: crate::builds::log::tail_of(log, 20),
+        }
+    }
+
+    fn recipe_dir(&self) -> PathBuf {
+        self.settings.images_dir.join(self.recipe.dir)
+    }
+
+    /// sha256 over the recipe files (path + content, sorted).
+    pub fn recipe_hash(&self) -> Result<String, ImageError> {
+        let mut hasher = Sha256::new();
+        for (rel, bytes) in self.recipe_files()? {
+            hasher.update(rel.as_bytes());
+            hasher.update([0]);
+            hasher.update((bytes.len() as u64).to_be_bytes());
+            hasher.update(&bytes);
+        }
+        Ok(hex::encode(hasher.finalize())[..16].to_string())
+    }
+
+    fn recipe_files(&self) -> Result<Vec<(String, Vec<u8>)>, ImageError> {
+        let dir = self.recipe_dir();
+        let mut files = Vec::new();
+        collect_files(&dir, &dir, &mut files).map_err(|source| ImageError::Recipe {
+            dir: dir.clone(),
+            source,
+        })?;
+        files.sort();
+        Ok(files)
+    }
+
+    fn context_tar(&self) -> Result<Vec<u8>, ImageError> {
+        let dir = self.recipe_dir();
+        let err = |source| ImageError::Recipe {
+            dir: dir.clone(),
+            source,
+        };
+        let files = self.recipe_files()?;
+        let entries = files.iter().map(|(rel, bytes)| {
+            let exec = rel.ends_with(".sh") || !rel.contains('.');
+            (
+                rel.as_str(),
+                if exec { 0o755 } else { 0o644 },
+                bytes.as_slice(),
+            )
+        });
+        flat_tar(entries).map_err(err)
+    }
+}
+
+/// Builder images, and the derived images with a module's Debian packages.
+pub struct BuilderImages {
+    images: KernelImages,
+    sandbox: Sandbox,
+    /// `CONFIG_CC_VERSION_TEXT` by image ID, read once from the image.
+    compilers: Mutex<HashMap<String, Option<String>>>,
+    /// Per-tag locks of the images with packages.
+    package_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl BuilderImages {
+    pub fn new(sandbox: Sandbox, settings: ImageSettings, base: Arc<BaseImages>) -> Self {
+        BuilderImages {
+            images: KernelImages::new(sandbox.docker().clone(), BUILDER, settings, base),
+            sandbox,
+            compilers: Mutex::new(HashMap::new()),
+            package_locks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn docker(&self) -> &Docker {
+        self.sandbox.docker()
+    }
+
+    /// Kernels whose builder image is ready (checked against the engine).
+    pub async fn list(&self) -> Result<Vec<KernelInfo>, ImageError> {
+        let recipe = self.images.recipe_hash()?;
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![format!("kmodforge.recipe={recipe}")],
+        )]);
+        let options = bollard::query_parameters::ListImagesOptionsBuilder::default()
+            .filters(&filters)
+            .build();
+        let mut out = Vec::new();
+        for img in self.docker().list_images(Some(options)).await? {
+            let Some(krel) = img.labels.get("kmodforge.kernel") else {
+                continue;
+            };
+            let Ok(kernel) = KernelRelease::parse(krel) else {
+                continue;
+            };
+            let suite = img
+                .labels
+                .get("kmodforge.suite")
+                .cloned()
+                .unwrap_or_default();
+            out.push(KernelInfo {
+                image: ImageRef {
+                    id: img.id.clone(),
+                    tag: self.images.tag_for(&suite, &kernel),
+                },
+                compiler: self.compiler_of(&img.id).await,
+                kernel,
+                suite,
+                verifier: None,
+            });
+        }
+        out.sort_by(|a, b| a.kernel.cmp(&b.kernel));
+        Ok(out)
+    }
+
+    /// The compiler an image carries (its kernel's `CONFIG_CC_VERSION_TEXT`),
+    /// read once per image from `/etc/kmodforge/kernel.env` in a sandbox.
+    pub async fn compiler_of(&self, image_id: &str) -> Option<String> {
+        if let Some(c) = self
+            .compilers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(image_id)
+        {
+            return c.clone();
+        }
+        let job_id = format!("kinfo-{:016x}", rand::random::<u64>());
+        let spec = ContainerSpec {
+            job_id: &job_id,
+            role: "job",
+            image_id,
+            source_dirs: &[],
+            ro_volumes: &[],
+        };
+        let container = self.sandbox.create(&spec).await.ok()?;
+        let out = container
+            .read(&["cat", "/etc/kmodforge/kernel.env"], 64 * 1024)
+            .await;
+        container.remove().await;
+        let text = parse_cc_text(&String::from_utf8_lossy(&out.ok()?.stdout));
+        let mut map = self.compilers.lock().unwrap_or_else(|p| p.into_inner());
+        map.insert(image_id.to_string(), text.clone());
+        text
+    }
+
+    /// The builder image for `kernel` if it is ready in the engine (never builds).
+    pub async fn existing(&self, kernel: &KernelRelease) -> Option<KernelInfo> {
+        self.images.existing(kernel).await.map(kernel_info)
+    }
+
+    /// Returns the builder image for `kernel`, building it if needed (once).
+    pub async fn ensure(&self, kernel: &KernelRelease) -> Result<KernelInfo, ImageError> {
+        self.images.ensure(kernel).await.map(kernel_info)
     }
 
     /// The builder image of `base` plus Debian `packages` (a module's settings),
@@ -435,7 +584,7 @@ impl BuilderImages {
             locks.entry(tag.clone()).or_default().clone()
         };
         let _guard = lock.lock().await;
-        if let Ok(img) = self.docker.inspect_image(&tag).await {
+        if let Ok(img) = self.docker().inspect_image(&tag).await {
             let labels = img.config.and_then(|c| c.labels).unwrap_or_default();
             if labels.get("kmodforge.base").map(String::as_str) == Some(base.image.id.as_str()) {
                 if let Some(id) = img.id {
@@ -473,7 +622,7 @@ impl BuilderImages {
             .build();
         tracing::info!(kernel = %base.kernel, %tag, packages = %list, "building builder image with packages");
         let started = std::time::Instant::now();
-        if let Err(f) = self.run_build(options, context).await? {
+        if let Err(f) = run_build(self.docker(), options, context).await? {
             return Err(ImageError::Packages {
                 kernel: base.kernel.to_string(),
                 packages: list,
@@ -481,86 +630,62 @@ impl BuilderImages {
                 log_tail: crate::builds::log::tail_of(&f.log, 20),
             });
         }
-        let img = self.docker.inspect_image(&tag).await?;
+        let img = self.docker().inspect_image(&tag).await?;
         tracing::info!(%tag, secs = started.elapsed().as_secs_f64(), "builder image with packages ready");
         Ok(info(img.id.unwrap_or_default()))
     }
-
-    fn build_failure(
-        &self,
-        kernel: &KernelRelease,
-        suite: &str,
-        message: &str,
-        code: Option<i64>,
-        log: &[u8],
-    ) -> ImageError {
-        // The classic builder reports a RUN step's exit status in errorDetail.code
-        // (older engines only in the message), so accept either form.
-        let unknown = code == Some(UNKNOWN_KERNEL_EXIT)
-            || message.ends_with(&format!("non-zero code: {UNKNOWN_KERNEL_EXIT}"));
-        if unknown {
-            return ImageError::UnknownKernel {
-                kernel: kernel.to_string(),
-                package: kernel.headers_package(),
-                suite: suite.to_string(),
-            };
-        }
-        ImageError::Build {
-            kernel: kernel.to_string(),
-            message: message.trim().to_string(),
-            log_tail: crate::builds::log::tail_of(log, 20),
-        }
-    }
-
-    fn builder_dir(&self) -> PathBuf {
-        self.settings.images_dir.join("builder")
-    }
-
-    /// sha256 over the builder recipe files (path + content, sorted).
-    pub fn recipe_hash(&self) -> Result<String, ImageError> {
-        let mut hasher = Sha256::new();
-        for (rel, bytes) in self.recipe_files()? {
-            hasher.update(rel.as_bytes());
-            hasher.update([0]);
-            hasher.update((bytes.len() as u64).to_be_bytes());
-            hasher.update(&bytes);
-        }
-        Ok(hex::encode(hasher.finalize())[..16].to_string())
-    }
-
-    fn recipe_files(&self) -> Result<Vec<(String, Vec<u8>)>, ImageError> {
-        let dir = self.builder_dir();
-        let mut files = Vec::new();
-        collect_files(&dir, &dir, &mut files).map_err(|source| ImageError::Recipe {
-            dir: dir.clone(),
-            source,
-        })?;
-        files.sort();
-        Ok(files)
-    }
-
-    fn context_tar(&self) -> Result<Vec<u8>, ImageError> {
-        let dir = self.builder_dir();
-        let err = |source| ImageError::Recipe {
-            dir: dir.clone(),
-            source,
-        };
-        let files = self.recipe_files()?;
-        let entries = files.iter().map(|(rel, bytes)| {
-            let exec = rel.ends_with(".sh") || !rel.contains('.');
-            (
-                rel.as_str(),
-                if exec { 0o755 } else { 0o644 },
-                bytes.as_slice(),
-            )
-        });
-        flat_tar(entries).map_err(err)
-    }
 }
 
+/// Runs one image build; the inner error is the build's own failure (a step
+/// failed), the outer one the engine's.
+async fn run_build(
+    docker: &Docker,
+    options: bollard::query_parameters::BuildImageOptions,
+    context: Vec<u8>,
+) -> Result<Result<(), StepFailure>, ImageError> {
+    let mut stream = docker.build_image(options, None, Some(bollard::body_full(context.into())));
+    let mut log = Vec::<u8>::new();
+    while let Some(item) = stream.next().await {
+        let info = match item {
+            Ok(info) => info,
+            Err(bollard::errors::Error::DockerStreamError { error }) => {
+                return Ok(Err(StepFailure {
+                    message: error,
+                    code: None,
+                    log,
+                }))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if let Some(s) = &info.stream {
+            // The classic builder wraps RUN's stderr in ANSI red; keep the text only.
+            let plain = s.replace("\u{1b}[91m", "").replace("\u{1b}[0m", "");
+            log.extend_from_slice(plain.as_bytes());
+        }
+        if let Some(detail) = info.error_detail {
+            return Ok(Err(StepFailure {
+                message: detail.message.unwrap_or_default(),
+                code: detail.code,
+                log,
+            }));
+        }
+    }
+    Ok(Ok(()))
+}
+
+/// The recipe's files: everything in its directory but the documentation and the
+/// recipe's own tests (`README.md`, `test-*`, `testdata/`), so that editing those
+/// neither rebuilds images nor ships them.
 fn collect_files(root: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>)>) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        if name == "README.md" || name == "testdata" || name.starts_with("test-") {
+            continue;
+        }
         if path.is_dir() {
             collect_files(root, &path, out)?;
         } else {
@@ -575,23 +700,13 @@ fn collect_files(root: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>)>) -> s
     Ok(())
 }
 
-/// `kmodforge-builder:debian-<suite>-<krel>`.
-pub fn tag_for(suite: &str, kernel: &KernelRelease) -> String {
-    format!("{BUILDER_REPO}:debian-{suite}-{kernel}")
-}
-
-fn kernel_info(
-    kernel: &KernelRelease,
-    suite: &str,
-    id: String,
-    tag: String,
-    labels: &HashMap<String, String>,
-) -> KernelInfo {
+fn kernel_info(ready: ReadyImage) -> KernelInfo {
     KernelInfo {
-        kernel: kernel.clone(),
-        suite: suite.to_string(),
-        image: ImageRef { id, tag },
-        compiler: labels.get("kmodforge.compiler").cloned(),
+        kernel: ready.kernel,
+        suite: ready.suite,
+        image: ready.image,
+        compiler: None,
+        verifier: None,
     }
 }
 
@@ -619,9 +734,23 @@ mod tests {
     #[test]
     fn tags_name_suite_and_kernel() {
         let k = KernelRelease::parse("6.1.0-47-amd64").expect("valid");
+        let settings = ImageSettings {
+            images_dir: PathBuf::from("/nonexistent"),
+            base_image: "debian:{suite}-slim".into(),
+        };
+        // Docker::connect_with_defaults only reads the environment; nothing is contacted.
+        let docker = Docker::connect_with_defaults().expect("client");
+        let base = BaseImages::new(docker.clone(), settings.clone());
+        let builder = KernelImages::new(docker.clone(), BUILDER, settings.clone(), base.clone());
+        let verifier = KernelImages::new(docker, VERIFIER, settings, base);
         assert_eq!(
-            tag_for("bookworm", &k),
+            builder.tag_for("bookworm", &k),
             "kmodforge-builder:debian-bookworm-6.1.0-47-amd64"
         );
+        assert_eq!(
+            verifier.tag_for("bookworm", &k),
+            "kmodforge-verifier:debian-bookworm-6.1.0-47-amd64"
+        );
+        assert_eq!((VERIFIER.package)(&k), "linux-image-6.1.0-47-amd64");
     }
 }
