@@ -52,6 +52,11 @@ pub struct BuildRequest {
     pub arch: Option<Arch>,
     #[serde(default)]
     pub options: BuildOptions,
+    /// Boot the kernel under qemu and load the built modules after a successful
+    /// build (see [`BootCheck`]); `None` uses the server's default. Not part of the
+    /// cache key: a cached artifact without a check is checked when one is asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_check: Option<bool>,
 }
 
 /// The life cycle of a build.
@@ -121,6 +126,9 @@ pub enum FailureKind {
     /// not build, or a Debian package of the module's settings could not be installed
     /// (DKMS's exit 13, "missing BUILD_DEPENDS").
     DependencyFailed,
+    /// The modules built, but booting their kernel and loading them failed
+    /// (the artifact is kept, its manifest holds the failed [`BootCheck`]).
+    BootCheckFailed,
     /// The service failed (Docker, disk, image build), not the module.
     Infrastructure,
 }
@@ -138,6 +146,7 @@ impl FailureKind {
             FailureKind::InvalidConf => "invalid_conf",
             FailureKind::UnknownKernel => "unknown_kernel",
             FailureKind::DependencyFailed => "dependency_failed",
+            FailureKind::BootCheckFailed => "boot_check_failed",
             FailureKind::Infrastructure => "infrastructure",
         }
     }
@@ -237,6 +246,75 @@ pub struct Manifest {
     /// The DKMS override files that applied (file names; texts are in the settings).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub overrides: Vec<String>,
+    /// The boot check of these modules in their kernel, once one ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_check: Option<BootCheck>,
+}
+
+/// The artifact's kernel, the distro's own `linux-image-<krel>`, booted under qemu
+/// with a minimal initramfs holding the built modules and the in-kernel modules
+/// they depend on, which were then loaded in dependency order.
+///
+/// A load does not prove the build targeted this kernel (with MODVERSIONS the
+/// kernel ignores vermagic's release string); the server's vermagic check does.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BootCheck {
+    /// The kernel booted, the guest finished, and every built module loaded.
+    pub passed: bool,
+    /// The kernel reached the initramfs's `/init`.
+    pub booted: bool,
+    /// Every module was tried (no hang, panic or timeout first).
+    pub completed: bool,
+    /// Why the check failed, in one line; `None` when it passed.
+    pub reason: Option<String>,
+    pub kernel: KernelRelease,
+    /// The Debian `linux-image-<krel>` package version that was booted.
+    #[serde(default)]
+    pub kernel_package_version: Option<String>,
+    /// The verifier image that ran the check.
+    pub verifier_image: ImageRef,
+    pub checked_at: String,
+    /// Wall time of the guest, from qemu's start to its exit, in seconds.
+    pub boot_seconds: f64,
+    /// Wall time of the whole check (sandbox, staging, boot), in seconds.
+    pub seconds: f64,
+    /// Size of the initramfs handed to the kernel, in bytes.
+    pub initramfs_bytes: u64,
+    /// `pvh` (the uncompressed vmlinux) or `bzimage`.
+    pub boot_image: String,
+    /// The check's timeout fired (the guest hung).
+    pub timed_out: bool,
+    /// Every module loaded, in load order: in-kernel dependencies and the built ones.
+    pub modules: Vec<BootModule>,
+    /// The last lines of the guest's serial console.
+    pub console_tail: String,
+}
+
+/// One module loaded by a [`BootCheck`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootModule {
+    /// File name (as installed, for built modules).
+    pub file: String,
+    /// Module name (`-` read as `_`).
+    pub name: String,
+    /// Built by this artifact (true) or from the kernel's own tree (false).
+    pub new: bool,
+    /// insmod succeeded and `/sys/module/<name>/initstate` is `live`.
+    pub loaded: bool,
+    /// insmod's exit status (an errno, or 128+signal); `None` if it never returned.
+    pub rc: Option<i32>,
+    /// insmod's own message.
+    pub error: Option<String>,
+    /// The kernel's messages logged while it loaded (and later ones naming it).
+    pub messages: Vec<String>,
+    /// `/sys/module/<name>/version`, `srcversion`, `initstate`, `taint`.
+    pub version: Option<String>,
+    pub srcversion: Option<String>,
+    pub initstate: Option<String>,
+    pub taint: Option<String>,
+    /// Device nodes that appeared in `/dev` while it loaded (e.g. `video0`).
+    #[serde(default)]
+    pub devices: Vec<String>,
 }
 
 /// A stored blob that is not a module.
@@ -262,6 +340,9 @@ pub struct KernelInfo {
     pub image: ImageRef,
     /// `CONFIG_CC_VERSION_TEXT` of the kernel, the compiler in the image.
     pub compiler: Option<String>,
+    /// The kernel's verifier image (boot checks), once it is prepared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verifier: Option<ImageRef>,
 }
 
 /// Body of every 4xx/5xx answer.

@@ -81,6 +81,16 @@ pub struct Config {
     /// image): much faster on engines with the fuse-overlayfs storage driver.
     #[arg(long, env = "KMODFORGE_USR_VOLUMES", default_value_t = true, action = clap::ArgAction::Set)]
     pub usr_volumes: bool,
+
+    /// Boot-check builds whose request does not say (`"boot_check"`): boot the
+    /// kernel under qemu in its verifier image and load the built modules.
+    #[arg(long, env = "KMODFORGE_BOOT_CHECK", default_value_t = false, action = clap::ArgAction::Set)]
+    pub boot_check: bool,
+
+    /// Limit of a boot check's guest (boot, module loads, power-off), in seconds;
+    /// a guest that hangs fails the check after it.
+    #[arg(long, env = "KMODFORGE_BOOT_TIMEOUT_SECS", default_value_t = 90)]
+    pub boot_timeout_secs: u64,
 }
 
 fn default_jobs() -> u32 {
@@ -116,6 +126,15 @@ impl Config {
                 "KMODFORGE_BUILD_MEMORY_MIB must be at least 256, got {}",
                 self.memory_mib
             ));
+        }
+        if !(5..=3600).contains(&self.boot_timeout_secs) {
+            return Err(format!(
+                "KMODFORGE_BOOT_TIMEOUT_SECS must be 5..=3600, got {}",
+                self.boot_timeout_secs
+            ));
+        }
+        if self.memory_mib < 1024 && self.boot_check {
+            return Err("KMODFORGE_BOOT_CHECK needs KMODFORGE_BUILD_MEMORY_MIB of at least 1024 (the guest has 512 MiB)".into());
         }
         if self.tmpfs_mib >= self.memory_mib {
             return Err("KMODFORGE_BUILD_TMPFS_MIB must be below KMODFORGE_BUILD_MEMORY_MIB (tmpfs counts as memory)".into());

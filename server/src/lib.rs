@@ -8,6 +8,7 @@
 //! (all Docker container work), `images` (builder images), `sources` (uploads),
 //! `store` (SQLite records + content-addressed blobs behind traits).
 
+pub mod bootcheck;
 pub mod builds;
 pub mod config;
 pub mod flat_tar;
@@ -51,17 +52,34 @@ pub async fn init(config: &Config) -> Result<AppState, StartError> {
     let store = store::Store::open(&config.data_dir)?;
     let sandbox =
         sandbox::Sandbox::connect(config.sandbox_limits(), owner_id(&config.data_dir)).await?;
+    let image_settings = images::ImageSettings {
+        images_dir: config.images_dir.clone(),
+        base_image: config.base_image.clone(),
+    };
+    let base = images::BaseImages::new(sandbox.docker().clone(), image_settings.clone());
     let images = Arc::new(images::BuilderImages::new(
         sandbox.clone(),
-        images::ImageSettings {
-            images_dir: config.images_dir.clone(),
-            base_image: config.base_image.clone(),
-        },
+        image_settings.clone(),
+        base.clone(),
     ));
+    let checker = bootcheck::BootChecker::new(
+        images::KernelImages::new(
+            sandbox.docker().clone(),
+            images::VERIFIER,
+            image_settings,
+            base,
+        ),
+        sandbox.clone(),
+        bootcheck::BootCheckSettings {
+            default: config.boot_check,
+            timeout: std::time::Duration::from_secs(config.boot_timeout_secs),
+        },
+    );
     let builds = builds::Builds::new(
         store.clone(),
         sandbox,
         images.clone(),
+        checker,
         builds::BuildSettings {
             max_builds: config.max_builds,
             usr_volumes: config.usr_volumes,

@@ -133,7 +133,11 @@ pub struct Sandbox {
 
 /// What a job container is made from.
 pub struct ContainerSpec<'a> {
+    /// The build the container works for (its `kmodforge.job` label).
     pub job_id: &'a str,
+    /// What it does: `job` (a build's steps) or `check` (a boot check); the
+    /// container is named `kmodforge-<role>-<job id>`.
+    pub role: &'a str,
     pub image_id: &'a str,
     /// `<m>-<v>` of each source tree the job unpacks: each gets a writable tmpfs
     /// at `/usr/src/<m>-<v>`, where DKMS keeps it (packages hard-code the path).
@@ -175,7 +179,7 @@ impl Sandbox {
 
     /// Creates and starts a fresh job container under the sandbox policy.
     pub async fn create(&self, spec: &ContainerSpec<'_>) -> Result<JobContainer, SandboxError> {
-        let name = format!("kmodforge-job-{}", spec.job_id);
+        let name = format!("kmodforge-{}-{}", spec.role, spec.job_id);
         let options = CreateContainerOptionsBuilder::default().name(&name).build();
         let body = self.container_body(spec);
         let created = self
@@ -252,6 +256,7 @@ impl Sandbox {
             network_disabled: Some(true),
             labels: Some(HashMap::from([
                 (JOB_LABEL.to_string(), spec.job_id.to_string()),
+                ("kmodforge.role".to_string(), spec.role.to_string()),
                 (OWNER_LABEL.to_string(), self.owner.clone()),
                 ("kmodforge".to_string(), "1".to_string()),
             ])),

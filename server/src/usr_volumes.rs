@@ -171,6 +171,7 @@ impl UsrVolumeCache {
         let job_id = format!("usrvol-{:016x}", rand::random::<u64>());
         let spec = ContainerSpec {
             job_id: &job_id,
+            role: "job",
             image_id,
             source_dirs: &[],
             ro_volumes: volumes,

@@ -184,6 +184,7 @@ pub fn collect_artifact(
         packages: input.packages.to_vec(),
         dependencies: input.dependencies.clone(),
         overrides: input.overrides.clone(),
+        boot_check: None,
     };
     store
         .records

@@ -164,6 +164,8 @@ impl Builds {
                 kernel: req.kernel.clone(),
                 arch: Some(arch.clone()),
                 options: Default::default(),
+                // Built to compile against; the dependent's check loads its modules too.
+                boot_check: Some(false),
             };
             let dep_what = format!("{}/{}", module.name, module.version);
             let submitted = self

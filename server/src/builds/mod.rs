@@ -6,6 +6,7 @@
 //! either answers from the artifact cache or builds in a fresh sandbox. Two jobs
 //! that end up with the same cache key share one build as well.
 
+mod boot;
 pub mod collect;
 mod deps;
 mod evaluate;
@@ -24,6 +25,7 @@ use kmodforge_api::wire::{
 use sha2::{Digest, Sha256};
 use tokio::sync::{watch, Semaphore};
 
+use crate::bootcheck::BootChecker;
 use crate::images::BuilderImages;
 use crate::sandbox::Sandbox;
 use crate::store::{RecordsError, Store};
@@ -97,6 +99,9 @@ pub struct Builds {
     store: Store,
     sandbox: Sandbox,
     images: Arc<BuilderImages>,
+    checker: BootChecker,
+    /// Per-artifact locks of boot checks.
+    check_locks: Mutex<HashMap<ArtifactKey, Arc<tokio::sync::Mutex<()>>>>,
     usr_volumes: UsrVolumeCache,
     permits: Semaphore,
     inflight: Mutex<Inflight>,
@@ -114,6 +119,7 @@ impl Builds {
         store: Store,
         sandbox: Sandbox,
         images: Arc<BuilderImages>,
+        checker: BootChecker,
         settings: BuildSettings,
     ) -> Arc<Self> {
         Arc::new(Builds {
@@ -121,6 +127,8 @@ impl Builds {
             usr_volumes: UsrVolumeCache::new(sandbox.clone(), settings.usr_volumes),
             sandbox,
             images,
+            checker,
+            check_locks: Mutex::new(HashMap::new()),
             permits: Semaphore::new(settings.max_builds),
             inflight: Mutex::new(Inflight::default()),
         })
@@ -152,7 +160,7 @@ impl Builds {
         }
         // Settings change what a job does: a request after a change never joins a job
         // started before it.
-        let key = request_key(&module, &req, &arch, &settings);
+        let key = request_key(&module, &req, &arch, &settings, self.wants_check(&req));
         let job = {
             let mut inflight = self.inflight();
             if let Some(job) = inflight.by_request.get(&key) {
@@ -227,6 +235,11 @@ impl Builds {
         })
     }
 
+    /// The boot-check settings and verifier images (`GET`/`PUT /v1/kernels`).
+    pub fn checker(&self) -> &BootChecker {
+        &self.checker
+    }
+
     /// The job with this id, while it is in flight.
     pub fn live(&self, id: &str) -> Option<Arc<Job>> {
         self.inflight().by_id.get(id).cloned()
@@ -242,8 +255,16 @@ impl Builds {
             .records
             .get_build(id)?
             .ok_or_else(|| BuildError::NotFound(id.to_string()))?;
+        // A build whose boot check failed made its modules: they are shown with the check.
+        let check_failed = build
+            .failure
+            .as_ref()
+            .is_some_and(|f| f.kind == FailureKind::BootCheckFailed);
         let artifact = match (&build.state, &build.artifact_key) {
             (BuildState::Succeeded, Some(key)) => self.store.records.get_artifact(key)?,
+            (BuildState::Failed, Some(key)) if check_failed => {
+                self.store.records.get_artifact(key)?
+            }
             _ => None,
         };
         // A build answered from the cache carries the manifest of the build that made it.
@@ -302,10 +323,12 @@ fn request_key(
     req: &BuildRequest,
     arch: &Arch,
     settings: &ModuleSettings,
+    boot_check: bool,
 ) -> String {
     let text = serde_json::json!({
         "name": module.name, "version": module.version, "digest": module.digest,
         "kernel": req.kernel, "arch": arch, "options": req.options, "settings": settings,
+        "boot_check": boot_check,
     });
     hex::encode(Sha256::digest(text.to_string().as_bytes()))
 }

@@ -30,6 +30,12 @@ pub(super) enum Outcome {
     Cached(Manifest),
     Failed(Failure),
     NotApplicable(Failure),
+    /// The modules exist but their boot check failed.
+    CheckFailed {
+        manifest: Manifest,
+        failure: Failure,
+        cached: bool,
+    },
 }
 
 /// Limit for unpacking and evaluating dkms.conf (it may run shell code).
@@ -64,7 +70,14 @@ impl Builds {
         let Some(manifest) = self.store.records.get_artifact(&key)? else {
             return Ok(None);
         };
+        // A wanted check that has not passed (never ran, or failed) is a job's work.
+        if self.wants_check(req) && !manifest.boot_check.as_ref().is_some_and(|c| c.passed) {
+            return Ok(None);
+        }
         let build = match self.store.records.get_build(&manifest.build_id)? {
+            // The build that made it failed its boot check: a request without a check
+            // gets a succeeded record of its own from a (container-less) job.
+            Some(b) if b.state != BuildState::Succeeded => return Ok(None),
             Some(b) => b,
             None => return Ok(None),
         };
@@ -116,6 +129,7 @@ impl Builds {
         Box::pin(async move {
             let started = Instant::now();
             let outcome = self.pipeline(&job, &module, &req, &settings).await;
+            let outcome = self.with_boot_check(&job, &req, outcome).await;
             self.finish(&job, outcome, started.elapsed().as_secs_f64());
             let mut inflight = self.inflight();
             inflight.by_request.remove(&request_key);
@@ -137,6 +151,11 @@ impl Builds {
             Outcome::Cached(m) => (BuildState::Succeeded, None, Some(m), true),
             Outcome::Failed(f) => (BuildState::Failed, Some(f), None, false),
             Outcome::NotApplicable(f) => (BuildState::NotApplicable, Some(f), None, false),
+            Outcome::CheckFailed {
+                manifest,
+                failure,
+                cached,
+            } => (BuildState::Failed, Some(failure), Some(manifest), cached),
         };
         match &failure {
             Some(f) => job
@@ -168,7 +187,7 @@ impl Builds {
 
     /// A build slot (at most `max_builds` containers at a time). The job is
     /// `running` from its first slot on.
-    async fn slot(&self, job: &Job) -> Result<SemaphorePermit<'_>, Outcome> {
+    pub(super) async fn slot(&self, job: &Job) -> Result<SemaphorePermit<'_>, Outcome> {
         match self.permits.acquire().await {
             Ok(permit) => {
                 if job.snapshot().build.state == BuildState::Queued {
@@ -374,6 +393,10 @@ impl Builds {
         Some(
             match (done.build.state, done.artifact, done.build.failure) {
                 (BuildState::Succeeded, Some(m), _) => Outcome::Cached(m),
+                // Its modules exist; whether this job checks them is its own request's choice.
+                (_, Some(m), Some(f)) if f.kind == FailureKind::BootCheckFailed => {
+                    Outcome::Cached(m)
+                }
                 (_, _, Some(f)) => Outcome::Failed(f),
                 _ => Outcome::Failed(failure(
                     FailureKind::Infrastructure,
@@ -415,6 +438,7 @@ impl Builds {
         let volumes = self.usr_volumes.for_image(image).await;
         let spec = ContainerSpec {
             job_id: &job.id,
+            role: "job",
             image_id: &image.image.id,
             source_dirs: &source_dirs,
             ro_volumes: &volumes,

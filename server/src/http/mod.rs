@@ -102,16 +102,40 @@ async fn healthz() -> Json<serde_json::Value> {
 }
 
 async fn list_kernels(State(s): State<AppState>) -> Result<Response, AppError> {
-    Ok(Json(s.images.list().await?).into_response())
+    let mut kernels = s.images.list().await?;
+    for k in &mut kernels {
+        k.verifier = s
+            .builds
+            .checker()
+            .existing(&k.kernel)
+            .await
+            .map(|v| v.image);
+    }
+    Ok(Json(kernels).into_response())
 }
 
+#[derive(serde::Deserialize)]
+struct PrepareQuery {
+    /// Also prepare the verifier image (default: the server's boot-check default).
+    boot_check: Option<bool>,
+}
+
+/// Prepares a kernel ahead of its first build: the builder image, and the verifier
+/// image when boot checks are wanted.
 async fn prepare_kernel(
     State(s): State<AppState>,
     Path(krel): Path<String>,
+    Query(q): Query<PrepareQuery>,
 ) -> Result<Response, AppError> {
     let kernel = kernel(&krel)?;
     let mut info = s.images.ensure(&kernel).await?;
     info.compiler = s.images.compiler_of(&info.image.id).await;
+    let checker = s.builds.checker();
+    info.verifier = if q.boot_check.unwrap_or_else(|| checker.default_on()) {
+        Some(checker.image(&kernel).await?.image)
+    } else {
+        checker.existing(&kernel).await.map(|v| v.image)
+    };
     Ok(Json(info).into_response())
 }
 

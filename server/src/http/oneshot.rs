@@ -19,6 +19,8 @@ pub(super) struct OneShot {
     /// Module name and version; default: dkms.conf's PACKAGE_NAME/PACKAGE_VERSION.
     name: Option<String>,
     version: Option<String>,
+    /// Boot-check the modules before answering (default: the server's).
+    boot_check: Option<bool>,
 }
 
 pub(super) async fn build(
@@ -39,6 +41,7 @@ pub(super) async fn build(
         kernel,
         arch: None,
         options: Default::default(),
+        boot_check: q.boot_check,
     };
     let submitted = s.builds.submit(req).await?;
     let done = match submitted.job {

@@ -59,6 +59,10 @@ pub trait Records: Send + Sync {
 
     fn put_artifact(&self, m: &Manifest) -> Result<(), RecordsError>;
     fn get_artifact(&self, key: &ArtifactKey) -> Result<Option<Manifest>, RecordsError>;
+    /// Replaces the manifest of an existing artifact (same key and blobs, e.g. a
+    /// boot check added), keeping its place in the "latest" order. False when
+    /// there is no such artifact.
+    fn update_manifest(&self, m: &Manifest) -> Result<bool, RecordsError>;
     fn latest_artifact(
         &self,
         name: &ModuleName,
@@ -285,6 +289,14 @@ impl Records for SqliteRecords {
         }
         tx.commit()?;
         Ok(())
+    }
+
+    fn update_manifest(&self, m: &Manifest) -> Result<bool, RecordsError> {
+        let n = self.conn().execute(
+            "UPDATE artifacts SET json = ?2 WHERE key = ?1",
+            params![m.key.as_str(), to_json(m)],
+        )?;
+        Ok(n == 1)
     }
 
     fn get_artifact(&self, key: &ArtifactKey) -> Result<Option<Manifest>, RecordsError> {

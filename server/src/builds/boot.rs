@@ -1,0 +1,197 @@
+//! The boot check step of a job: after the modules exist (built now or found in
+//! the cache), boot their kernel and load them when the request asks for it.
+//!
+//! The check is recorded in the artifact's manifest, once per artifact: a cached
+//! artifact that was never checked is checked when a request asks for it, one
+//! that was checked is not booted again. Checks of one artifact are
+//! single-flight; each takes a build slot (qemu's TCG is one busy CPU).
+
+use std::sync::Arc;
+
+use kmodforge_api::names::ArtifactKey;
+use kmodforge_api::wire::{BootCheck, BuildRequest, Failure, FailureKind, Manifest};
+
+use super::run::Outcome;
+use super::{failure, Builds, Job};
+use crate::bootcheck::summary;
+
+/// Kernel messages of a failed module copied into the build log (the manifest
+/// keeps them all).
+const LOG_MESSAGES: usize = 30;
+
+impl Builds {
+    /// Whether `req` wants a boot check (its own choice, else the server's default).
+    pub(super) fn wants_check(&self, req: &BuildRequest) -> bool {
+        req.boot_check.unwrap_or_else(|| self.checker.default_on())
+    }
+
+    /// Applies the boot check `req` asks for to a job's outcome.
+    pub(super) async fn with_boot_check(
+        &self,
+        job: &Job,
+        req: &BuildRequest,
+        outcome: Outcome,
+    ) -> Outcome {
+        let (manifest, cached) = match outcome {
+            Outcome::Built(m) => (m, false),
+            Outcome::Cached(m) => (m, true),
+            other => return other,
+        };
+        let rewrap = |m| {
+            if cached {
+                Outcome::Cached(m)
+            } else {
+                Outcome::Built(m)
+            }
+        };
+        if !self.wants_check(req) {
+            return rewrap(manifest);
+        }
+        let manifest = match self.checked(job, manifest).await {
+            Ok(m) => m,
+            Err(f) => return Outcome::Failed(f),
+        };
+        let reason = match &manifest.boot_check {
+            Some(BootCheck { passed: true, .. }) => return rewrap(manifest),
+            Some(c) => c.reason.clone().unwrap_or_else(|| "no reason given".into()),
+            None => "no boot check was recorded".into(),
+        };
+        let message = format!(
+            "{}/{} on {}: boot check failed: {reason}",
+            manifest.name, manifest.version, manifest.kernel
+        );
+        let f = failure(FailureKind::BootCheckFailed, message, &job.log);
+        Outcome::CheckFailed {
+            manifest,
+            failure: f,
+            cached,
+        }
+    }
+
+    /// The manifest with its boot check: recorded already, or run now.
+    async fn checked(&self, job: &Job, manifest: Manifest) -> Result<Manifest, Failure> {
+        if let Some(c) = &manifest.boot_check {
+            job.log.note(&format!(
+                "boot check recorded at {}: {}",
+                c.checked_at,
+                if c.passed { "passed" } else { "failed" }
+            ));
+            return Ok(manifest);
+        }
+        let lock = self.check_lock(&manifest.key);
+        let _guard = lock.lock().await;
+        let what = format!(
+            "{}/{} on {}: the modules were built (artifact {})",
+            manifest.name, manifest.version, manifest.kernel, manifest.key
+        );
+        let infra = |msg: String| {
+            failure(
+                FailureKind::Infrastructure,
+                format!("{what}, but the boot check could not run: {msg}"),
+                &job.log,
+            )
+        };
+        // Another job may have checked it while this one waited.
+        match self.store.records.get_artifact(&manifest.key) {
+            Ok(Some(current)) if current.boot_check.is_some() => {
+                job.log
+                    .note("boot check recorded meanwhile by another build");
+                return Ok(current);
+            }
+            Ok(_) => {}
+            Err(e) => return Err(infra(e.to_string())),
+        }
+        let modules = self.modules_to_load(&manifest).map_err(infra)?;
+        let permit = match self.slot(job).await {
+            Ok(p) => p,
+            Err(Outcome::Failed(f)) => return Err(f),
+            Err(_) => return Err(infra("no build slot".into())),
+        };
+        job.log.note(&format!(
+            "boot check: booting {} under qemu with {} module(s)",
+            manifest.kernel,
+            modules.len()
+        ));
+        let check = self
+            .checker
+            .check(&job.id, &manifest.kernel, &modules, &job.log)
+            .await;
+        drop(permit);
+        let check = check.map_err(|e| infra(e.to_string()))?;
+        job.log.note(&summary(&check));
+        if !check.passed {
+            log_failed_modules(job, &check);
+        }
+        let mut manifest = manifest;
+        manifest.boot_check = Some(check);
+        match self.store.records.update_manifest(&manifest) {
+            Ok(true) => Ok(manifest),
+            Ok(false) => Err(infra("the artifact was deleted during the check".into())),
+            Err(e) => Err(infra(e.to_string())),
+        }
+    }
+
+    /// The artifact's `.ko` files and those of its BUILD_DEPENDS artifacts (all
+    /// the way down), which a host would have installed before it.
+    fn modules_to_load(&self, manifest: &Manifest) -> Result<Vec<(String, Vec<u8>)>, String> {
+        let mut modules = Vec::new();
+        let mut seen = vec![manifest.key.clone()];
+        let mut todo = vec![manifest.clone()];
+        while let Some(m) = todo.pop() {
+            for f in &m.files {
+                match self.store.blobs.get(&f.sha256) {
+                    Ok(Some(bytes)) => modules.push((f.file.clone(), bytes)),
+                    Ok(None) => return Err(format!("blob {} of {} is missing", f.sha256, f.file)),
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+            for d in &m.dependencies {
+                if seen.contains(&d.key) {
+                    continue;
+                }
+                seen.push(d.key.clone());
+                match self.store.records.get_artifact(&d.key) {
+                    Ok(Some(dm)) => todo.push(dm),
+                    Ok(None) => {
+                        return Err(format!(
+                            "dependency {}/{} (artifact {}) is gone",
+                            d.name, d.version, d.key
+                        ))
+                    }
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+        }
+        Ok(modules)
+    }
+
+    fn check_lock(&self, key: &ArtifactKey) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.check_locks.lock().unwrap_or_else(|p| p.into_inner());
+        // Locks of finished checks are dropped here: only in-use ones are shared.
+        locks.retain(|_, l| Arc::strong_count(l) > 1);
+        locks.entry(key.clone()).or_default().clone()
+    }
+}
+
+/// The kernel's own lines about the modules that did not load, for the log tail.
+fn log_failed_modules(job: &Job, check: &BootCheck) {
+    for m in check
+        .modules
+        .iter()
+        .filter(|m| !m.loaded && (m.new || m.rc.is_some()))
+    {
+        job.log.note(&format!(
+            "boot check: {} ({}) rc {:?}, initstate {:?}",
+            m.name, m.file, m.rc, m.initstate
+        ));
+        for line in m.messages.iter().take(LOG_MESSAGES) {
+            job.log.note(&format!("  {line}"));
+        }
+    }
+    if !check.completed {
+        job.log.note("boot check: console tail:");
+        for line in check.console_tail.lines() {
+            job.log.note(&format!("  {line}"));
+        }
+    }
+}
