@@ -118,7 +118,9 @@ pub struct Config {
     pub paths: HostPaths,
     /// `modprobe` the module after installing it for the running kernel.
     pub modprobe_on_install: bool,
-    /// Reserved: refuse to install for a kernel that has no image in boot_dir.
+    /// Install only artifacts whose server-side boot check passed: ask for the check
+    /// (`boot_check: true`) on every build request, and have it run on an artifact
+    /// without one before installing it (a failed check is refused either way).
     pub require_boot_check: bool,
     /// Overrides `uname -r` (tests).
     pub running_kernel: Option<KernelRelease>,
@@ -379,7 +381,20 @@ mod tests {
         let c = parse("").unwrap();
         assert_eq!(c.root, Path::new("/"));
         assert!(c.server.is_none() && c.modules.is_empty() && !c.modprobe_on_install);
+        assert!(!c.require_boot_check);
+        assert!(
+            parse("require_boot_check = true")
+                .unwrap()
+                .require_boot_check
+        );
+        assert!(err("require_boot_check = 1").contains("require_boot_check"));
         assert!(c.server().unwrap_err().to_string().contains("`server`"));
+    }
+
+    #[test]
+    fn the_example_parses() {
+        let c = parse(include_str!("../agent.toml.example")).unwrap();
+        assert!(!c.require_boot_check && c.modules.len() == 1);
     }
 
     #[test]

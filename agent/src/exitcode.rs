@@ -21,7 +21,8 @@ pub enum Exit {
     /// server refused the request (unknown module or kernel).
     BuildFailed,
     /// 5: a download did not match its manifest (sha256, size) or the `.ko`'s
-    /// vermagic is not the target kernel's.
+    /// vermagic is not the target kernel's; or the artifact's boot check failed,
+    /// or none passed while one is required.
     Verification,
     /// 6: installing (or uninstalling) on the host failed, depmod included.
     InstallFailed,

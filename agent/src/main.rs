@@ -4,6 +4,7 @@
 //! installs them with DKMS's semantics, so the host needs neither headers nor a
 //! compiler. See `agent/README.md` for the commands, the configuration and the exit codes.
 
+mod boot;
 mod client;
 mod config;
 mod exitcode;
@@ -15,6 +16,11 @@ mod report;
 mod submit;
 mod sync;
 mod wait;
+
+/// The host fixtures of the integration tests (modules compiled with gcc, manifests).
+#[cfg(test)]
+#[path = "../tests/host_support/mod.rs"]
+mod test_support;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -120,6 +126,10 @@ enum Cmd {
         /// Module version [default: dkms.conf's PACKAGE_VERSION].
         #[arg(long)]
         version: Option<ModuleVersion>,
+        /// Have the server boot each kernel with the modules and load them; fail
+        /// (exit 5) unless that check passed [default: require_boot_check].
+        #[arg(long)]
+        boot_check: bool,
     },
 }
 
@@ -212,6 +222,7 @@ fn run(cli: Cli) -> Exit {
             out,
             name,
             version,
+            boot_check,
         } => {
             let args = submit::SubmitArgs {
                 path,
@@ -219,6 +230,7 @@ fn run(cli: Cli) -> Exit {
                 out,
                 name,
                 version,
+                boot_check: boot_check || cfg.require_boot_check,
             };
             submit_cmd(&cfg, &args)
         }

@@ -1,6 +1,9 @@
 //! `kmodforge-agent submit PATH --kernel KREL ...` for CI: pack a source tree,
 //! upload it, build it for the listed kernels, follow the logs (stdout), and write
 //! the verified artifacts to `DIR/<krel>/<file>` plus `DIR/<krel>/manifest.json`.
+//!
+//! An artifact whose boot check failed is not written (exit 5); with `--boot-check`
+//! (or `require_boot_check`) the check is asked for and must pass.
 
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
@@ -11,6 +14,7 @@ use kmodforge_api::dkms::scan_declared;
 use kmodforge_api::names::{KernelRelease, ModuleName, ModuleVersion};
 use kmodforge_api::wire::{BuildRequest, BuildResponse, BuildState, Manifest};
 
+use crate::boot::{self, Refusal, Verdict};
 use crate::client::{Client, ClientError};
 use crate::exitcode::Exit;
 use crate::outcome::BuildFailed;
@@ -24,7 +28,13 @@ pub struct SubmitArgs {
     pub out: PathBuf,
     pub name: Option<ModuleName>,
     pub version: Option<ModuleVersion>,
+    /// `--boot-check` (or `require_boot_check`): ask for the boot check, and fail
+    /// (exit 5) unless it passed.
+    pub boot_check: bool,
 }
+
+/// The refusal of `submit --boot-check` when no check came back.
+const NOT_VERIFIED: &str = "artifact is not boot-verified (a boot check was required)";
 
 /// Why a submission (or one kernel of it) failed.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +66,8 @@ pub enum SubmitError {
     Build(Box<BuildFailed>),
     #[error("downloading {file}: {source}")]
     Download { file: String, source: ClientError },
+    #[error("{0}")]
+    BootCheck(Box<Refusal>),
     #[error("verifying the download: {0}")]
     Verify(Box<kmodforge_agent::host::HostError>),
     #[error("writing {path}: {source}")]
@@ -75,7 +87,7 @@ impl SubmitError {
             SubmitError::Upload(e) | SubmitError::Download { source: e, .. } => e.exit(),
             SubmitError::Wait(e) => e.exit(),
             SubmitError::Build(_) => Exit::BuildFailed,
-            SubmitError::Verify(_) => Exit::Verification,
+            SubmitError::Verify(_) | SubmitError::BootCheck(_) => Exit::Verification,
             SubmitError::Write { .. } => Exit::Internal,
         }
     }
@@ -98,7 +110,7 @@ pub fn run(client: &Client, args: &SubmitArgs) -> Exit {
     let started: Vec<_> = args
         .kernels
         .iter()
-        .map(|k| (k, start(client, &name, &version, k)))
+        .map(|k| (k, start(client, &name, &version, k, args.boot_check)))
         .collect();
     let mut worst = Exit::Ok;
     for (kernel, first) in started {
@@ -113,15 +125,17 @@ pub fn run(client: &Client, args: &SubmitArgs) -> Exit {
         let result = first
             .map_err(|e| SubmitError::Wait(e.into()))
             .and_then(|first| {
-                let done = follow(client, &subject, first)?;
+                let done = follow(client, &subject, first, args.boot_check)?;
                 collect(client, args, &subject, done)
             });
         match result {
             Ok(line) => report::outcome(&subject, line),
             Err(e) => {
                 report::error(&subject, &e);
-                if let (SubmitError::Build(b), false) = (&e, followed) {
-                    report::log_tail(&b.log_tail);
+                match (&e, followed) {
+                    (SubmitError::Build(b), false) => report::log_tail(&b.log_tail),
+                    (SubmitError::BootCheck(r), _) => report::log_tail(&r.console_tail),
+                    _ => {}
                 }
                 worst = worst.worst(e.exit());
             }
@@ -199,6 +213,7 @@ fn start(
     name: &ModuleName,
     version: &ModuleVersion,
     kernel: &KernelRelease,
+    boot_check: bool,
 ) -> Result<BuildResponse, ClientError> {
     client.submit_build(&BuildRequest {
         name: name.clone(),
@@ -206,6 +221,7 @@ fn start(
         kernel: kernel.clone(),
         arch: None,
         options: Default::default(),
+        boot_check: boot::request_flag(boot_check),
     })
 }
 
@@ -214,6 +230,7 @@ fn follow(
     client: &Client,
     s: &Subject,
     first: BuildResponse,
+    boot_check: bool,
 ) -> Result<BuildResponse, SubmitError> {
     if first.build.state.is_final() {
         return Ok(first);
@@ -225,6 +242,7 @@ fn follow(
         kernel: s.kernel.clone(),
         arch: None,
         options: Default::default(),
+        boot_check: boot::request_flag(boot_check),
     };
     // Asking again joins the same build (single-flight) and follows it.
     let out: Box<dyn Write> = Box::new(std::io::stdout());
@@ -243,18 +261,33 @@ fn collect(
     s: &Subject,
     done: BuildResponse,
 ) -> Result<String, SubmitError> {
+    if let Some(r) = boot::failed_build(&done) {
+        return Err(SubmitError::BootCheck(Box::new(r)));
+    }
     let b = &done.build;
     match (b.state, done.artifact) {
         (BuildState::Succeeded, Some(m)) => {
+            let required = args.boot_check;
+            match boot::verdict_with(m.boot_check.as_ref(), required, required, NOT_VERIFIED) {
+                Verdict::Accept => {}
+                Verdict::Refuse(r) => return Err(SubmitError::BootCheck(Box::new(r))),
+                // Not reached: the check was asked for whenever it is required.
+                Verdict::Check => {
+                    return Err(SubmitError::BootCheck(Box::new(Refusal::not_verified(
+                        NOT_VERIFIED,
+                    ))))
+                }
+            }
             let dir = args.out.join(s.kernel.as_str());
             write_artifact(client, s, &m, &dir)?;
             let how = if done.cached { "cached" } else { "built" };
             let files: Vec<&str> = m.files.iter().map(|f| f.file.as_str()).collect();
             Ok(format!(
-                "{how} (build {}): {} in {}",
+                "{how} (build {}): {} in {}{}",
                 b.id,
                 files.join(" "),
-                dir.display()
+                dir.display(),
+                boot::note(m.boot_check.as_ref())
             ))
         }
         (BuildState::NotApplicable, _) => Ok(format!(

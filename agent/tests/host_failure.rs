@@ -156,5 +156,6 @@ fn status_reports_the_loaded_module_for_the_running_kernel() {
     assert_eq!(s[0].loaded.as_ref().unwrap().matches_installed, Some(false));
     let json = serde_json::to_value(&s[0]).unwrap();
     assert_eq!(json["loaded"]["srcversion"], "OTHER");
-    assert_eq!(json["boot_verified"], serde_json::Value::Null);
+    assert_eq!(json["boot_verified"], false);
+    assert_eq!(json["boot_check"], serde_json::Value::Null);
 }

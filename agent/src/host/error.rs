@@ -67,6 +67,15 @@ pub enum HostError {
         reason: String,
     },
 
+    /// The server booted the artifact's kernel with its modules and the check failed:
+    /// such an artifact is never installed.
+    #[error("{module} on {kernel}: boot check failed: {reason}")]
+    BootCheckFailed {
+        module: ModuleName,
+        kernel: KernelRelease,
+        reason: String,
+    },
+
     /// `<modules_dir>/<kernel>` does not exist (DKMS exit 6).
     #[error("{kernel}: {path} does not exist: cannot install onto a kernel that is not installed")]
     NoKernelTree {
@@ -133,6 +142,7 @@ impl HostError {
             HostError::NotAModule { .. } => "not_a_module",
             HostError::FileMissing { .. } => "file_missing",
             HostError::BadManifest { .. } => "bad_manifest",
+            HostError::BootCheckFailed { .. } => "boot_check_failed",
             HostError::NoKernelTree { .. } => "no_kernel_tree",
             HostError::NotNewer { .. } => "not_newer",
             HostError::AlreadyInstalled { .. } => "already_installed",
@@ -153,6 +163,7 @@ impl HostError {
                 | HostError::NotAModule { .. }
                 | HostError::FileMissing { .. }
                 | HostError::BadManifest { .. }
+                | HostError::BootCheckFailed { .. }
         )
     }
 

@@ -3,12 +3,12 @@
 use std::path::{Path, PathBuf};
 
 use kmodforge_api::names::{KernelRelease, ModuleName, ModuleVersion};
-use kmodforge_api::wire::ArtifactFile;
+use kmodforge_api::wire::{ArtifactFile, BootCheck};
 use serde::Serialize;
 
 use super::journal::{new_txn_id, Journal, Step};
 use super::sanity::{self, Candidate, Skip, VerInfo};
-use super::state::{Entry, FileRecord, State};
+use super::state::{BootCheckRecord, Entry, FileRecord, State};
 use super::txn::Txn;
 use super::{
     fsx, tools, DepmodOutcome, Host, HostError, HostLock, ModprobeOutcome, VerifiedArtifact,
@@ -74,10 +74,12 @@ struct Plan<'a> {
 impl Host {
     /// Installs a verified artifact for its kernel into `<modules_dir>/<krel><dest_location>/`.
     ///
-    /// A no-op when the same artifact is installed and intact. Files the version
+    /// A no-op when the same artifact is installed and intact (except that a boot
+    /// check the manifest carries and the state lacks is recorded). Files the version
     /// sanity check rejects are skipped (all skipped: [`HostError::NotNewer`] or
     /// [`HostError::AlreadyInstalled`]). A depmod failure rolls the install back
-    /// ([`HostError::Depmod`]).
+    /// ([`HostError::Depmod`]). An artifact whose boot check failed is refused before
+    /// anything is written ([`HostError::BootCheckFailed`]).
     pub fn install(
         &self,
         _lock: &HostLock,
@@ -86,6 +88,13 @@ impl Host {
     ) -> Result<InstallReport, HostError> {
         self.recover()?;
         let m = &art.manifest;
+        if let Some(check) = m.boot_check.as_ref().filter(|c| !c.passed) {
+            return Err(HostError::BootCheckFailed {
+                module: m.name.clone(),
+                kernel: m.kernel.clone(),
+                reason: BootCheckRecord::failure_reason(check),
+            });
+        }
         let tree = self.paths.kernel_tree(&m.kernel);
         if !tree.is_dir() {
             return Err(HostError::NoKernelTree {
@@ -97,6 +106,9 @@ impl Host {
         let current = state.find(&m.name, &m.kernel).cloned();
         if let Some(cur) = &current {
             if cur.artifact_key == m.key.as_str() && self.files_intact(cur)? {
+                if let Some(check) = &m.boot_check {
+                    self.put_boot_check(&mut state, cur, check)?;
+                }
                 return Ok(self.unchanged_report(art, cur));
             }
         }
@@ -106,6 +118,52 @@ impl Host {
         }
         let report = self.write(art, &plan, current.as_ref(), &mut state, opts)?;
         Ok(report)
+    }
+
+    /// Records `check`, a boot check of the artifact installed as `name`/`version` on
+    /// `kernel` with `artifact_key`, in that entry of the state (nothing is written to
+    /// the kernel tree). True when the state changed; false when it already said so,
+    /// or when that artifact is not what is installed.
+    pub fn record_boot_check(
+        &self,
+        _lock: &HostLock,
+        name: &ModuleName,
+        version: &ModuleVersion,
+        kernel: &KernelRelease,
+        artifact_key: &str,
+        check: &BootCheck,
+    ) -> Result<bool, HostError> {
+        self.recover()?;
+        let mut state = State::load(&self.paths.state_file())?;
+        let Some(cur) = state
+            .find(name, kernel)
+            .filter(|e| &e.version == version && e.artifact_key == artifact_key)
+            .cloned()
+        else {
+            return Ok(false);
+        };
+        self.put_boot_check(&mut state, &cur, check)
+    }
+
+    /// Sets `cur`'s boot check in `state` and saves it, unless it is already recorded.
+    fn put_boot_check(
+        &self,
+        state: &mut State,
+        cur: &Entry,
+        check: &BootCheck,
+    ) -> Result<bool, HostError> {
+        let record = BootCheckRecord::from_wire(check);
+        if cur.boot_check.as_ref() == Some(&record) {
+            return Ok(false);
+        }
+        state.put(Entry {
+            boot_check: Some(record),
+            ..cur.clone()
+        });
+        // A state-only change: no journal (no file of the kernel tree changes), and the
+        // state file is replaced atomically like at every commit.
+        state.save(&self.paths.state_file(), &new_txn_id())?;
+        Ok(true)
     }
 
     /// True when every recorded file of `entry` is on disk with its recorded sha256.
@@ -253,6 +311,7 @@ impl Host {
             originals,
             installed_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now())
                 .to_string(),
+            boot_check: m.boot_check.as_ref().map(BootCheckRecord::from_wire),
         }
     }
 

@@ -52,6 +52,7 @@ use serde::Serialize;
 pub use error::HostError;
 pub use install::{InstallOptions, InstallReport};
 pub use journal::RecoveryAction;
+pub use state::BootCheckRecord;
 pub use status::{InstalledRecord, LoadedInfo, StatusEntry};
 pub use tools::{DepmodOutcome, ModprobeOutcome};
 pub use uninstall::UninstallReport;

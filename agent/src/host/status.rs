@@ -7,11 +7,11 @@ use kmodforge_api::dkms::version_cmp;
 use kmodforge_api::names::{Arch, KernelRelease, ModuleName, ModuleVersion};
 use serde::Serialize;
 
-use super::state::{Entry, FileRecord, State};
+use super::state::{BootCheckRecord, Entry, FileRecord, State};
 use super::{fsx, Host, HostError};
 
 /// One installed module on one kernel, as `dkms status` would list it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct StatusEntry {
     pub name: ModuleName,
     pub version: ModuleVersion,
@@ -32,8 +32,12 @@ pub struct StatusEntry {
     pub files: Vec<PathBuf>,
     /// For the running kernel only: whether the module is loaded, and which build.
     pub loaded: Option<LoadedInfo>,
-    /// Reserved for a boot-time check; always `None` for now.
-    pub boot_verified: Option<bool>,
+    /// The server booted this artifact's kernel and loaded its modules, and the
+    /// check passed (`boot_check.passed`).
+    pub boot_verified: bool,
+    /// The boot check recorded for the installed artifact; `None` when none ran (or
+    /// none was seen by the agent yet).
+    pub boot_check: Option<BootCheckRecord>,
 }
 
 /// The loaded state of a module's main `.ko` (the one named after the package, else
@@ -52,13 +56,15 @@ pub struct LoadedInfo {
 }
 
 /// What the state file records for one module/version on one kernel.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct InstalledRecord {
     pub artifact_key: String,
     /// (file name, sha256, absolute path) of each installed file.
     pub files: Vec<(String, String, PathBuf)>,
     /// RFC 3339, UTC.
     pub installed_at: String,
+    /// The boot check recorded for the installed artifact.
+    pub boot_check: Option<BootCheckRecord>,
 }
 
 impl StatusEntry {
@@ -119,6 +125,7 @@ impl Host {
                     .map(|f| (f.file.clone(), f.sha256.clone(), tree.join(f.rel_path())))
                     .collect(),
                 installed_at: e.installed_at.clone(),
+                boot_check: e.boot_check.clone(),
             }))
     }
 
@@ -151,7 +158,8 @@ impl Host {
             installed_at: e.installed_at.clone(),
             files,
             loaded: is_running.then(|| self.loaded_info(e)).flatten(),
-            boot_verified: None,
+            boot_verified: e.boot_check.as_ref().is_some_and(|c| c.passed),
+            boot_check: e.boot_check.clone(),
         })
     }
 

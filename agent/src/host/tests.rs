@@ -239,7 +239,8 @@ fn dkms_lines_follow_dkms_3() {
         installed_at: String::new(),
         files: Vec::new(),
         loaded: None,
-        boot_verified: None,
+        boot_verified: true,
+        boot_check: None,
     };
     let base = format!("acpi-call/1.2.2, {K1}, x86_64: installed");
     let cases = [
