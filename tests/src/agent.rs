@@ -106,9 +106,20 @@ impl AgentRoot {
         running: &str,
         modules: &[(&str, &str)],
     ) -> Result<()> {
+        self.write_config_with(server, running, modules, "")
+    }
+
+    /// [`AgentRoot::write_config`] with more top-level keys (`extra`: TOML lines).
+    pub fn write_config_with(
+        &self,
+        server: &str,
+        running: &str,
+        modules: &[(&str, &str)],
+        extra: &str,
+    ) -> Result<()> {
         let mut text = format!(
             "server = \"{server}\"\nroot = \"{}\"\nrunning_kernel = \"{running}\"\n\
-             connect_timeout_secs = 2\nrequest_timeout_secs = 60\nbuild_wait_secs = 1200\nretries = 1\n",
+             connect_timeout_secs = 2\nrequest_timeout_secs = 60\nbuild_wait_secs = 1200\nretries = 1\n{extra}",
             self.path().display()
         );
         for (name, version) in modules {

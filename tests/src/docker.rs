@@ -6,7 +6,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use bollard::models::ContainerInspectResponse;
 use bollard::query_parameters::{EventsOptionsBuilder, ListContainersOptionsBuilder};
 use bollard::Docker;
@@ -158,6 +158,80 @@ impl DockerProbe {
             .await
             .with_context(|| format!("inspecting container {id}"))
     }
+}
+
+/// The sandbox policy every job container follows (DESIGN.md), as Docker reports
+/// it: labels naming build `job`, uid 1000, network `none`, read-only root, no
+/// privileges or capabilities, no-new-privileges, no devices, a pids limit, no swap,
+/// and nothing of the host bound in. What differs between a build's container and
+/// a boot check's (limits, tmpfs, volumes) is checked by the caller.
+pub fn ensure_sandbox_policy(inspect: &ContainerInspectResponse, job: &str) -> Result<()> {
+    let config = inspect.config.as_ref().context("Config")?;
+    let labels = config.labels.clone().unwrap_or_default();
+    ensure!(
+        labels.get("kmodforge").map(String::as_str) == Some("1"),
+        "{labels:?}"
+    );
+    ensure!(
+        labels.get("kmodforge.job").map(String::as_str) == Some(job),
+        "{labels:?}"
+    );
+    ensure!(
+        config.user.as_deref() == Some("1000:1000"),
+        "User {:?}",
+        config.user
+    );
+    let host = inspect.host_config.as_ref().context("HostConfig")?;
+    ensure!(
+        host.network_mode.as_deref() == Some("none"),
+        "NetworkMode {:?}",
+        host.network_mode
+    );
+    ensure!(
+        host.readonly_rootfs == Some(true),
+        "ReadonlyRootfs {:?}",
+        host.readonly_rootfs
+    );
+    ensure!(host.privileged != Some(true), "Privileged");
+    let cap_drop = host.cap_drop.clone().unwrap_or_default();
+    ensure!(cap_drop == ["ALL"], "CapDrop {cap_drop:?}");
+    ensure!(
+        host.cap_add.clone().unwrap_or_default().is_empty(),
+        "CapAdd {:?}",
+        host.cap_add
+    );
+    let security = host.security_opt.clone().unwrap_or_default();
+    ensure!(
+        security.iter().any(|o| o.starts_with("no-new-privileges")),
+        "SecurityOpt {security:?}"
+    );
+    ensure!(
+        host.devices.clone().unwrap_or_default().is_empty(),
+        "Devices {:?}",
+        host.devices
+    );
+    ensure!(
+        host.pids_limit.is_some_and(|p| p > 0),
+        "PidsLimit {:?}",
+        host.pids_limit
+    );
+    ensure!(
+        host.memory.is_some_and(|m| m > 0) && host.memory_swap == host.memory,
+        "Memory {:?}, MemorySwap {:?}",
+        host.memory,
+        host.memory_swap
+    );
+    ensure!(
+        host.binds.clone().unwrap_or_default().is_empty(),
+        "Binds {:?}",
+        host.binds
+    );
+    ensure!(
+        host.volumes_from.clone().unwrap_or_default().is_empty(),
+        "VolumesFrom {:?}",
+        host.volumes_from
+    );
+    Ok(())
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

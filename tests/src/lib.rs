@@ -33,7 +33,7 @@ use kmodforge_api::wire::{BuildRequest, BuildResponse, BuildState, Failure, Fail
 use tokio::sync::{Mutex, MutexGuard};
 
 pub use client::{error_body, Client};
-pub use docker::{CreatedContainer, DockerProbe, JobContainer};
+pub use docker::{ensure_sandbox_policy, CreatedContainer, DockerProbe, JobContainer};
 pub use fixtures::{debian_dkms_source, e2e_fixture, fixture, tar_entries, tar_gz_dir, target_dir};
 pub use modinfo::{check_downloads, real_modinfo};
 pub use server::{DataDir, Server, ServerOpts, StopMode};
@@ -59,6 +59,7 @@ pub fn request(name: &str, version: &str, kernel: &str) -> Result<BuildRequest> 
         kernel: KernelRelease::parse(kernel).context("kernel release")?,
         arch: None,
         options: Default::default(),
+        boot_check: None,
     })
 }
 

@@ -77,3 +77,44 @@ async fn compile_error_answers_422_with_the_log_tail() -> Result<()> {
     ensure!(build.failure.map(|f| f.kind) == Some(FailureKind::CompileError));
     env.assert_no_container_of(&id).await
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn boot_check_in_the_one_shot() -> Result<()> {
+    let env = Env::start(ServerOpts::default()).await?;
+    // Passed: the manifest in the tar carries the check.
+    let body = tar_gz_dir(&fixture("hello"))?;
+    let resp = one_shot(&env, &format!("kernel={KERNEL_A}&boot_check=true"), body).await?;
+    ensure!(
+        resp.status() == StatusCode::OK,
+        "{}: {}",
+        resp.status(),
+        resp.text().await?
+    );
+    let entries = tar_entries(&resp.bytes().await?)?;
+    let m: Manifest =
+        serde_json::from_slice(&entries[entries.len() - 1].1).context("manifest.json")?;
+    let check = m.boot_check.context("manifest.json has the boot check")?;
+    ensure!(
+        check.passed
+            && check
+                .modules
+                .iter()
+                .any(|b| b.name == "kmf_hello" && b.loaded)
+    );
+
+    // Failed: 422, kind boot_check_failed, one line with the kernel's refusal.
+    let body = tar_gz_dir(&kmodforge_e2e::e2e_fixture("boot-enodev"))?;
+    let resp = one_shot(&env, &format!("kernel={KERNEL_A}&boot_check=true"), body).await?;
+    let (status, err) = error_body(resp).await?;
+    ensure!(
+        status == StatusCode::UNPROCESSABLE_ENTITY && err.error.kind == "boot_check_failed",
+        "{status} {err:?}"
+    );
+    ensure!(
+        err.error.message.contains("No such device") && !err.error.message.contains('\n'),
+        "{}",
+        err.error.message
+    );
+    ensure!(err.error.build_id.is_some());
+    env.assert_no_job_containers().await
+}

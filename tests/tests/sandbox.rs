@@ -6,7 +6,9 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context, Result};
 use futures_util::StreamExt;
 use kmodforge_api::wire::{BuildState, FailureKind};
-use kmodforge_e2e::{e2e_fixture, fixture, request, Env, JobContainer, ServerOpts, KERNEL_A};
+use kmodforge_e2e::{
+    e2e_fixture, ensure_sandbox_policy, fixture, request, Env, JobContainer, ServerOpts, KERNEL_A,
+};
 
 const JOBS: i64 = 2;
 const MEMORY_MIB: i64 = 1024;
@@ -44,55 +46,11 @@ async fn job_container_follows_the_sandbox_policy() -> Result<()> {
     let inspect = env.docker.inspect(&c.id).await?;
 
     ensure!(inspect.name.as_deref() == Some(&*format!("/kmodforge-job-{id}")));
-    let config = inspect.config.context("Config")?;
-    let labels = config.labels.clone().unwrap_or_default();
-    ensure!(
-        labels.get("kmodforge").map(String::as_str) == Some("1"),
-        "{labels:?}"
-    );
-    ensure!(labels.get("kmodforge.job") == Some(&id), "{labels:?}");
-    ensure!(
-        config.user.as_deref() == Some("1000:1000"),
-        "User {:?}",
-        config.user
-    );
-
-    let host = inspect.host_config.context("HostConfig")?;
-    ensure!(
-        host.network_mode.as_deref() == Some("none"),
-        "{:?}",
-        host.network_mode
-    );
-    ensure!(
-        host.readonly_rootfs == Some(true),
-        "ReadonlyRootfs {:?}",
-        host.readonly_rootfs
-    );
-    ensure!(host.privileged != Some(true), "Privileged");
-    let cap_drop = host.cap_drop.clone().unwrap_or_default();
-    ensure!(cap_drop == ["ALL"], "CapDrop {cap_drop:?}");
-    ensure!(
-        host.cap_add.clone().unwrap_or_default().is_empty(),
-        "CapAdd {:?}",
-        host.cap_add
-    );
-    let security = host.security_opt.clone().unwrap_or_default();
-    ensure!(
-        security.iter().any(|o| o.starts_with("no-new-privileges")),
-        "SecurityOpt {security:?}"
-    );
-    ensure!(
-        host.pids_limit.is_some_and(|p| p > 0),
-        "PidsLimit {:?}",
-        host.pids_limit
-    );
+    ensure_sandbox_policy(&inspect, &id)?;
+    // The build's own limits: the server's settings above.
+    let host = inspect.host_config.clone().context("HostConfig")?;
     let memory = MEMORY_MIB << 20;
     ensure!(host.memory == Some(memory), "Memory {:?}", host.memory);
-    ensure!(
-        host.memory_swap == host.memory,
-        "MemorySwap {:?}",
-        host.memory_swap
-    );
     ensure!(
         host.nano_cpus == Some(JOBS * 1_000_000_000),
         "NanoCpus {:?}",
@@ -101,16 +59,6 @@ async fn job_container_follows_the_sandbox_policy() -> Result<()> {
 
     // No host path inside: tmpfs, and the builder image's own /usr on read-only
     // named volumes (copied from the image by the engine; see server/src/usr_volumes.rs).
-    ensure!(
-        host.binds.clone().unwrap_or_default().is_empty(),
-        "Binds {:?}",
-        host.binds
-    );
-    ensure!(
-        host.volumes_from.clone().unwrap_or_default().is_empty(),
-        "VolumesFrom {:?}",
-        host.volumes_from
-    );
     let image_short: String = inspect
         .image
         .clone()
