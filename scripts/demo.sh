@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Starts the kmodforge server (docker compose) and builds the hello-world module
-# fixture for a real Debian kernel with the curl one-shot, then shows its modinfo.
+# fixture for a real Debian kernel with the curl one-shot, boot-checked (the kernel
+# booted under qemu and the module loaded into it), then shows its modinfo and the check.
 #   scripts/demo.sh [KREL]     (default 6.1.0-47-amd64)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,10 +20,21 @@ curl -fsS "$URL/healthz"; echo
 
 out=$(mktemp -d)
 tar -C tests/fixtures/hello -czf "$out/src.tar.gz" .
-echo "building tests/fixtures/hello for $KREL (the first run also builds the builder image: a few minutes)"
-curl -fsS --data-binary @"$out/src.tar.gz" "$URL/v1/build?kernel=$KREL" -o "$out/modules.tar" \
-  || { cat "$out/modules.tar" 2>/dev/null; exit 1; }
+echo "building tests/fixtures/hello for $KREL and boot-checking it (the first run also builds the builder and"
+echo "verifier images: a few minutes)"
+curl -sS --fail-with-body --data-binary @"$out/src.tar.gz" "$URL/v1/build?kernel=$KREL&boot_check=true" \
+  -o "$out/modules.tar" || { cat "$out/modules.tar" 2>/dev/null; echo; exit 1; }
 tar -C "$out" -xf "$out/modules.tar"
 ls -l "$out"
 /sbin/modinfo "$out/kmf_hello.ko"
+python3 - "$out/manifest.json" <<'PY'
+import json, sys
+c = json.load(open(sys.argv[1]))["boot_check"]
+print(f"boot check: passed={c['passed']} in {c['kernel']} (linux-image {c['kernel_package_version']}), "
+      f"guest {c['boot_seconds']} s, initramfs {c['initramfs_bytes']} bytes")
+for m in c["modules"]:
+    print(f"  {m['name']}: loaded={m['loaded']} initstate={m['initstate']} srcversion={m['srcversion']}")
+    for line in m["messages"]:
+        print(f"    kernel: {line}")
+PY
 echo "manifest: curl $URL/v1/artifacts/kmf-hello/1.0/$KREL"
