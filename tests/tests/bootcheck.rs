@@ -392,12 +392,13 @@ async fn failing_init_oops_and_hang_fail_the_check_with_the_kernel_messages() ->
     Ok(())
 }
 
-/// Waits for build `id`'s check container (`/kmodforge-check-<id>`).
+/// Waits for build `id`'s check container (`/kmodforge-check-<id>`) to run (the
+/// engine lists a container before `inspect` can find it).
 async fn check_container(env: &Env, id: &str) -> Result<String> {
     let name = format!("/kmodforge-check-{id}");
     for _ in 0..3000 {
         for c in env.docker.containers_of_job(id).await? {
-            if c.names.contains(&name) {
+            if c.names.contains(&name) && c.state.as_deref() == Some("running") {
                 return Ok(c.id);
             }
         }

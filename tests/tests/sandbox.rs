@@ -13,10 +13,18 @@ use kmodforge_e2e::{
 const JOBS: i64 = 2;
 const MEMORY_MIB: i64 = 1024;
 
-/// Waits until build `id` has a container, and returns it.
+/// Waits until build `id` has a running container, and returns it. The engine lists
+/// a container while it is still being created (copying the image into its volumes),
+/// before `inspect` can find it: only a running one is sure to be there.
 async fn container_of(env: &Env, id: &str) -> Result<JobContainer> {
     for _ in 0..600 {
-        if let Some(c) = env.docker.containers_of_job(id).await?.into_iter().next() {
+        let running = env
+            .docker
+            .containers_of_job(id)
+            .await?
+            .into_iter()
+            .find(|c| c.state.as_deref() == Some("running"));
+        if let Some(c) = running {
             return Ok(c);
         }
         let r = env.client.get_build(id).await?;
@@ -43,7 +51,14 @@ async fn job_container_follows_the_sandbox_policy() -> Result<()> {
         .await?;
     let id = first.build.id.clone();
     let c = container_of(&env, &id).await?;
-    let inspect = env.docker.inspect(&c.id).await?;
+    let inspect = match env.docker.inspect(&c.id).await {
+        Ok(i) => i,
+        Err(e) => {
+            let r = env.client.get_build(&id).await?;
+            let log = env.client.build_log(&id).await.unwrap_or_default();
+            bail!("{e:#}: container {c:?} of build {r:?}; log:\n{log}")
+        }
+    };
 
     ensure!(inspect.name.as_deref() == Some(&*format!("/kmodforge-job-{id}")));
     ensure_sandbox_policy(&inspect, &id)?;
