@@ -74,7 +74,8 @@ VERDICT_ORDER = ["same", "same (both fail)", "same (not applicable)", "kmodforge
                  "harness error"]
 # Stable failure kinds of the API (api/src/wire.rs FailureKind).
 FAILURE_KINDS = {"compile_error", "patch_failed", "missing_module", "wrong_vermagic", "timeout", "out_of_memory",
-                 "not_applicable", "invalid_conf", "unknown_kernel", "infrastructure", "dependency_failed"}
+                 "not_applicable", "invalid_conf", "unknown_kernel", "infrastructure", "dependency_failed",
+                 "boot_check_failed"}
 COMPRESSION_SUFFIXES = (".xz", ".gz", ".zst", ".bz2")
 
 
