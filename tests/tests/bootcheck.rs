@@ -561,6 +561,38 @@ async fn ddcci_modules_load_in_dependency_order() -> Result<()> {
     Ok(())
 }
 
+/// dm-writeboost needs libcrc32c (a dependency from the kernel's tree), whose init asks
+/// the crypto API for "crc32c": the kernel's request_module() loads crc32c_generic or
+/// crc32c-intel on demand, which nobody names as a dependency. The guest's modprobe
+/// finds them in the kernel's own tree (shared over 9p), as on a host.
+#[tokio::test(flavor = "multi_thread")]
+async fn modules_requested_at_init_load_on_demand() -> Result<()> {
+    let env = Env::start(ServerOpts::default()).await?;
+    let src = debian_dkms_source("dm-writeboost-dkms")?;
+    let version = src
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("dm-writeboost-"))
+        .context("source dir is dm-writeboost-<version>")?
+        .to_string();
+    env.client
+        .add_module("dm-writeboost", &version, &src)
+        .await?;
+    let done = run(&env, &checked("dm-writeboost", &version, KERNEL_A)?).await?;
+    let check = passed_check(&env, &done).await?;
+    let names: Vec<(&str, bool, bool)> = check
+        .modules
+        .iter()
+        .map(|m| (m.name.as_str(), m.new, m.loaded))
+        .collect();
+    ensure!(
+        names.contains(&("libcrc32c", false, true))
+            && names.last() == Some(&("dm_writeboost", true, true)),
+        "{names:?}"
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn kernels_prepare_their_verifier_images_ahead() -> Result<()> {
     let env = Env::start(ServerOpts::default()).await?;
