@@ -120,7 +120,13 @@ def first_message(m):
     return (msgs[0] if msgs else "") or m.get("error") or ""
 
 
-def write_report(path, json_path, args, rows, kernels, command):
+def reused(r, started):
+    """The check record predates this run: a check made earlier (the server never repeats one)."""
+    at = (r.get("check") or {}).get("checked_at") or ""
+    return bool(at) and at < started
+
+
+def write_report(path, json_path, args, rows, kernels, command, started):
     counts = {}
     for r in rows:
         counts[outcome(r)] = counts.get(outcome(r), 0) + 1
@@ -145,6 +151,10 @@ def write_report(path, json_path, args, rows, kernels, command):
     for cl in CLASS_ORDER:
         if cl in modules:
             lines.append(f"| {cl} | {modules[cl]} |")
+    earlier = sum(1 for r in rows if reused(r, started))
+    if earlier:
+        lines += ["", f"{earlier} of the {len(rows)} checks were recorded before this run (the server checks an "
+                      "artifact once and answers later requests from the record); the table marks them."]
     if secs:
         med = secs[len(secs) // 2]
         lines += ["", f"Check wall time (server side) over {len(secs)} checks: median {med:.2f} s, "
@@ -168,6 +178,8 @@ def write_report(path, json_path, args, rows, kernels, command):
             failed.append(compat.md_escape(r.get("error") or ""))
         elif c and not c.get("passed") and not failed:
             failed.append(compat.md_escape(compat.shorten(c.get("reason") or "", 160)))
+        if reused(r, started):
+            failed.append(f"(check recorded earlier, {c.get('checked_at')})")
         initramfs = f"{c['initramfs_bytes'] / 1e6:.1f} MB" if c.get("initramfs_bytes") else ""
         lines.append(
             f"| {r['package']} | {r['kernel']} | {outcome(r)} | {module_cell(c) if c else ''} | "
@@ -213,6 +225,7 @@ def main(argv):
         if st != 200:
             raise compat.Fatal(f"PUT /v1/kernels/{k}?boot_check=true: {compat.error_text(st, parsed, raw)}")
         compat.log(f"  ready in {time.monotonic() - t0:.1f} s")
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     rows = []
     for r in todo:
         row = check_one(srv, r, args.timeout, args.poll)
@@ -225,7 +238,7 @@ def main(argv):
     out = Path(args.out).resolve()
     json_out = Path(args.json_out).resolve() if args.json_out else out.parent / "bootcheck.json"
     command = "compat/bootcheck.py " + " ".join(argv)
-    write_report(out, json_out, args, rows, kernels, command.strip())
+    write_report(out, json_out, args, rows, kernels, command.strip(), started)
     compat.log(f"wrote {out} and {json_out}")
     return 1 if any(outcome(r) == "error" for r in rows) else 0
 

@@ -140,6 +140,7 @@ check ok "booted, completed, one new module loaded" \
     '.booted and .completed and .reason == null and (.modules | length) == 1 and .modules[0].loaded'
 check ok "/sys/module facts" '.modules[0].version == "1.0" and (.modules[0].srcversion | type) == "string"'
 check ok "its own kernel message" '.modules[0].messages | any(test("kmf_bc_ok: hello from the guest"))'
+check ok "the kernel's module tree is mounted for on-demand loading" '.on_demand == true'
 check ok "one JSON object with the contract's keys" \
     'has("kernel") and has("booted") and has("completed") and has("seconds") and has("initramfs_bytes") and has("modules") and has("reason") and has("console_tail")'
 
