@@ -102,10 +102,11 @@ def outcome(r):
         return "error"
     if c.get("passed"):
         return "passed"
-    classes = [m["class"] for m in c.get("modules") or [] if m["class"] != "loaded"]
-    for cl in reversed(CLASS_ORDER):
-        if cl in classes:
-            return f"failed: {cl}"
+    # The first new module that did not load, in load order: the later ones often fail because of it
+    # (tp-smapi: thinkpad_ec finds no device, then hdaps and tp_smapi miss its symbols).
+    for m in c.get("modules") or []:
+        if m.get("new") and m["class"] != "loaded":
+            return f"failed: {m['class']}"
     return "failed: crashed" if c.get("timed_out") or not c.get("completed") else "failed: other"
 
 
@@ -115,9 +116,14 @@ def module_cell(check):
     return f"{loaded}/{len(mods)}"
 
 
+NOISE = ("taints kernel", "signature and/or required key missing")
+
+
 def first_message(m):
-    msgs = [x for x in m.get("messages") or [] if x.strip()]
-    return (msgs[0] if msgs else "") or m.get("error") or ""
+    """The module's own explanation: its last message but the taint notices, else insmod's error."""
+    own = [x for x in m.get("messages") or []
+           if x.startswith(m["name"] + ": ") and not any(n in x for n in NOISE)]
+    return own[-1] if own else (m.get("error") or "")
 
 
 def reused(r, started):
@@ -187,7 +193,8 @@ def write_report(path, json_path, args, rows, kernels, command, started):
             f"{'<br>'.join(failed)} |")
     lines.append("")
     path.write_text("\n".join(lines))
-    json_path.write_text(json.dumps({"command": command, "kernels": kernels, "rows": rows}, indent=1) + "\n")
+    json_path.write_text(json.dumps({"command": command, "started": started, "kernels": kernels, "rows": rows},
+                                    indent=1) + "\n")
 
 
 def parse_args(argv):
@@ -202,11 +209,27 @@ def parse_args(argv):
     ap.add_argument("--json-out", help="raw records (default: bootcheck.json next to --out)")
     ap.add_argument("--timeout", type=float, default=1800, help="per request, seconds (default %(default)s)")
     ap.add_argument("--poll", type=float, default=0.2, help="poll interval, seconds (default %(default)s)")
+    ap.add_argument("--report-only", metavar="JSON",
+                    help="write the report again from an earlier run's bootcheck.json (no requests)")
     return ap.parse_args(argv)
 
 
 def main(argv):
     args = parse_args(argv)
+    out = Path(args.out).resolve()
+    json_out = Path(args.json_out).resolve() if args.json_out else out.parent / "bootcheck.json"
+    if args.report_only:
+        try:
+            prev = json.loads(Path(args.report_only).read_text())
+            rows, started, kernels, command = prev["rows"], prev["started"], prev["kernels"], prev["command"]
+        except (OSError, ValueError, KeyError) as e:
+            raise compat.Fatal(f"{args.report_only}: not a bootcheck.json with rows and started ({e})")
+        for r in rows:
+            for m in ((r.get("check") or {}).get("modules") or []):
+                m["class"] = classify(m, r["check"])
+        write_report(out, json_out, args, rows, kernels, command, started)
+        compat.log(f"wrote {out} and {json_out} from {args.report_only}")
+        return 0
     try:
         results = json.loads(Path(args.results).read_text())
         kmf_rows = results["kmodforge"]["rows"]
@@ -235,8 +258,6 @@ def main(argv):
                    f"{' (rebuilt: not cached)' if row['cached'] is False else ''}; "
                    f"{module_cell(c) if c else '-'} loaded; check {compat.fmt_s(c.get('seconds'))} s"
                    + (f"; {row['error']}" if row.get("error") else ""))
-    out = Path(args.out).resolve()
-    json_out = Path(args.json_out).resolve() if args.json_out else out.parent / "bootcheck.json"
     command = "compat/bootcheck.py " + " ".join(argv)
     write_report(out, json_out, args, rows, kernels, command.strip(), started)
     compat.log(f"wrote {out} and {json_out}")
