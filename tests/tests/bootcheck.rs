@@ -538,19 +538,25 @@ async fn module_built_for_kernel_a_is_refused_by_kernel_b() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn ddcci_modules_load_in_dependency_order() -> Result<()> {
-    let env = Env::start(ServerOpts::default()).await?;
-    let src = debian_dkms_source("ddcci-dkms")?;
+/// Adds Debian's `package` (DKMS name `name`, version from its source dir `<name>-<v>`),
+/// builds it for kernel A with a check, and returns the passed check.
+async fn debian_package_passes(env: &Env, package: &str, name: &str) -> Result<BootCheck> {
+    let src = debian_dkms_source(package)?;
     let version = src
         .file_name()
         .and_then(|n| n.to_str())
-        .and_then(|n| n.strip_prefix("ddcci-"))
-        .context("source dir is ddcci-<version>")?
+        .and_then(|n| n.strip_prefix(&format!("{name}-")))
+        .with_context(|| format!("source dir is {name}-<version>"))?
         .to_string();
-    env.client.add_module("ddcci", &version, &src).await?;
-    let done = run(&env, &checked("ddcci", &version, KERNEL_A)?).await?;
-    let check = passed_check(&env, &done).await?;
+    env.client.add_module(name, &version, &src).await?;
+    let done = run(env, &checked(name, &version, KERNEL_A)?).await?;
+    passed_check(env, &done).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ddcci_modules_load_in_dependency_order() -> Result<()> {
+    let env = Env::start(ServerOpts::default()).await?;
+    let check = debian_package_passes(&env, "ddcci-dkms", "ddcci").await?;
     let new: Vec<&str> = check
         .modules
         .iter()
@@ -568,18 +574,7 @@ async fn ddcci_modules_load_in_dependency_order() -> Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn modules_requested_at_init_load_on_demand() -> Result<()> {
     let env = Env::start(ServerOpts::default()).await?;
-    let src = debian_dkms_source("dm-writeboost-dkms")?;
-    let version = src
-        .file_name()
-        .and_then(|n| n.to_str())
-        .and_then(|n| n.strip_prefix("dm-writeboost-"))
-        .context("source dir is dm-writeboost-<version>")?
-        .to_string();
-    env.client
-        .add_module("dm-writeboost", &version, &src)
-        .await?;
-    let done = run(&env, &checked("dm-writeboost", &version, KERNEL_A)?).await?;
-    let check = passed_check(&env, &done).await?;
+    let check = debian_package_passes(&env, "dm-writeboost-dkms", "dm-writeboost").await?;
     let names: Vec<(&str, bool, bool)> = check
         .modules
         .iter()
