@@ -37,6 +37,37 @@ pub enum ClientError {
     /// The client could not be set up (TLS backend, ...).
     #[error("HTTP client: {0}")]
     Setup(String),
+    /// 401 or 403: no token, a token the server does not accept, or one without
+    /// the right. A configuration problem of this host, never retried.
+    #[error("{}", auth_message(.0))]
+    Auth(Box<AuthRefusal>),
+}
+
+/// A 401/403 answer and whether a token was sent.
+#[derive(Debug)]
+pub struct AuthRefusal {
+    pub answer: ErrorAnswer,
+    pub had_token: bool,
+}
+
+fn auth_message(r: &AuthRefusal) -> String {
+    let a = &r.answer;
+    match (a.status, r.had_token) {
+        (401, false) => format!(
+            "{}: the server requires a token and none is configured: set `token_file` in the \
+             agent's config (or pass --token-file FILE) to a file holding a `read` token ({})",
+            a.target, a.message
+        ),
+        (401, true) => format!(
+            "{}: the server refused the configured token (revoked, mistyped, or for another \
+             server): {}",
+            a.target, a.message
+        ),
+        _ => format!(
+            "{}: the configured token is not allowed to: {}",
+            a.target, a.message
+        ),
+    }
 }
 
 /// An error answer: the server's `{"error": {kind, message, log_tail?}}`.
@@ -64,6 +95,7 @@ impl ClientError {
     /// The exit code this error maps to.
     pub fn exit(&self) -> Exit {
         match self {
+            ClientError::Auth(_) => Exit::Usage,
             ClientError::Status(a) if a.status < 500 => Exit::BuildFailed,
             ClientError::Setup(_) => Exit::Usage,
             _ => Exit::Unreachable,
@@ -73,6 +105,11 @@ impl ClientError {
     /// True when the server did not answer at all.
     pub fn is_unreachable(&self) -> bool {
         matches!(self, ClientError::Unreachable { .. })
+    }
+
+    /// True when the server refused this host's token (or its absence).
+    pub fn is_auth(&self) -> bool {
+        matches!(self, ClientError::Auth(_))
     }
 }
 
@@ -107,15 +144,20 @@ pub struct Client {
 }
 
 impl Client {
-    /// A client for `base` (`http://host:port`, no trailing slash).
+    /// A client for `base` (`http://host:port`, no trailing slash). With a CA file,
+    /// HTTPS trusts that CA only (not the system's roots).
     pub fn new(base: &str, settings: &HttpSettings) -> Result<Client, ClientError> {
-        let http = reqwest::blocking::Client::builder()
+        let mut builder = reqwest::blocking::Client::builder()
             .connect_timeout(settings.connect_timeout)
             // Per-request timeouts instead: log streams and build waits run long.
             .timeout(None::<Duration>)
-            .user_agent(concat!("kmodforge-agent/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| ClientError::Setup(chain(&e)))?;
+            .user_agent(concat!("kmodforge-agent/", env!("CARGO_PKG_VERSION")));
+        if let Some(pem) = &settings.ca_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| ClientError::Setup(format!("ca_file: {}", chain(&e))))?;
+            builder = builder.tls_certs_only(certs);
+        }
+        let http = builder.build().map_err(|e| ClientError::Setup(chain(&e)))?;
         Ok(Client {
             http,
             base: base.to_string(),
@@ -160,7 +202,19 @@ impl Client {
         if resp.status().is_success() {
             return Ok(resp);
         }
-        Err(status_error(method, url, resp))
+        let status = resp.status();
+        let err = status_error(method, url, resp);
+        match err {
+            ClientError::Status(answer)
+                if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN =>
+            {
+                Err(ClientError::Auth(Box::new(AuthRefusal {
+                    answer: *answer,
+                    had_token: self.settings.token.is_some(),
+                })))
+            }
+            other => Err(other),
+        }
     }
 
     /// Runs `attempt` up to `1 + retries` times while it fails transiently.

@@ -39,6 +39,7 @@ struct RawConfig {
     server: Option<String>,
     root: Option<PathBuf>,
     token_file: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
     #[serde(default)]
     modprobe_on_install: bool,
     #[serde(default)]
@@ -81,7 +82,7 @@ pub struct WantedModule {
 }
 
 /// How the agent talks to the server.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct HttpSettings {
     /// TCP connect timeout of every request (`connect_timeout_secs`, default 10 s).
     pub connect_timeout: Duration,
@@ -93,6 +94,22 @@ pub struct HttpSettings {
     pub retries: u32,
     /// The bearer token read from `token_file`, if any.
     pub token: Option<String>,
+    /// The CA certificates of `ca_file` (PEM): HTTPS trusts these only.
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for HttpSettings {
+    /// Never prints the token.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpSettings")
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("build_wait", &self.build_wait)
+            .field("retries", &self.retries)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("ca_pem", &self.ca_pem.as_ref().map(Vec::len))
+            .finish()
+    }
 }
 
 impl Default for HttpSettings {
@@ -103,6 +120,7 @@ impl Default for HttpSettings {
             build_wait: Duration::from_secs(3600),
             retries: 3,
             token: None,
+            ca_pem: None,
         }
     }
 }
@@ -161,6 +179,13 @@ impl Config {
             key: "server".into(),
             reason: "not set (set it in the config or pass --server URL)".into(),
         })
+    }
+
+    /// Replaces the token (the `--token-file` flag), read and checked like the key.
+    pub fn set_token_file(&mut self, file: &Path) -> Result<(), ConfigError> {
+        let v = Validator { path: &self.source };
+        self.http.token = Some(v.token(file)?);
+        Ok(())
     }
 
     /// Replaces the server URL (the `--server` flag), validated like the key.
@@ -264,7 +289,22 @@ impl Validator<'_> {
                 .as_deref()
                 .map(|f| self.token(f))
                 .transpose()?,
+            ca_pem: raw.ca_file.as_deref().map(|f| self.ca(f)).transpose()?,
         })
+    }
+
+    /// The PEM certificates of `ca_file`: at least one, each parseable.
+    fn ca(&self, file: &Path) -> Result<Vec<u8>, ConfigError> {
+        let pem = std::fs::read(file)
+            .map_err(|e| self.invalid("ca_file", format!("{}: {e}", file.display())))?;
+        match reqwest::Certificate::from_pem_bundle(&pem) {
+            Ok(certs) if !certs.is_empty() => Ok(pem),
+            Ok(_) => Err(self.invalid(
+                "ca_file",
+                format!("{} holds no PEM certificate", file.display()),
+            )),
+            Err(e) => Err(self.invalid("ca_file", format!("{}: {e}", file.display()))),
+        }
     }
 
     fn token(&self, file: &Path) -> Result<String, ConfigError> {

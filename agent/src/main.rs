@@ -49,6 +49,10 @@ struct Cli {
     /// Server URL, overriding `server` in the configuration.
     #[arg(long, global = true, env = "KMODFORGE_SERVER", value_name = "URL")]
     server: Option<String>,
+    /// File holding the bearer token, overriding `token_file` in the configuration
+    /// (CI: a secret mounted as a file; the token itself is never a flag).
+    #[arg(long, global = true, env = "KMODFORGE_TOKEN_FILE", value_name = "FILE")]
+    token_file: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -185,6 +189,12 @@ fn run(cli: Cli) -> Exit {
     if let Some(url) = &cli.server {
         if let Err(e) = cfg.set_server(url) {
             report::general(format!("--server: {e}"));
+            return Exit::Usage;
+        }
+    }
+    if let Some(file) = &cli.token_file {
+        if let Err(e) = cfg.set_token_file(file) {
+            report::general(format!("--token-file: {e}"));
             return Exit::Usage;
         }
     }

@@ -84,12 +84,20 @@ impl SyncError {
         }
     }
 
-    fn unreachable(&self) -> bool {
+    fn client_error(&self) -> Option<&ClientError> {
         match self {
-            SyncError::Client(e) | SyncError::Download { source: e, .. } => e.is_unreachable(),
-            SyncError::Wait(WaitError::Client(e)) => e.is_unreachable(),
-            _ => false,
+            SyncError::Client(e) | SyncError::Download { source: e, .. } => Some(e),
+            SyncError::Wait(WaitError::Client(e)) => Some(e),
+            _ => None,
         }
+    }
+
+    fn unreachable(&self) -> bool {
+        self.client_error().is_some_and(ClientError::is_unreachable)
+    }
+
+    fn auth_refused(&self) -> bool {
+        self.client_error().is_some_and(ClientError::is_auth)
     }
 }
 
@@ -232,6 +240,9 @@ fn sync_all(ctx: &Ctx, kernels: &[KernelRelease]) -> Exit {
                     }
                     if e.unreachable() {
                         down = Some(format!("server {} unreachable", ctx.client.base()));
+                    }
+                    if e.auth_refused() {
+                        down = Some(format!("server {} refused this host's token", ctx.client.base()));
                     }
                     worst = worst.worst(e.exit());
                 }

@@ -2,11 +2,13 @@
 //!
 //! Nothing here does IO or needs an async runtime: validated names (`names`), the
 //! DKMS directive model and its rules (`dkms`), `.ko` modinfo parsing (`modinfo`),
-//! untrusted source-archive validation and digests (`archive`), the cache-key
+//! untrusted source-archive validation and digests (`archive`), token scopes and
+//! audit records (`auth`), the cache-key
 //! function (`cachekey`), per-module settings (`settings`) and the HTTP wire types
 //! (`wire`).
 
 pub mod archive;
+pub mod auth;
 pub mod cachekey;
 pub mod dkms;
 pub mod modinfo;

@@ -277,6 +277,72 @@ name_type!(
     |s| MODULE_VERSION_RULE.check(s)
 );
 
+const TOKEN_NAME_RULE: Rule = Rule {
+    kind: "token name",
+    min: 1,
+    max: 64,
+    allowed: |c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'),
+    allowed_text: "only A-Z a-z 0-9 . _ - are allowed",
+    first: alnum,
+    first_text: "must start with a letter or digit",
+};
+
+name_type!(
+    /// The name of an API token, e.g. `ci-realtek` or `fleet-read`: what lists,
+    /// revocations and the audit log call it (the secret itself is never shown again).
+    ///
+    /// 1 to 64 characters of `[A-Za-z0-9._-]`, starting with a letter or digit.
+    TokenName,
+    |s| TOKEN_NAME_RULE.check(s)
+);
+
+const MODULE_PATTERN_RULE: Rule = Rule {
+    kind: "module pattern",
+    min: 1,
+    max: 64,
+    allowed: |c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '+' | '-' | '*'),
+    allowed_text: "only A-Z a-z 0-9 . _ + - and the wildcard * are allowed",
+    first: |c| c.is_ascii_alphanumeric() || c == '*',
+    first_text: "must start with a letter, digit or *",
+};
+
+name_type!(
+    /// A module name pattern that limits a token: a [`ModuleName`] in which `*` stands
+    /// for any run of characters (`r8152`, `realtek-*`, `*`).
+    ModulePattern,
+    |s| MODULE_PATTERN_RULE.check(s)
+);
+
+impl ModulePattern {
+    /// True when `name` matches the whole pattern (case-sensitive, `*` = any run).
+    pub fn matches(&self, name: &ModuleName) -> bool {
+        glob_match(self.as_str().as_bytes(), name.as_str().as_bytes())
+    }
+}
+
+/// `*`-only glob matching, iterative with one backtrack point (linear in practice,
+/// never exponential).
+fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
+    let (mut p, mut t) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        if p < pattern.len() && pattern[p] == b'*' {
+            star = Some((p, t));
+            p += 1;
+        } else if p < pattern.len() && pattern[p] == text[t] {
+            p += 1;
+            t += 1;
+        } else if let Some((sp, st)) = star {
+            p = sp + 1;
+            t = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'*')
+}
+
 /// A sha256 in lowercase hex; `kind` names it in error messages.
 const fn sha256_rule(kind: &'static str) -> Rule {
     Rule {

@@ -360,4 +360,7 @@ pub struct ErrorDetail {
     pub log_tail: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub build_id: Option<String>,
+    /// The scope the request needed (`unauthorized` and `forbidden` answers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<crate::auth::Scope>,
 }

@@ -91,6 +91,24 @@ pub struct Config {
     /// a guest that hangs fails the check after it.
     #[arg(long, env = "KMODFORGE_BOOT_TIMEOUT_SECS", default_value_t = 90)]
     pub boot_timeout_secs: u64,
+
+    /// Answer read routes (manifests, artifacts, builds, logs, kernels) without a
+    /// token. Off by default; an explicit opt-in for a trusted LAN.
+    #[arg(long, env = "KMODFORGE_ANONYMOUS_READ", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub anonymous_read: bool,
+
+    /// Serve HTTPS with this certificate chain (PEM); needs `--tls-key`.
+    #[arg(long, env = "KMODFORGE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of `--tls-cert` (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "KMODFORGE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Image preparations (base image bootstraps, builder, verifier and package
+    /// images) running at once; more wait.
+    #[arg(long, env = "KMODFORGE_MAX_IMAGE_BUILDS", default_value_t = 2)]
+    pub max_image_builds: usize,
 }
 
 fn default_jobs() -> u32 {
@@ -117,6 +135,9 @@ impl Config {
     pub fn validate(&self) -> Result<(), String> {
         if self.jobs == 0 || self.jobs > 256 {
             return Err(format!("KMODFORGE_JOBS must be 1..=256, got {}", self.jobs));
+        }
+        if self.max_image_builds == 0 {
+            return Err("KMODFORGE_MAX_IMAGE_BUILDS must be at least 1".into());
         }
         if self.max_builds == 0 {
             return Err("KMODFORGE_MAX_BUILDS must be at least 1".into());

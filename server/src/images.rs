@@ -136,6 +136,22 @@ pub struct ImageSettings {
     pub images_dir: PathBuf,
     /// Base image template; `{suite}` is replaced (e.g. `debian:{suite}-slim`).
     pub base_image: String,
+    /// Permits for host-side image work (a base bootstrap, an image build): a flood
+    /// of requests for new kernels waits here instead of running all at once.
+    pub work: Arc<tokio::sync::Semaphore>,
+}
+
+impl ImageSettings {
+    /// Waits for a permit of image work.
+    async fn permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, ImageError> {
+        self.work
+            .acquire()
+            .await
+            .map_err(|_| ImageError::BaseImage {
+                image: String::new(),
+                message: "the server is shutting down".into(),
+            })
+    }
 }
 
 /// The suite's base images: present, pulled, or bootstrapped from Debian packages.
@@ -190,6 +206,7 @@ impl BaseImages {
     }
 
     async fn bootstrap(&self, suite: &str, image: &str) -> Result<(), ImageError> {
+        let _permit = self.settings.permit().await?;
         let script = self.settings.images_dir.join("bootstrap-base.sh");
         let out = tokio::process::Command::new("bash")
             .arg(&script)
@@ -363,7 +380,10 @@ impl KernelImages {
         let role = self.recipe.role;
         tracing::info!(%kernel, %tag, role, "building image");
         let started = std::time::Instant::now();
-        if let Err(f) = run_build(&self.docker, options, context).await? {
+        let permit = self.settings.permit().await?;
+        let built = run_build(&self.docker, options, context).await?;
+        drop(permit);
+        if let Err(f) = built {
             return Err(self.build_failure(kernel, suite, &f.message, f.code, &f.log));
         }
         let img = self.docker.inspect_image(tag).await?;
@@ -622,7 +642,10 @@ impl BuilderImages {
             .build();
         tracing::info!(kernel = %base.kernel, %tag, packages = %list, "building builder image with packages");
         let started = std::time::Instant::now();
-        if let Err(f) = run_build(self.docker(), options, context).await? {
+        let permit = self.images.settings.permit().await?;
+        let built = run_build(self.docker(), options, context).await?;
+        drop(permit);
+        if let Err(f) = built {
             return Err(ImageError::Packages {
                 kernel: base.kernel.to_string(),
                 packages: list,
@@ -737,6 +760,7 @@ mod tests {
         let settings = ImageSettings {
             images_dir: PathBuf::from("/nonexistent"),
             base_image: "debian:{suite}-slim".into(),
+            work: Arc::new(tokio::sync::Semaphore::new(1)),
         };
         // Docker::connect_with_defaults only reads the environment; nothing is contacted.
         let docker = Docker::connect_with_defaults().expect("client");

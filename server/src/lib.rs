@@ -8,8 +8,10 @@
 //! (all Docker container work), `images` (builder images), `sources` (uploads),
 //! `store` (SQLite records + content-addressed blobs behind traits).
 
+pub mod auth;
 pub mod bootcheck;
 pub mod builds;
+pub mod cli;
 pub mod config;
 pub mod flat_tar;
 pub mod http;
@@ -24,7 +26,7 @@ use std::sync::Arc;
 use kmodforge_api::archive::ArchiveLimits;
 
 pub use config::Config;
-pub use http::{app, AppState};
+pub use http::{app, route_table, AppState};
 
 /// Errors that stop the server from starting.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +39,10 @@ pub enum StartError {
     Sandbox(#[from] sandbox::SandboxError),
     #[error(transparent)]
     Builds(#[from] builds::BuildError),
+    #[error("first admin token: {0}")]
+    Token(#[from] auth::TokenError),
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: std::net::SocketAddr,
@@ -50,11 +56,15 @@ pub enum StartError {
 pub async fn init(config: &Config) -> Result<AppState, StartError> {
     config.validate().map_err(StartError::Config)?;
     let store = store::Store::open(&config.data_dir)?;
+    if let Some(path) = auth::bootstrap_admin(store.records.clone(), &config.data_dir)? {
+        tracing::info!(path = %path.display(), "first start: wrote an admin token (mode 0600); create narrower tokens with it and keep it safe");
+    }
     let sandbox =
         sandbox::Sandbox::connect(config.sandbox_limits(), owner_id(&config.data_dir)).await?;
     let image_settings = images::ImageSettings {
         images_dir: config.images_dir.clone(),
         base_image: config.base_image.clone(),
+        work: Arc::new(tokio::sync::Semaphore::new(config.max_image_builds)),
     };
     let base = images::BaseImages::new(sandbox.docker().clone(), image_settings.clone());
     let images = Arc::new(images::BuilderImages::new(
@@ -92,6 +102,9 @@ pub async fn init(config: &Config) -> Result<AppState, StartError> {
     };
     Ok(AppState {
         sources: sources::Sources::new(store.clone(), limits),
+        auth: auth::Auth::new(store.records.clone(), config.anonymous_read),
+        tokens: auth::Tokens::new(store.records.clone()),
+        audit: auth::Audit::new(store.records.clone()),
         store,
         builds,
         images,
@@ -106,23 +119,53 @@ fn owner_id(data_dir: &std::path::Path) -> String {
     hex::encode(Sha256::digest(path.to_string_lossy().as_bytes()))[..16].to_string()
 }
 
-/// Serves until SIGTERM or Ctrl-C.
+/// Serves until SIGTERM or Ctrl-C: HTTPS when a certificate is configured,
+/// plain HTTP otherwise.
 pub async fn serve(config: &Config, state: AppState) -> Result<(), StartError> {
-    let listener = tokio::net::TcpListener::bind(config.listen)
+    let listen_error = |source| StartError::Listen {
+        addr: config.listen,
+        source,
+    };
+    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(listen_error)?;
+        let addr = listener.local_addr().unwrap_or(config.listen);
+        tracing::info!(%addr, data_dir = %config.data_dir.display(), "kmodforge-server listening (http)");
+        return axum::serve(listener, app(state))
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+            .map_err(listen_error);
+    };
+    // One provider for the whole process, whatever else the dependency graph enables.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
         .await
-        .map_err(|source| StartError::Listen {
-            addr: config.listen,
-            source,
+        .map_err(|e| {
+            StartError::Tls(format!(
+                "loading {} and {}: {e}",
+                cert.display(),
+                key.display()
+            ))
         })?;
+    let listener = std::net::TcpListener::bind(config.listen).map_err(listen_error)?;
+    listener.set_nonblocking(true).map_err(listen_error)?;
     let addr = listener.local_addr().unwrap_or(config.listen);
-    tracing::info!(%addr, data_dir = %config.data_dir.display(), "kmodforge-server listening");
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown_signal())
+    let handle = axum_server::Handle::new();
+    tokio::spawn({
+        let handle = handle.clone();
+        async move {
+            shutdown_signal().await;
+            handle.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
+        }
+    });
+    tracing::info!(%addr, data_dir = %config.data_dir.display(), "kmodforge-server listening (https)");
+    axum_server::from_tcp_rustls(listener, tls)
+        .map_err(listen_error)?
+        .handle(handle)
+        .serve(app(state).into_make_service())
         .await
-        .map_err(|source| StartError::Listen {
-            addr: config.listen,
-            source,
-        })
+        .map_err(listen_error)
 }
 
 async fn shutdown_signal() {

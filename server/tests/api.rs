@@ -7,31 +7,58 @@ use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use kmodforge_server::{app, init, AppState, Config};
+
+#[path = "api/authz.rs"]
+mod authz;
 use tower::ServiceExt;
 
-async fn state(dir: &tempfile::TempDir) -> AppState {
+/// The handlers' state and the admin token the first start wrote.
+#[derive(Clone)]
+struct Harness {
+    state: AppState,
+    admin: String,
+}
+
+async fn state(dir: &tempfile::TempDir) -> Harness {
     let config = <Config as clap::Parser>::parse_from([
         "kmodforge-server",
         "--data-dir",
         dir.path().to_str().expect("utf-8 temp path"),
     ]);
-    init(&config)
+    let state = init(&config)
         .await
-        .expect("server state (is the Docker engine running? these tests need it)")
+        .expect("server state (is the Docker engine running? these tests need it)");
+    let admin = std::fs::read_to_string(dir.path().join("admin.token")).expect("admin.token");
+    Harness {
+        state,
+        admin: admin.trim().to_string(),
+    }
 }
 
+/// A request with the admin token.
 async fn call(
-    state: &AppState,
+    h: &Harness,
     method: Method,
     uri: &str,
     body: Vec<u8>,
 ) -> (StatusCode, serde_json::Value) {
-    let req = Request::builder()
-        .method(method)
-        .uri(uri)
-        .body(Body::from(body))
-        .expect("request");
-    let resp = app(state.clone()).oneshot(req).await.expect("response");
+    call_as(h, Some(&h.admin), method, uri, body).await
+}
+
+/// A request with `token` (none: no Authorization header).
+async fn call_as(
+    h: &Harness,
+    token: Option<&str>,
+    method: Method,
+    uri: &str,
+    body: Vec<u8>,
+) -> (StatusCode, serde_json::Value) {
+    let mut req = Request::builder().method(method).uri(uri);
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let req = req.body(Body::from(body)).expect("request");
+    let resp = app(h.state.clone()).oneshot(req).await.expect("response");
     let status = resp.status();
     let bytes = resp.into_body().collect().await.expect("body").to_bytes();
     let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
@@ -258,4 +285,77 @@ async fn unsupported_arch_is_rejected_before_any_work() {
         (StatusCode::BAD_REQUEST, "unsupported_arch"),
         "{json}"
     );
+}
+
+#[tokio::test]
+async fn a_built_version_keeps_its_source_after_a_delete() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let h = state(&dir).await;
+    let tree = tar_of(&[("dkms.conf", CONF), ("demo.c", "int x;\n")]);
+    let (status, added) = call(&h, Method::PUT, "/v1/modules/demo/1.0", tree.clone()).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let digest = added["digest"].as_str().expect("digest").to_string();
+    // What storing the first artifact does (the end-to-end tests build for real).
+    let (name, version) = (
+        kmodforge_api::names::ModuleName::parse("demo").expect("name"),
+        kmodforge_api::names::ModuleVersion::parse("1.0").expect("version"),
+    );
+    h.state
+        .store
+        .records
+        .pin_digest(&name, &version, &digest, "2026-01-01T00:00:00Z")
+        .expect("pin");
+    let (status, _) = call(&h, Method::DELETE, "/v1/modules/demo/1.0", Vec::new()).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+
+    let other = tar_of(&[("dkms.conf", CONF), ("demo.c", "int evil;\n")]);
+    let (status, json) = call(&h, Method::PUT, "/v1/modules/demo/1.0", other.clone()).await;
+    assert_eq!(
+        (status, kind(&json)),
+        (StatusCode::CONFLICT, "immutable_version"),
+        "{json}"
+    );
+    assert!(json["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .contains(&digest));
+    let (status, json) = call(&h, Method::GET, "/v1/modules/demo/1.0", Vec::new()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "nothing registered: {json}");
+
+    // A publish token cannot override; an admin can, explicitly.
+    let body = serde_json::json!({"name": "pub", "scope": "publish"}).to_string();
+    let (_, created) = call(&h, Method::POST, "/v1/tokens", body.into_bytes()).await;
+    let publisher = created["token"].as_str().expect("token").to_string();
+    let uri = "/v1/modules/demo/1.0?replace=true";
+    let (status, json) = call_as(&h, Some(&publisher), Method::PUT, uri, other.clone()).await;
+    assert_eq!(
+        (status, kind(&json)),
+        (StatusCode::FORBIDDEN, "forbidden"),
+        "{json}"
+    );
+    assert_eq!(json["error"]["scope"], "admin");
+    let (status, json) = call(&h, Method::PUT, uri, other).await;
+    assert_eq!(status, StatusCode::CREATED, "{json}");
+
+    let (_, log) = call(&h, Method::GET, "/v1/audit?module=demo", Vec::new()).await;
+    let rows: Vec<(String, String, String)> = log
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|e| {
+            let s = |k: &str| e[k].as_str().unwrap_or_default().to_string();
+            (s("actor"), s("action"), s("outcome"))
+        })
+        .collect();
+    let want: Vec<(String, String, String)> = [
+        ("admin", "module_add", "done"),
+        ("pub", "module_add", "refused"),
+        ("admin", "module_add", "refused"),
+        ("admin", "module_delete", "done"),
+        ("admin", "module_add", "done"),
+    ]
+    .iter()
+    .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
+    .collect();
+    assert_eq!(rows, want, "{log}");
 }

@@ -99,10 +99,11 @@ impl AgentRoot {
         std::fs::read_to_string(self.tree(krel).join("modules.dep")).unwrap_or_default()
     }
 
-    /// Writes the config: `server`, this root, `running_kernel`, the modules.
+    /// Writes the config: `server`, this root, `running_kernel`, the modules (and
+    /// `token_file` when the target has a token).
     pub fn write_config(
         &self,
-        server: &str,
+        server: impl AgentTarget,
         running: &str,
         modules: &[(&str, &str)],
     ) -> Result<()> {
@@ -112,16 +113,21 @@ impl AgentRoot {
     /// [`AgentRoot::write_config`] with more top-level keys (`extra`: TOML lines).
     pub fn write_config_with(
         &self,
-        server: &str,
+        server: impl AgentTarget,
         running: &str,
         modules: &[(&str, &str)],
         extra: &str,
     ) -> Result<()> {
+        let url = server.url();
         let mut text = format!(
-            "server = \"{server}\"\nroot = \"{}\"\nrunning_kernel = \"{running}\"\n\
+            "server = \"{url}\"\nroot = \"{}\"\nrunning_kernel = \"{running}\"\n\
              connect_timeout_secs = 2\nrequest_timeout_secs = 60\nbuild_wait_secs = 1200\nretries = 1\n{extra}",
             self.path().display()
         );
+        if let Some(token) = server.token() {
+            let file = self.write_token(&token)?;
+            text = format!("token_file = \"{}\"\n{text}", file.display());
+        }
         for (name, version) in modules {
             text.push_str(&format!(
                 "\n[[module]]\nname = \"{name}\"\nversion = \"{version}\"\n"
@@ -131,6 +137,18 @@ impl AgentRoot {
             std::fs::create_dir_all(dir)?;
         }
         std::fs::write(&self.config, text).context("writing the agent config")
+    }
+
+    /// Writes `token` to `<root>/etc/kmodforge/token` (mode 0600); returns the path.
+    pub fn write_token(&self, token: &str) -> Result<PathBuf> {
+        use std::os::unix::fs::PermissionsExt;
+        let file = self.path().join("etc/kmodforge/token");
+        if let Some(dir) = file.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(&file, format!("{token}\n")).context("writing the token file")?;
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))?;
+        Ok(file)
     }
 
     /// Runs `kmodforge-agent --config CONFIG ARGS...` to completion.
@@ -175,6 +193,50 @@ pub async fn run_agent(args: Vec<String>) -> Result<Run> {
         Ok(run)
     })
     .await?
+}
+
+/// Where an agent config points: a URL, and the token it sends, if any.
+pub trait AgentTarget {
+    fn url(&self) -> String;
+    fn token(&self) -> Option<String>;
+}
+
+impl AgentTarget for &str {
+    fn url(&self) -> String {
+        self.to_string()
+    }
+    fn token(&self) -> Option<String> {
+        None
+    }
+}
+
+impl AgentTarget for &String {
+    fn url(&self) -> String {
+        self.to_string()
+    }
+    fn token(&self) -> Option<String> {
+        None
+    }
+}
+
+/// The real server, with its admin token.
+impl AgentTarget for &crate::Server {
+    fn url(&self) -> String {
+        self.base_url()
+    }
+    fn token(&self) -> Option<String> {
+        self.admin_token().ok()
+    }
+}
+
+/// A URL and an explicit token.
+impl AgentTarget for (&str, &str) {
+    fn url(&self) -> String {
+        self.0.to_string()
+    }
+    fn token(&self) -> Option<String> {
+        Some(self.1.to_string())
+    }
 }
 
 /// A canned answer of [`FakeServer`].

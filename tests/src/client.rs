@@ -26,12 +26,34 @@ pub struct Client {
 }
 
 impl Client {
+    /// A client without a token.
     pub fn new(base: String) -> Self {
         Client {
             // No client-wide timeout: log streams and one-shot builds run long.
             http: reqwest::Client::new(),
             base,
         }
+    }
+
+    /// A client that sends `token` with every request, trusting only `ca_pem` for
+    /// HTTPS when given.
+    pub fn with_token(base: String, token: Option<&str>, ca_pem: Option<&[u8]>) -> Result<Self> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(t) = token {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {t}"))
+                .context("token as a header")?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
+        let mut builder = reqwest::Client::builder().default_headers(headers);
+        if let Some(pem) = ca_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem).context("the test CA")?;
+            builder = builder.tls_certs_only(certs);
+        }
+        Ok(Client {
+            http: builder.build().context("building the HTTP client")?,
+            base,
+        })
     }
 
     pub fn url(&self, path: &str) -> String {

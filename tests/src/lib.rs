@@ -24,6 +24,7 @@ mod docker;
 mod fixtures;
 mod modinfo;
 mod server;
+pub mod tls;
 
 use std::time::Duration;
 
@@ -37,6 +38,7 @@ pub use docker::{ensure_sandbox_policy, CreatedContainer, DockerProbe, JobContai
 pub use fixtures::{debian_dkms_source, e2e_fixture, fixture, tar_entries, tar_gz_dir, target_dir};
 pub use modinfo::{check_downloads, real_modinfo};
 pub use server::{DataDir, Server, ServerOpts, StopMode};
+pub use tls::TestPki;
 
 pub use kmodforge_api::wire;
 

@@ -64,6 +64,7 @@ pub struct ServerOpts {
     env: Vec<(String, String)>,
     data_dir: Option<DataDir>,
     stop: StopMode,
+    tls: Option<crate::tls::TestPki>,
 }
 
 impl Default for ServerOpts {
@@ -72,6 +73,7 @@ impl Default for ServerOpts {
             env: Vec::new(),
             data_dir: None,
             stop: StopMode::Terminate,
+            tls: None,
         }
     }
 }
@@ -93,6 +95,12 @@ impl ServerOpts {
         self.stop = stop;
         self
     }
+
+    /// Serves HTTPS with the certificate of `pki` (for 127.0.0.1).
+    pub fn tls(mut self, pki: crate::tls::TestPki) -> Self {
+        self.tls = Some(pki);
+        self
+    }
 }
 
 /// A running `kmodforge-server`.
@@ -102,6 +110,10 @@ pub struct Server {
     dir: DataDir,
     log: PathBuf,
     stop: StopMode,
+    /// `https` when the server was given a certificate.
+    scheme: &'static str,
+    /// The CA that signed the server's certificate (PEM), for HTTPS clients.
+    ca_pem: Option<Vec<u8>>,
 }
 
 impl Server {
@@ -147,16 +159,26 @@ impl Server {
             }
         }
         cmd.env("KMODFORGE_LOG", "info").env("NO_COLOR", "1");
+        if let Some(pki) = &opts.tls {
+            cmd.env("KMODFORGE_TLS_CERT", &pki.server_cert)
+                .env("KMODFORGE_TLS_KEY", &pki.server_key);
+        }
         cmd.envs(opts.env.iter().map(|(k, v)| (k, v)));
         let child = cmd
             .spawn()
             .with_context(|| format!("spawning {}", bin.display()))?;
+        let ca_pem = match &opts.tls {
+            Some(pki) => Some(std::fs::read(&pki.ca_cert).context("reading the test CA")?),
+            None => None,
+        };
         let mut server = Server {
             child: Some(child),
             addr,
             dir: dir.clone(),
             log,
             stop: opts.stop,
+            scheme: if opts.tls.is_some() { "https" } else { "http" },
+            ca_pem,
         };
         server.wait_healthy().await?;
         eprintln!(
@@ -169,7 +191,7 @@ impl Server {
     }
 
     async fn wait_healthy(&mut self) -> Result<()> {
-        let client = self.client();
+        let client = self.client_with(None)?;
         let started = Instant::now();
         loop {
             if let Some(child) = self.child.as_mut() {
@@ -199,13 +221,47 @@ impl Server {
         self.addr
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT` (`https://` with TLS).
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
     }
 
+    /// The admin token the server wrote on its first start (`<data>/admin.token`).
+    pub fn admin_token(&self) -> Result<String> {
+        let path = self.dir.data().join("admin.token");
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        Ok(text.trim().to_string())
+    }
+
+    /// A client with the admin token.
     pub fn client(&self) -> Client {
-        Client::new(self.base_url())
+        let token = self.admin_token().ok();
+        self.client_with(token.as_deref())
+            .unwrap_or_else(|e| panic!("building the test client: {e:#}"))
+    }
+
+    /// A client sending `token` (none: no Authorization header).
+    pub fn client_with(&self, token: Option<&str>) -> Result<Client> {
+        Client::with_token(self.base_url(), token, self.ca_pem.as_deref())
+    }
+
+    /// Creates a token through the API (as admin) and returns its secret.
+    pub async fn token(&self, name: &str, scope: &str, modules: &[&str]) -> Result<String> {
+        let body = serde_json::json!({"name": name, "scope": scope, "modules": modules});
+        let resp = self
+            .client()
+            .http()
+            .post(self.client().url("/v1/tokens"))
+            .json(&body)
+            .send()
+            .await?;
+        let resp = crate::client::expect_status(resp, &[reqwest::StatusCode::CREATED]).await?;
+        let created: serde_json::Value = resp.json().await?;
+        created["token"]
+            .as_str()
+            .map(str::to_string)
+            .context("no token in the answer")
     }
 
     /// The data directory, to hand to a second server.

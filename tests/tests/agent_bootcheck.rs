@@ -31,9 +31,9 @@ async fn require_boot_check_verifies_before_trusting_an_artifact() -> Result<()>
         .add_module("kmf-hello", "1.0", &fixture("hello"))
         .await?;
     let root = AgentRoot::new(&[KERNEL_A])?;
-    let server = env.server.base_url();
+    let server = &env.server;
     let modules = [("kmf-hello", "1.0")];
-    root.write_config(&server, KERNEL_A, &modules)?;
+    root.write_config(server, KERNEL_A, &modules)?;
 
     // Installed without a check: status says so.
     let first = root.run(&["sync"]).await?.expect(0)?;
@@ -53,7 +53,7 @@ async fn require_boot_check_verifies_before_trusting_an_artifact() -> Result<()>
         mtime(&ko)?,
         mtime(&root.tree(KERNEL_A).join("modules.dep"))?,
     );
-    root.write_config_with(&server, KERNEL_A, &modules, "require_boot_check = true\n")?;
+    root.write_config_with(server, KERNEL_A, &modules, "require_boot_check = true\n")?;
     let second = root.run(&["sync"]).await?.expect(0)?;
     let line =
         format!("kmf-hello/1.0, {KERNEL_A}: unchanged (already installed; boot-verified now)");
@@ -96,11 +96,7 @@ async fn artifact_whose_boot_check_failed_is_never_installed() -> Result<()> {
         .await?;
     let root = AgentRoot::new(&[KERNEL_A])?;
     // Not even required: a failed check is a refusal.
-    root.write_config(
-        &env.server.base_url(),
-        KERNEL_A,
-        &[("kmf-boot-enodev", "1.0")],
-    )?;
+    root.write_config(&env.server, KERNEL_A, &[("kmf-boot-enodev", "1.0")])?;
     let run = root.run(&["sync"]).await?.expect(5)?;
     let prefix = format!("kmodforge-agent: kmf-boot-enodev/1.0 on {KERNEL_A}: boot check failed: ");
     let line = run

@@ -91,7 +91,7 @@ async fn newer_original_blocks_same_version_is_replaced() -> Result<()> {
 
     // An in-tree 2.0 blocks 1.0 (exit 8, DKMS's message), and nothing is written.
     let root = root_with_original(&newer)?;
-    root.write_config(&env.server.base_url(), KERNEL_A, &[("kmf-hello", "1.0")])?;
+    root.write_config(&env.server, KERNEL_A, &[("kmf-hello", "1.0")])?;
     let run = root.run(&["sync"]).await?.expect(8)?;
     ensure!(
         run.stderr
@@ -122,7 +122,7 @@ async fn newer_original_blocks_same_version_is_replaced() -> Result<()> {
 
     // Same version 1.0, another srcversion: DKMS's `=`, which installs.
     let root = root_with_original(&same_version)?;
-    root.write_config(&env.server.base_url(), KERNEL_A, &[("kmf-hello", "1.0")])?;
+    root.write_config(&env.server, KERNEL_A, &[("kmf-hello", "1.0")])?;
     root.run(&["sync"]).await?.expect(0)?;
     ensure!(root.modules_dep(KERNEL_A).contains(&format!("{OURS}:")));
     Ok(())

@@ -18,6 +18,9 @@ async fn submit_writes_artifacts_and_fails_on_a_failed_build() -> Result<()> {
     // An empty config, so a /etc/kmodforge/agent.toml of this machine plays no part.
     let config = work.path().join("agent.toml");
     std::fs::write(&config, "")?;
+    // CI's token: allowed to publish, nothing more.
+    let token_file = work.path().join("token");
+    std::fs::write(&token_file, env.server.token("ci", "publish", &[]).await?)?;
     let out = work.path().join("out");
     let args = |src: &str| -> Vec<String> {
         [
@@ -25,6 +28,8 @@ async fn submit_writes_artifacts_and_fails_on_a_failed_build() -> Result<()> {
             &config.display().to_string(),
             "--server",
             &env.server.base_url(),
+            "--token-file",
+            &token_file.display().to_string(),
             "submit",
             &fixture(src).display().to_string(),
             "--kernel",

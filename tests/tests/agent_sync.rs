@@ -28,7 +28,7 @@ async fn sync_status_resync_uninstall() -> Result<()> {
         .add_module("kmf-hello", "1.0", &fixture("hello"))
         .await?;
     let root = AgentRoot::new(&[KERNEL_A, KERNEL_B])?;
-    root.write_config(&env.server.base_url(), KERNEL_A, &[("kmf-hello", "1.0")])?;
+    root.write_config(&env.server, KERNEL_A, &[("kmf-hello", "1.0")])?;
 
     let first = root.run(&["sync"]).await?.expect(0)?;
     for k in [KERNEL_A, KERNEL_B] {
@@ -105,7 +105,7 @@ async fn kernel_hooks_install_and_survive_a_stopped_server() -> Result<()> {
         .await?;
     // The running kernel has a tree; the "new" kernel arrives with its package.
     let root = AgentRoot::new(&[KERNEL_A])?;
-    root.write_config(&env.server.base_url(), KERNEL_A, &[("kmf-hello", "1.0")])?;
+    root.write_config(&env.server, KERNEL_A, &[("kmf-hello", "1.0")])?;
     std::fs::create_dir_all(root.path().join("usr/lib/kernel/install.d"))?;
     let hooks = root.run(&["hooks", "install"]).await?.expect(0)?;
     for f in [
@@ -189,7 +189,7 @@ async fn kernel_hook_skips_modules_without_autoinstall() -> Result<()> {
         .add_module("kmf-hello", "1.0", src.path())
         .await?;
     let root = AgentRoot::new(&[KERNEL_A])?;
-    root.write_config(&env.server.base_url(), KERNEL_A, &[("kmf-hello", "1.0")])?;
+    root.write_config(&env.server, KERNEL_A, &[("kmf-hello", "1.0")])?;
     let hook = root
         .run(&["sync", "--hook", "--kernel", KERNEL_A])
         .await?

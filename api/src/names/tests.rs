@@ -187,3 +187,41 @@ fn long_values_are_cut_in_errors() {
     let err = ModuleName::parse(&"x".repeat(1000)).unwrap_err();
     assert_eq!(err.value.chars().count(), MAX_QUOTED);
 }
+
+#[test]
+fn module_patterns_match_whole_names() {
+    let m = |s: &str| ModuleName::parse(s).unwrap();
+    let p = |s: &str| ModulePattern::parse(s).unwrap();
+    let cases = [
+        ("r8152", "r8152", true),
+        ("r8152", "r8152x", false),
+        ("r8152", "xr8152", false),
+        ("realtek-*", "realtek-r8152", true),
+        ("realtek-*", "realtek-", true),
+        ("realtek-*", "realtek", false),
+        ("*", "anything", true),
+        ("kmfhello*", "kmf-hello", false),
+        ("kmf*hello", "kmf-hello", true),
+        ("*-dkms-*", "a-dkms-b", true),
+        (
+            "a*a*a*a*b",
+            "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            false,
+        ),
+        ("R8152", "r8152", false),
+    ];
+    for (pattern, name, want) in cases {
+        assert_eq!(p(pattern).matches(&m(name)), want, "{pattern} vs {name}");
+    }
+}
+
+#[test]
+fn patterns_and_token_names_are_closed_sets() {
+    for bad in ["", "a/b", "a b", "../x", "-x", &"x".repeat(65)] {
+        assert!(ModulePattern::parse(bad).is_err(), "pattern {bad:?}");
+    }
+    for bad in ["", "a/b", "cli:root", "*", "-x", "a b"] {
+        assert!(TokenName::parse(bad).is_err(), "token name {bad:?}");
+    }
+    assert!(TokenName::parse("ci-realtek.2").is_ok());
+}

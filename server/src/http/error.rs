@@ -2,11 +2,12 @@
 //! one place. 5xx bodies stay generic where the cause is internal; the cause is
 //! logged.
 
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use kmodforge_api::wire::{ErrorBody, ErrorDetail, Failure, FailureKind};
 
+use crate::auth::{Denied, TokenError};
 use crate::builds::BuildError;
 use crate::images::ImageError;
 use crate::sources::SourceError;
@@ -35,6 +36,15 @@ pub enum AppError {
     WaitTimeout(String),
     #[error("internal error: {0}")]
     Internal(String),
+    /// No valid token (401) or a token without the right (403).
+    #[error(transparent)]
+    Denied(#[from] Denied),
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    #[error("the upload is over the {0}-byte limit")]
+    TooLarge(u64),
+    #[error("method {0} is not allowed on this route")]
+    MethodNotAllowed(String),
 }
 
 impl AppError {
@@ -71,6 +81,16 @@ impl AppError {
                 (code, failure.kind.as_str().to_string())
             }
             E::WaitTimeout(_) => s(StatusCode::GATEWAY_TIMEOUT, "wait_timeout"),
+            E::Denied(d) if d.is_unauthenticated() => s(StatusCode::UNAUTHORIZED, "unauthorized"),
+            E::Denied(_) => s(StatusCode::FORBIDDEN, "forbidden"),
+            E::Token(t) => match t {
+                TokenError::Invalid(_) => s(StatusCode::BAD_REQUEST, "invalid_request"),
+                TokenError::Exists(_) => s(StatusCode::CONFLICT, "conflict"),
+                TokenError::Unknown(_) => s(StatusCode::NOT_FOUND, "not_found"),
+                _ => s(StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            },
+            E::TooLarge(_) => s(StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            E::MethodNotAllowed(_) => s(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             E::Internal(_) => s(StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -87,6 +107,11 @@ fn source_status(e: &SourceError) -> (StatusCode, String) {
             (code, a.kind().to_string())
         }
         SourceError::Conflict { .. } => (StatusCode::CONFLICT, "conflict".into()),
+        SourceError::Immutable { .. } => (StatusCode::CONFLICT, "immutable_version".into()),
+        SourceError::Denied(d) if d.is_unauthenticated() => {
+            (StatusCode::UNAUTHORIZED, "unauthorized".into())
+        }
+        SourceError::Denied(_) => (StatusCode::FORBIDDEN, "forbidden".into()),
         SourceError::Busy { .. } => (StatusCode::CONFLICT, "busy".into()),
         SourceError::NotFound { .. } => (StatusCode::NOT_FOUND, "unknown_module".into()),
         _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal".into()),
@@ -105,6 +130,10 @@ impl IntoResponse for AppError {
         } else {
             self.to_string()
         };
+        let scope = match &self {
+            AppError::Denied(d) | AppError::Source(SourceError::Denied(d)) => d.needed(),
+            _ => None,
+        };
         let (log_tail, build_id) = match self {
             AppError::BuildFailed { failure, build_id } => (Some(failure.log_tail), Some(build_id)),
             AppError::Image(ImageError::Build { log_tail, .. }) => (Some(log_tail), None),
@@ -116,8 +145,13 @@ impl IntoResponse for AppError {
                 message,
                 log_tail,
                 build_id,
+                scope,
             },
         };
+        if status == StatusCode::UNAUTHORIZED {
+            let challenge = [(header::WWW_AUTHENTICATE, "Bearer realm=\"kmodforge\"")];
+            return (status, challenge, Json(body)).into_response();
+        }
         (status, Json(body)).into_response()
     }
 }

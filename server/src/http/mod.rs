@@ -1,8 +1,10 @@
 //! The HTTP API (axum). Handlers parse and validate, call the domain services,
 //! and map their errors through [`AppError`].
 
+mod access;
 mod artifacts;
 mod error;
+mod guard;
 mod oneshot;
 mod settings;
 
@@ -10,20 +12,23 @@ use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use futures_util::stream;
+use kmodforge_api::auth::{AuditAction, Scope};
 use kmodforge_api::names::{KernelRelease, ModuleName, ModuleVersion};
 use kmodforge_api::wire::BuildRequest;
 use serde::Deserialize;
 
+use crate::auth::{Audit, Auth, Caller, Tokens};
 use crate::builds::Builds;
 use crate::images::BuilderImages;
-use crate::sources::Sources;
+use crate::sources::{AddSource, Sources};
 use crate::store::Store;
 pub use error::AppError;
+use guard::Routes;
+pub use guard::{Access, RouteSpec};
 
 /// Shared state of the handlers.
 #[derive(Clone)]
@@ -34,45 +39,139 @@ pub struct AppState {
     pub images: Arc<BuilderImages>,
     /// How long the one-shot endpoint waits for a build.
     pub oneshot_wait: std::time::Duration,
+    pub auth: Auth,
+    pub tokens: Tokens,
+    pub audit: Audit,
+}
+
+/// Every route with the access it needs; the router and [`route_table`] are both
+/// made from this list.
+fn routes() -> Routes {
+    use Access::{Module, ModuleInRequest, Public, Scope as S};
+    use AuditAction as A;
+    use Scope::{Admin, Build, Publish, Read};
+    Routes::new()
+        .add(Method::GET, "/healthz", Public, healthz)
+        .add(Method::GET, "/v1/kernels", S(Read), list_kernels)
+        .add(Method::PUT, "/v1/kernels/{krel}", S(Admin), prepare_kernel)
+        .add(Method::GET, "/v1/modules", S(Read), list_modules)
+        .add_audited(
+            Method::PUT,
+            "/v1/modules/{name}/settings",
+            Module(Publish),
+            Some(A::SettingsPut),
+            settings::put,
+        )
+        .add(
+            Method::GET,
+            "/v1/modules/{name}/settings",
+            S(Read),
+            settings::get,
+        )
+        .add_audited(
+            Method::DELETE,
+            "/v1/modules/{name}/settings",
+            Module(Publish),
+            Some(A::SettingsDelete),
+            settings::delete,
+        )
+        .add_audited(
+            Method::PUT,
+            "/v1/modules/{name}/{version}",
+            Module(Publish),
+            Some(A::ModuleAdd),
+            add_module,
+        )
+        .add(
+            Method::GET,
+            "/v1/modules/{name}/{version}",
+            S(Read),
+            get_module,
+        )
+        .add_audited(
+            Method::DELETE,
+            "/v1/modules/{name}/{version}",
+            S(Admin),
+            Some(A::ModuleDelete),
+            delete_module,
+        )
+        .add(
+            Method::POST,
+            "/v1/builds",
+            ModuleInRequest(Build),
+            submit_build,
+        )
+        .add(Method::GET, "/v1/builds", S(Read), list_builds)
+        .add(Method::GET, "/v1/builds/{id}", S(Read), get_build)
+        .add(Method::GET, "/v1/builds/{id}/log", S(Read), build_log)
+        .add(
+            Method::GET,
+            "/v1/artifacts/{name}/{version}/{krel}",
+            S(Read),
+            artifacts::manifest,
+        )
+        .add(
+            Method::GET,
+            "/v1/artifacts/{name}/{version}/{krel}/modules.tar",
+            S(Read),
+            artifacts::tarball,
+        )
+        .add(
+            Method::GET,
+            "/v1/artifacts/{name}/{version}/{krel}/files/{file}",
+            S(Read),
+            artifacts::file,
+        )
+        .add(Method::GET, "/v1/blobs/{sha256}", S(Read), artifacts::blob)
+        .add_audited(
+            Method::POST,
+            "/v1/build",
+            ModuleInRequest(Publish),
+            Some(A::ModuleAdd),
+            oneshot::build,
+        )
+        .add_audited(
+            Method::POST,
+            "/v1/tokens",
+            S(Admin),
+            Some(A::TokenCreate),
+            access::create_token,
+        )
+        .add(Method::GET, "/v1/tokens", S(Admin), access::list_tokens)
+        .add_audited(
+            Method::DELETE,
+            "/v1/tokens/{token}",
+            S(Admin),
+            Some(A::TokenRevoke),
+            access::revoke_token,
+        )
+        .add(Method::GET, "/v1/audit", S(Admin), access::audit_log)
+}
+
+/// Every route of the API with the access it needs (the authorisation tests walk it).
+pub fn route_table() -> Vec<RouteSpec> {
+    routes().table
 }
 
 /// The router; tests drive it with `oneshot` or on a real port.
 pub fn app(state: AppState) -> Router {
     let upload_limit = state.sources.limits().max_input_bytes as usize;
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/v1/kernels", get(list_kernels))
-        .route("/v1/kernels/{krel}", put(prepare_kernel))
-        .route("/v1/modules", get(list_modules))
-        .route(
-            "/v1/modules/{name}/settings",
-            put(settings::put)
-                .get(settings::get)
-                .delete(settings::delete),
-        )
-        .route(
-            "/v1/modules/{name}/{version}",
-            put(add_module).get(get_module).delete(delete_module),
-        )
-        .route("/v1/builds", post(submit_build).get(list_builds))
-        .route("/v1/builds/{id}", get(get_build))
-        .route("/v1/builds/{id}/log", get(build_log))
-        .route(
-            "/v1/artifacts/{name}/{version}/{krel}",
-            get(artifacts::manifest),
-        )
-        .route(
-            "/v1/artifacts/{name}/{version}/{krel}/modules.tar",
-            get(artifacts::tarball),
-        )
-        .route(
-            "/v1/artifacts/{name}/{version}/{krel}/files/{file}",
-            get(artifacts::file),
-        )
-        .route("/v1/blobs/{sha256}", get(artifacts::blob))
-        .route("/v1/build", post(oneshot::build))
+    routes()
+        .router
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(upload_limit))
+        // The guard of each route finds the state here.
+        .layer(Extension(state.clone()))
         .with_state(state)
+}
+
+async fn unknown_route() -> AppError {
+    AppError::NotFound("no such route (see the README's endpoint table)".into())
+}
+
+async fn wrong_method(method: Method) -> AppError {
+    AppError::MethodNotAllowed(method.to_string())
 }
 
 pub(crate) fn module_id(
@@ -143,9 +242,19 @@ async fn list_modules(State(s): State<AppState>) -> Result<Response, AppError> {
     Ok(Json(s.sources.list()?).into_response())
 }
 
+#[derive(Deserialize)]
+struct AddQuery {
+    /// An admin's explicit consent to register other content under a name and
+    /// version that had artifacts (deleted since).
+    #[serde(default)]
+    replace: bool,
+}
+
 async fn add_module(
     State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path((name, version)): Path<(String, String)>,
+    Query(q): Query<AddQuery>,
     body: Bytes,
 ) -> Result<Response, AppError> {
     let (name, version) = module_id(&name, &version)?;
@@ -154,7 +263,13 @@ async fn add_module(
             "empty body: send a tar or tar.gz of the source tree (dkms.conf at its root)".into(),
         ));
     }
-    let added = s.sources.add(name, version, body).await?;
+    let req = AddSource {
+        name,
+        version,
+        body,
+        replace: q.replace,
+    };
+    let added = s.sources.add(req, &caller).await?;
     let status = if added.created {
         StatusCode::CREATED
     } else {
@@ -173,10 +288,11 @@ async fn get_module(
 
 async fn delete_module(
     State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path((name, version)): Path<(String, String)>,
 ) -> Result<Response, AppError> {
     let (name, version) = module_id(&name, &version)?;
-    s.sources.delete(&name, &version, &s.builds)?;
+    s.sources.delete(&name, &version, &s.builds, &caller)?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -186,8 +302,13 @@ pub(crate) fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T
         .map_err(|e| AppError::BadRequest(format!("invalid JSON body: {e}")))
 }
 
-async fn submit_build(State(s): State<AppState>, body: Bytes) -> Result<Response, AppError> {
+async fn submit_build(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    body: Bytes,
+) -> Result<Response, AppError> {
     let req: BuildRequest = json_body(&body)?;
+    caller.require_module(Scope::Build, &req.name)?;
     let submitted = s.builds.submit(req).await?;
     let status = if submitted.response.build.state.is_final() {
         StatusCode::OK

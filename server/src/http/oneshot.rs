@@ -1,17 +1,20 @@
 //! `POST /v1/build?kernel=KREL`: the curl one-shot. Adds the source, builds it,
 //! waits, and answers with the modules as a tar (or a JSON error with the log tail).
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{Query, State};
 use axum::response::Response;
+use axum::Extension;
 use kmodforge_api::archive::ingest;
+use kmodforge_api::auth::Scope;
 use kmodforge_api::dkms::scan_declared;
 use kmodforge_api::wire::{BuildRequest, BuildState, FailureKind};
 use serde::Deserialize;
 
 use super::artifacts::{modules_tar, tar_response};
 use super::{kernel, module_id, AppError, AppState};
-use crate::sources::SourceError;
+use crate::auth::Caller;
+use crate::sources::{AddSource, SourceError};
 
 #[derive(Deserialize)]
 pub(super) struct OneShot {
@@ -23,18 +26,34 @@ pub(super) struct OneShot {
     boot_check: Option<bool>,
 }
 
+/// Adds, builds and answers the modules. The token must be allowed to publish the
+/// module: checked before the body is read when the query names it, else once
+/// dkms.conf has.
 pub(super) async fn build(
     State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Query(q): Query<OneShot>,
-    body: Bytes,
+    body: Body,
 ) -> Result<Response, AppError> {
     let krel = q
         .kernel
         .as_deref()
         .ok_or_else(|| AppError::BadRequest("missing query parameter kernel=KREL".into()))?;
     let kernel = kernel(krel)?;
+    if let Some(n) = &q.name {
+        let (name, _) = module_id(n, q.version.as_deref().unwrap_or("0"))?;
+        caller.require_module(Scope::Publish, &name)?;
+    }
+    let body = read_body(&s, body).await?;
     let (name, version) = name_and_version(&s, &q, &body).await?;
-    s.sources.add(name.clone(), version.clone(), body).await?;
+    caller.require_module(Scope::Publish, &name)?;
+    let add = AddSource {
+        name: name.clone(),
+        version: version.clone(),
+        body,
+        replace: false,
+    };
+    s.sources.add(add, &caller).await?;
     let req = BuildRequest {
         name,
         version,
@@ -71,6 +90,20 @@ pub(super) async fn build(
             build_id: done.build.id,
         }),
     }
+}
+
+/// The upload, at most the archive size limit (413 beyond it).
+async fn read_body(s: &AppState, body: Body) -> Result<Bytes, AppError> {
+    let limit = s.sources.limits().max_input_bytes;
+    let limit_usize = usize::try_from(limit).unwrap_or(usize::MAX);
+    axum::body::to_bytes(body, limit_usize)
+        .await
+        .map_err(|e| match std::error::Error::source(&e) {
+            Some(inner) if inner.is::<http_body_util::LengthLimitError>() => {
+                AppError::TooLarge(limit)
+            }
+            _ => AppError::BadRequest(format!("reading the upload: {e}")),
+        })
 }
 
 /// Name and version from the query, else from dkms.conf's plain assignments.

@@ -5,11 +5,14 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
+use kmodforge_api::auth::{AuditAction, AuditOutcome};
 use kmodforge_api::names::ModuleName;
 use kmodforge_api::settings::{ModuleSettings, SettingsRecord};
 
 use super::{json_body, AppError, AppState};
+use crate::auth::audit::ModuleChange;
+use crate::auth::Caller;
 use crate::builds::now_rfc3339;
 
 fn module_name(name: &str) -> Result<ModuleName, AppError> {
@@ -23,9 +26,28 @@ fn internal(e: impl std::fmt::Display) -> AppError {
     AppError::Internal(e.to_string())
 }
 
+fn audit(
+    s: &AppState,
+    by: &Caller,
+    action: AuditAction,
+    module: &ModuleName,
+    detail: String,
+) -> Result<(), AppError> {
+    let change = ModuleChange {
+        action,
+        outcome: AuditOutcome::Done,
+        module,
+        version: None,
+        digest: None,
+        detail,
+    };
+    s.audit.module(by, change).map(drop).map_err(internal)
+}
+
 /// Replaces the module's settings; answers them in canonical form.
 pub(super) async fn put(
     State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<Response, AppError> {
@@ -40,6 +62,12 @@ pub(super) async fn put(
         updated_at: Some(now_rfc3339()),
     };
     s.store.records.put_settings(&record).map_err(internal)?;
+    let detail = serde_json::to_string(&record.settings).unwrap_or_default();
+    let detail = format!(
+        "settings set to {}",
+        detail.chars().take(400).collect::<String>()
+    );
+    audit(&s, &caller, AuditAction::SettingsPut, &record.name, detail)?;
     Ok(Json(record).into_response())
 }
 
@@ -60,9 +88,18 @@ pub(super) async fn get(
 
 pub(super) async fn delete(
     State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> Result<Response, AppError> {
     let name = module_name(&name)?;
-    s.store.records.delete_settings(&name).map_err(internal)?;
+    if s.store.records.delete_settings(&name).map_err(internal)? {
+        audit(
+            &s,
+            &caller,
+            AuditAction::SettingsDelete,
+            &name,
+            "settings deleted".into(),
+        )?;
+    }
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -1,9 +1,11 @@
-//! Persistence: records (SQLite), content-addressed blobs, source trees, build logs.
+//! Persistence: records (SQLite), content-addressed blobs, source trees, build logs;
+//! tokens, the audit log and version pins are records too (`access`).
 //!
 //! Layout under the data directory:
 //! `kmodforge.db`, `blobs/sha256/..`, `sources/<source digest>.tar` (the
 //! normalized tar), `logs/<build id>.log`, and `tmp/` for atomic writes.
 
+pub mod access;
 pub mod blobs;
 pub mod records;
 
@@ -12,6 +14,7 @@ use std::sync::Arc;
 
 use kmodforge_api::names::SourceDigest;
 
+pub use access::{AccessRecords, AuditQuery, Revoked, TokenRow};
 pub use blobs::{write_atomic, BlobError, BlobStore, FsBlobStore};
 pub use records::{PutModule, Records, RecordsError, SqliteRecords};
 

@@ -1,4 +1,5 @@
 //! Records of modules, builds, artifacts and dkms.conf evaluations, in SQLite.
+//! Tokens, the audit log and version pins are in `access.rs`.
 //!
 //! The `Records` trait is the seam (SQLite now, PostgreSQL later). Rows keep the
 //! wire types as JSON next to the columns that are queried, so the schema stays
@@ -11,6 +12,8 @@ use kmodforge_api::names::{Arch, ArtifactKey, KernelRelease, ModuleName, ModuleV
 use kmodforge_api::settings::SettingsRecord;
 use kmodforge_api::wire::{BuildRecord, BuildState, Failure, FailureKind, Manifest, ModuleSource};
 use rusqlite::{params, Connection, OptionalExtension};
+
+use super::access::AccessRecords;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecordsError {
@@ -34,8 +37,8 @@ pub enum PutModule {
     Conflict(ModuleSource),
 }
 
-/// The persistence seam.
-pub trait Records: Send + Sync {
+/// The persistence seam (tokens, audit and version pins are in [`AccessRecords`]).
+pub trait Records: AccessRecords + Send + Sync {
     fn put_module(&self, m: &ModuleSource) -> Result<PutModule, RecordsError>;
     fn get_module(
         &self,
@@ -112,14 +115,14 @@ CREATE TABLE IF NOT EXISTS evals (key TEXT PRIMARY KEY, json TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS module_settings (name TEXT PRIMARY KEY, json TEXT NOT NULL);
 ";
 
-fn from_json<T: serde::de::DeserializeOwned>(
+pub(super) fn from_json<T: serde::de::DeserializeOwned>(
     table: &'static str,
     text: &str,
 ) -> Result<T, RecordsError> {
     serde_json::from_str(text).map_err(|source| RecordsError::Corrupt { table, source })
 }
 
-fn to_json<T: serde::Serialize>(value: &T) -> String {
+pub(super) fn to_json<T: serde::Serialize>(value: &T) -> String {
     // Serialising our own plain data types cannot fail.
     serde_json::to_string(value).unwrap_or_default()
 }
@@ -129,12 +132,13 @@ impl SqliteRecords {
         let conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(super::access::ACCESS_SCHEMA)?;
         Ok(SqliteRecords {
             conn: Mutex::new(conn),
         })
     }
 
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+    pub(super) fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -145,7 +149,7 @@ impl SqliteRecords {
         Ok(found.is_some())
     }
 
-    fn query_json<T: serde::de::DeserializeOwned>(
+    pub(super) fn query_json<T: serde::de::DeserializeOwned>(
         &self,
         table: &'static str,
         sql: &str,
@@ -287,6 +291,17 @@ impl Records for SqliteRecords {
                 params![m.key.as_str(), sha256],
             )?;
         }
+        // A version with artifacts means this source from now on (immutable versions).
+        tx.execute(
+            "INSERT OR IGNORE INTO version_pins (name, version, digest, pinned_at)
+             VALUES (?1, ?2, ?3, ?4)",
+            params![
+                m.name.as_str(),
+                m.version.as_str(),
+                m.source_digest.as_str(),
+                m.built_at
+            ],
+        )?;
         tx.commit()?;
         Ok(())
     }
