@@ -17,11 +17,15 @@
 # Raw data: bench/results/agent-<timestamp>.json. Needs root for (1)'s DKMS side (apt-get install of
 # dkms and the kernel's headers if missing; /usr/src, /var/lib/dkms, /lib/modules/KREL). Everything this
 # script creates on the host is removed at exit (the installed packages stay).
+# Every server it starts gets a fresh data dir; curl sends the admin token that server writes to
+# <data dir>/admin.token (curl -H @header-file), each agent's config names that file (`token_file`). The token
+# is never printed. KMODFORGE_SERVER and KMODFORGE_TOKEN_FILE are unset: they would override the agents' config.
 set -euo pipefail
 # shellcheck source=bench/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 shopt -s inherit_errexit
 export LC_ALL=C
+unset KMODFORGE_SERVER KMODFORGE_TOKEN_FILE   # the agent reads both; the configs below name our server and token
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$BENCH_DIR/.." && pwd)
@@ -65,6 +69,7 @@ SERVER_BIN="$REPO/target/release/kmodforge-server"
 AGENT_BIN="$REPO/target/release/kmodforge-agent"
 DEPMOD=/sbin/depmod
 SERVER_PID="" PORT="" BASE="" DATA="" EVENTS_PID=""
+AUTH_HEADER="$WORK/auth.header"   # "Authorization: Bearer <admin token>", rewritten by each start_server
 KDIR=/lib/modules/$KERNEL
 DKMS_SETUP=0 DKMS_SNAPSHOT="" MOK_EXISTED=1 SRC_CREATED=0
 CHECKS_FAILED=()
@@ -169,6 +174,7 @@ start_server() {
         ((i < 200)) || { tail -n 20 "$WORK/server.log" >&2; die "the server did not answer $BASE/healthz within 20 s"; }
         sleep 0.1
     done
+    write_auth_header "$DATA" "$AUTH_HEADER"   # a fresh data dir: a new admin token
     # Untimed: the builder image of KERNEL (present; rebuilt by the server only if images/builder changed).
     local code t
     read -r code t < <(api PUT "/v1/kernels/$KERNEL" "$WORK/kernel.json" --max-time 3600)
@@ -176,10 +182,10 @@ start_server() {
     IMAGE_ID=$(jget "$WORK/kernel.json" 'd["image"]["id"]')
 }
 
-# api METHOD PATH OUTFILE [curl args...]: prints "HTTP_CODE TIME_TOTAL"
+# api METHOD PATH OUTFILE [curl args...]: prints "HTTP_CODE TIME_TOTAL" (with the admin token)
 api() {
     local method=$1 path=$2 out=$3; shift 3
-    curl -sS --max-time 600 -X "$method" -o "$out" -w '%{http_code} %{time_total}\n' "$@" "$BASE$path"
+    curl -sS --max-time 600 -H @"$AUTH_HEADER" -X "$method" -o "$out" -w '%{http_code} %{time_total}\n' "$@" "$BASE$path"
 }
 
 register_hello() {   # register_hello VERSION: the hello fixture under kmf-hello/VERSION
@@ -196,10 +202,11 @@ make_root() {
     : >"$1/lib/modules/$KERNEL/modules.builtin"
 }
 
-# write_config FILE ROOT VERSION
+# write_config FILE ROOT VERSION (token_file: the running server's admin token)
 write_config() {
     cat >"$1" <<EOF
 server = "$BASE"
+token_file = "$DATA/admin.token"
 root = "$2"
 running_kernel = "$KERNEL"
 build_wait_secs = $TIMEOUT

@@ -20,7 +20,10 @@ built once per kernel with a check through the server, then its modules.tar is c
 running the verifier container directly, exactly as the server runs it (docker run of the same image, same
 sandbox flags, bootcheck on stdin), since the server checks an artifact only once.
 
-Starts its own release server (cargo build --release -p kmodforge-server) on a free port with a temp data dir.
+Starts its own release server (cargo build --release -p kmodforge-server) on a free port with a temp data dir,
+and sends every request with the admin token that server writes to <data dir>/admin.token on its first start
+(`Authorization: Bearer`; never printed). Each upload is `PUT /v1/modules/{name}/{version}?replace=true`: a
+version that was built stays pinned to its source digest after the DELETE, and the marker changes the digest.
 stdout: Markdown tables for docs/BENCHMARKS.md; stderr: progress; raw data: bench/results/bootcheck-<ts>.json.
 """
 
@@ -73,14 +76,34 @@ class Server:
         )
         for _ in range(300):
             try:
-                urllib.request.urlopen(self.base + "/healthz", timeout=1).read()
-                return
+                urllib.request.urlopen(self.base + "/healthz", timeout=1).read()  # the one public route
+                break
             except Exception:
                 time.sleep(0.1)
-        raise SystemExit("bench: the server did not start (see %s/server.log)" % self.data)
+        else:
+            self.fail("the server did not start (see %s/server.log)" % self.data)
+        # The admin token the server wrote on its first start (before it listened): sent with every request.
+        try:
+            with open(os.path.join(self.data, "admin.token")) as f:
+                self.token = f.read().strip()
+        except OSError as e:
+            self.fail(f"no admin token from the server ({e.strerror}: {e.filename})")
+        if not self.token:
+            self.fail(f"{self.data}/admin.token is empty")
+
+    def fail(self, msg):
+        """Stops the server (its data dir stays, for server.log) and exits."""
+        self.proc.terminate()
+        self.proc.wait()
+        raise SystemExit(f"bench: {msg}")
+
+    def request(self, method, path, body=None):
+        req = urllib.request.Request(self.base + path, data=body, method=method)
+        req.add_unredirected_header("Authorization", f"Bearer {self.token}")
+        return req
 
     def call(self, method, path, body=None, ctype="application/json"):
-        req = urllib.request.Request(self.base + path, data=body, method=method)
+        req = self.request(method, path, body)
         if body is not None:
             req.add_header("Content-Type", ctype)
         try:
@@ -88,6 +111,10 @@ class Server:
                 return r.status, json.loads(r.read() or b"null")
         except urllib.error.HTTPError as e:
             return e.code, json.loads(e.read() or b"null")
+
+    def get_bytes(self, path):
+        with urllib.request.urlopen(self.request("GET", path), timeout=600) as r:
+            return r.read()
 
     def stop(self):
         self.proc.terminate()
@@ -125,7 +152,7 @@ def tar_with_marker(path, marker):
 
 
 def build(server, name, version, kernel, tar):
-    status, body = server.call("PUT", f"/v1/modules/{name}/{version}", tar, "application/gzip")
+    status, body = server.call("PUT", f"/v1/modules/{name}/{version}?replace=true", tar, "application/gzip")
     if status not in (200, 201):
         raise SystemExit(f"bench: PUT {name}/{version}: {status} {body}")
     req = json.dumps({"name": name, "version": version, "kernel": kernel, "boot_check": True}).encode()
@@ -199,8 +226,7 @@ def main():
             body = build(server, name, version, kernel, tar_with_marker(path, f"many {kernel}"))
             m = body["artifact"]
             c = m["boot_check"]
-            url = f"{server.base}/v1/artifacts/{name}/{version}/{kernel}/modules.tar"
-            tar = urllib.request.urlopen(url, timeout=600).read()
+            tar = server.get_bytes(f"/v1/artifacts/{name}/{version}/{kernel}/modules.tar")
             say(f"{args.many} for {kernel}: job {body['build']['seconds']:.1f} s, server check {c['seconds']:.2f} s")
             for run in range(1, args.runs + 1):
                 wall, rep = direct_check(c["verifier_image"]["id"], kernel, tar)

@@ -28,3 +28,12 @@ stop_server() {
     wait "$SERVER_PID" 2>/dev/null || true
     SERVER_PID=""
 }
+
+# write_auth_header DATA_DIR FILE: once the server answered /healthz, FILE (mode 0600) becomes a curl header
+# file, "Authorization: Bearer <the admin token the server wrote to DATA_DIR/admin.token on its first start>",
+# for `curl -H @FILE`. The token never sits in a variable or an argument: not in `set -x` traces, `ps` or output.
+write_auth_header() {
+    local token="$1/admin.token"
+    [[ -s $token ]] || die "the server wrote no $token (every route but /healthz needs a token)"
+    (umask 077; { printf 'Authorization: Bearer '; tr -d '[:space:]' <"$token"; printf '\n'; } >"$2")
+}

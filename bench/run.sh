@@ -10,7 +10,8 @@
 #
 # stdout: machine facts, the command line and Markdown tables (paste into docs/BENCHMARKS.md).
 # stderr: progress. Raw data: bench/results/<timestamp>.json.
-# Starts its own release server on a free port with a temp data dir and stops it on exit.
+# Starts its own release server on a free port with a temp data dir and stops it on exit; every request
+# carries the admin token that server writes to <data dir>/admin.token (curl -H @header-file, never printed).
 set -euo pipefail
 # shellcheck source=bench/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -62,6 +63,7 @@ SERVER_BIN="$REPO/target/release/kmodforge-server"
 TAG_PREFIX=kmodforge-builder:debian-bookworm-
 IMAGE="$TAG_PREFIX$KERNEL"
 SERVER_PID="" PORT="" BASE="" DATA=""
+AUTH_HEADER="$WORK/auth.header"   # "Authorization: Bearer <admin token>", rewritten by each start_server
 PLAIN_CONTAINERS=()
 IMAGE_KERNEL_EXISTED=0
 : >"$RAW"
@@ -123,7 +125,10 @@ start_server() {
     SERVER_PID=$!
     local i
     for i in $(seq 200); do
-        curl -fsS -o /dev/null "$BASE/healthz" 2>/dev/null && return 0
+        if curl -fsS -o /dev/null "$BASE/healthz" 2>/dev/null; then
+            write_auth_header "$DATA" "$AUTH_HEADER"   # a fresh data dir: a new admin token
+            return 0
+        fi
         kill -0 "$SERVER_PID" 2>/dev/null || { tail -n 20 "$WORK/server.log" >&2; die "the server exited at start-up"; }
         sleep 0.1
     done
@@ -131,10 +136,10 @@ start_server() {
     die "the server did not answer $BASE/healthz within 20 s"
 }
 
-# api METHOD PATH OUTFILE [curl args...]: prints "HTTP_CODE TIME_TOTAL"
+# api METHOD PATH OUTFILE [curl args...]: prints "HTTP_CODE TIME_TOTAL" (with the admin token)
 api() {
     local method=$1 path=$2 out=$3; shift 3
-    curl -sS -X "$method" -o "$out" -w '%{http_code} %{time_total}\n' "$@" "$BASE$path"
+    curl -sS -H @"$AUTH_HEADER" -X "$method" -o "$out" -w '%{http_code} %{time_total}\n' "$@" "$BASE$path"
 }
 
 # ------------------------------------------------------------------ machine facts
@@ -193,10 +198,11 @@ kmodforge_cold() {
     local pkg=$1 tag=$2 tree=$3 name=${SRC_NAME[$1]} ver=${SRC_VER[$1]}
     local d="$WORK/runs/$pkg-$tag-kmodforge"; mkdir -p "$d"
     local code _t
-    # Untimed: drop the previous run's module (and its artifacts), upload this run's tree.
+    # Untimed: drop the previous run's module (and its artifacts), upload this run's tree. A version that was
+    # built stays pinned to its source digest after the DELETE; replace=true (admin) lets the new tree in.
     read -r code _t < <(api DELETE "/v1/modules/$name/$ver" "$d/delete.json")
     [[ $code == 204 || $code == 404 ]] || die "DELETE module $name/$ver: HTTP $code $(cat "$d/delete.json")"
-    read -r code _t < <(api PUT "/v1/modules/$name/$ver" "$d/put.json" --data-binary @"$tree.tar.gz")
+    read -r code _t < <(api PUT "/v1/modules/$name/$ver?replace=true" "$d/put.json" --data-binary @"$tree.tar.gz")
     [[ $code == 201 ]] || die "PUT module $name/$ver: HTTP $code (expected 201 created) $(cat "$d/put.json")"
     local body t0 t_post t_log_end t_final id state polls=0
     body=$(printf '{"name":"%s","version":"%s","kernel":"%s"}' "$name" "$ver" "$KERNEL")
@@ -205,7 +211,7 @@ kmodforge_cold() {
     t_post=$(now)
     [[ $code == 202 ]] || die "POST /v1/builds for $name/$ver: HTTP $code (expected 202: not cold?) $(cat "$d/post.json")"
     id=$(jget "$d/post.json" 'd["build"]["id"]')
-    curl -sSN --max-time 3600 "$BASE/v1/builds/$id/log" | while IFS= read -r line || [[ -n $line ]]; do
+    curl -sSN --max-time 3600 -H @"$AUTH_HEADER" "$BASE/v1/builds/$id/log" | while IFS= read -r line || [[ -n $line ]]; do
         printf '%s\t%s\n' "$EPOCHREALTIME" "$line"
     done >"$d/log.tsv"
     t_log_end=$(now)

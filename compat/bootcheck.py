@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """compat/bootcheck.py -- boot-check every module of a compatibility run in its own kernel.
 
-    compat/bootcheck.py --server http://127.0.0.1:8080 [--results docs/compatibility.json]
+    compat/bootcheck.py --server http://127.0.0.1:8080 --token-file /var/lib/kmodforge/admin.token \
+        [--results docs/compatibility.json]
 
 After `compat/run.py` has built the corpus on a kmodforge server, this asks the same server for each
 (package, kernel) that built there again, now with `"boot_check": true`. The request hits the artifact cache,
@@ -9,6 +10,10 @@ so nothing is rebuilt: the server boots Debian's `linux-image-<kernel>` under qe
 in dependency order and records the outcome in the manifest (README, "Boot-verified artifacts"). This script
 collects those records and writes docs/BOOTCHECK.md (a row per package and kernel, a summary) and
 docs/bootcheck.json (the raw records).
+
+Every request carries `Authorization: Bearer <token>` with the token read from `--token-file FILE` (default:
+$KMODFORGE_TOKEN_FILE; without either, no header is sent). `PUT /v1/kernels/{krel}?boot_check=true` needs scope
+admin, so in practice this is an admin token, e.g. the server's `<data-dir>/admin.token`. The token is never printed.
 
 A module that fails to load is sorted by the kernel's own answer:
 
@@ -20,11 +25,13 @@ A module that fails to load is sorted by the kernel's own answer:
   other         any other error code.
 
 Exit status: 0 when every check ran (whatever its outcome); 1 when a check could not run (infrastructure,
-harness error); 2 on a setup error. Standard library only; needs no root.
+harness error); 2 on a setup error (including no token, or one the server refuses). Standard library only;
+needs no root.
 """
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -202,6 +209,10 @@ def parse_args(argv):
                                  epilog=__doc__.split("\n\n", 2)[2],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--server", required=True, help="kmodforge server URL, the one compat/run.py built on")
+    ap.add_argument("--token-file", metavar="FILE", default=os.environ.get("KMODFORGE_TOKEN_FILE") or None,
+                    help="file holding an admin bearer token (e.g. <data-dir>/admin.token), sent as "
+                         "'Authorization: Bearer' on every request (default: $KMODFORGE_TOKEN_FILE; neither: no "
+                         "header)")
     ap.add_argument("--results", default=str(REPO / "docs" / "compatibility.json"),
                     help="compat/run.py's raw results (default %(default)s)")
     ap.add_argument("--packages", help="comma-separated subset of the packages in --results")
@@ -239,14 +250,15 @@ def main(argv):
     todo = [r for r in kmf_rows if r.get("state") == "succeeded" and (wanted is None or r["package"] in wanted)]
     if not todo:
         raise compat.Fatal(f"{args.results}: no succeeded kmodforge build to check")
-    srv = compat.Server(args.server)
+    srv = compat.Server(args.server, args.token_file)
     kernels = sorted({r["kernel"] for r in todo})
     for k in kernels:
         compat.log(f"PUT /v1/kernels/{k}?boot_check=true (builder and verifier images) ...")
         t0 = time.monotonic()
         st, parsed, raw = srv.json("PUT", f"/v1/kernels/{compat.q(k)}?boot_check=true", timeout=7200)
         if st != 200:
-            raise compat.Fatal(f"PUT /v1/kernels/{k}?boot_check=true: {compat.error_text(st, parsed, raw)}")
+            raise compat.Fatal(f"PUT /v1/kernels/{k}?boot_check=true: {compat.error_text(st, parsed, raw)}"
+                               f"{srv.auth_hint(st)}")
         compat.log(f"  ready in {time.monotonic() - t0:.1f} s")
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     rows = []

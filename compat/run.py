@@ -1,7 +1,13 @@
 #!/usr/bin/env python3
 """compat/run.py -- DKMS compatibility harness: real DKMS vs kmodforge on Debian's *-dkms packages.
 
-    sudo compat/run.py --server http://127.0.0.1:8080 --kernels 6.1.0-47-amd64,6.1.0-56-amd64
+    sudo compat/run.py --server http://127.0.0.1:8080 --token-file /var/lib/kmodforge/admin.token \
+        --kernels 6.1.0-47-amd64,6.1.0-56-amd64
+
+Every request carries `Authorization: Bearer <token>` with the token read from `--token-file FILE`
+(default: $KMODFORGE_TOKEN_FILE, which sudo does not pass on by default); without either, no header is sent.
+The harness prepares kernels and deletes modules, so it needs an `admin` token (the server writes one to
+`<data-dir>/admin.token` on its first start). The token is never printed.
 
 For every selected Debian `*-dkms` package (default: all of `apt-cache search -- -dkms` whose name ends in
 `-dkms`, minus `dh-dkms`) and every kernel:
@@ -20,7 +26,8 @@ For every selected Debian `*-dkms` package (default: all of `apt-cache search --
 
 Exit status: 0 when every row's verdict is "same", "same (both fail)", "same (not applicable)" or
 "kmodforge only"; 1 when any row is "DIFFERENT" or "harness error"; 2 on a setup error (bad option, server
-unreachable, apt failure, missing settings endpoint, ...), reported in one line.
+unreachable, no token or one without scope admin, apt failure, missing settings endpoint, ...), reported in
+one line.
 
 Standard library only. See compat/README.md.
 """
@@ -331,13 +338,62 @@ def sha256_file(path):
 # kmodforge side
 
 
+def read_token_file(path):
+    """The bearer token in `path`: one line, surrounding whitespace stripped. Fatal (naming the file, never its
+    content) when it cannot be read or does not hold exactly one token."""
+    try:
+        token = Path(path).read_text().strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise Fatal(f"token file {path}: {getattr(e, 'strerror', None) or e}")
+    if not token or any(c.isspace() for c in token):
+        raise Fatal(f"token file {path} must hold one token on one line")
+    return token
+
+
 class Server:
-    def __init__(self, base):
+    def __init__(self, base, token_file=None):
+        """`token_file`: a file holding the bearer token, read once here; None sends no Authorization header
+        (enough for a server run with --anonymous-read, and for reads only)."""
         self.base = base.rstrip("/")
+        self.token_file = token_file
+        self._token = read_token_file(token_file) if token_file else None  # never printed
+
+    def __repr__(self):
+        return f"Server({self.base!r})"
+
+    def auth_hint(self, status):
+        """After a 401/403 answer: how to give the script a token (the server's message names the scope)."""
+        if status == 401 and not self.token_file:
+            return (" -- pass --token-file FILE (or set KMODFORGE_TOKEN_FILE; sudo does not pass it on unless "
+                    "told to, e.g. sudo --preserve-env=KMODFORGE_TOKEN_FILE)")
+        if status == 401:
+            return f" -- the server refused the token in {self.token_file}"
+        if status == 403:
+            return f" -- the token in {self.token_file} lacks that scope (the server's admin.token may do everything)"
+        return ""
+
+    def check_admin(self):
+        """Fails fast (Fatal) unless the token may do what an admin may: GET /v1/tokens needs scope admin, reads
+        nothing secret and changes nothing. A server without that route (404: no authentication) passes."""
+        st, parsed, raw = self.json("GET", "/v1/tokens", timeout=30)
+        if st in (401, 403):
+            raise Fatal(f"{self.base}: GET /v1/tokens (a check for scope admin): {error_text(st, parsed, raw)}"
+                        f"{self.auth_hint(st)}")
+
+    def _request(self, method, path, body=None):
+        req = urllib.request.Request(self.base + path, data=body, method=method)
+        if self._token:
+            # Unredirected: urllib would copy an ordinary header to wherever a redirect points.
+            req.add_unredirected_header("Authorization", f"Bearer {self._token}")
+        return req
+
+    def open(self, path, timeout):
+        """GET `path` with the token, the answer left open for streaming (urlopen's errors are raised)."""
+        return urllib.request.urlopen(self._request("GET", path), timeout=timeout)
 
     def request(self, method, path, body=None, ctype=None, timeout=120):
         """(status, bytes). HTTP errors are returned; a connection failure raises Fatal."""
-        req = urllib.request.Request(self.base + path, data=body, method=method)
+        req = self._request(method, path, body)
         if ctype:
             req.add_header("Content-Type", ctype)
         try:
@@ -386,7 +442,7 @@ def prepare_kernels(srv, kernels):
         st, parsed, raw = srv.json("PUT", f"/v1/kernels/{q(k)}", timeout=7200)
         secs = time.monotonic() - t0
         if st != 200:
-            raise Fatal(f"PUT /v1/kernels/{k}: {error_text(st, parsed, raw)}")
+            raise Fatal(f"PUT /v1/kernels/{k}: {error_text(st, parsed, raw)}{srv.auth_hint(st)}")
         image = (parsed or {}).get("image") or {}
         out[k] = {"seconds": round(secs, 2), "image": image.get("tag"), "image_id": image.get("id"),
                   "compiler": (parsed or {}).get("compiler")}
@@ -408,7 +464,10 @@ def register(srv, pkgs, order, keep_cache):
                 log(f"  {p}: {errors[p]}")
                 continue
         body = tar_gz(info["tree"])
-        st, data = srv.request("PUT", path, body, "application/gzip", timeout=600)
+        # After the DELETE, `replace=true` (admin): a version that was built is pinned to its source digest, and
+        # a newer Debian revision can bring other content under the same DKMS version (409 immutable_version).
+        put = path if keep_cache else f"{path}?replace=true"
+        st, data = srv.request("PUT", put, body, "application/gzip", timeout=600)
         try:
             parsed = json.loads(data)
         except ValueError:
@@ -436,7 +495,9 @@ def register(srv, pkgs, order, keep_cache):
                 hint = ""
                 # An older server routes PUT /v1/modules/{name}/settings to "add version 'settings'" and
                 # answers 400 not_a_tar (or 404 unknown_module for GET/DELETE).
-                if st in (404, 405) or kind in ("not_a_tar", "unknown_module", "bad_archive", "invalid_archive"):
+                if st in (401, 403):
+                    hint = srv.auth_hint(st)
+                elif st in (404, 405) or kind in ("not_a_tar", "unknown_module", "bad_archive", "invalid_archive"):
                     hint = (" -- this kmodforge-server does not implement PUT /v1/modules/{name}/settings; "
                             "run a server that has the per-module settings API")
                 elif st == 200:
@@ -458,13 +519,14 @@ class LogFollower(threading.Thread):
 
     def __init__(self, srv, bid, t0, timeout):
         super().__init__(daemon=True)
-        self.url = f"{srv.base}/v1/builds/{q(bid)}/log"
+        self.srv = srv
+        self.path = f"/v1/builds/{q(bid)}/log"
         self.t0, self.timeout = t0, timeout
         self.marks = []  # (seconds since POST, line)
 
     def run(self):
         try:
-            with urllib.request.urlopen(self.url, timeout=self.timeout) as resp:
+            with self.srv.open(self.path, self.timeout) as resp:
                 for raw in resp:
                     line = raw.decode("utf-8", "replace").rstrip("\n")
                     if line.startswith("[kmodforge] "):
@@ -1207,6 +1269,10 @@ def parse_args(argv):
                "1 some row DIFFERENT or harness error; 2 setup error. See compat/README.md.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--server", required=True, help="kmodforge server URL, already running (e.g. http://127.0.0.1:8080)")
+    ap.add_argument("--token-file", metavar="FILE", default=os.environ.get("KMODFORGE_TOKEN_FILE") or None,
+                    help="file holding an admin bearer token (e.g. <data-dir>/admin.token), sent as "
+                         "'Authorization: Bearer' on every request (default: $KMODFORGE_TOKEN_FILE; neither: no "
+                         "header)")
     ap.add_argument("--kernels", default=DEFAULT_KERNELS,
                     help=f"comma-separated kernel releases (default {DEFAULT_KERNELS})")
     ap.add_argument("--packages", help="comma-separated *-dkms packages (default: all of apt-cache search -- -dkms "
@@ -1258,10 +1324,11 @@ def main(argv):
             raise Fatal(f"{tool} not found (a Debian host is needed)")
     if not FETCH.is_file():
         raise Fatal(f"{FETCH} missing")
-    srv = Server(args.server)
+    srv = Server(args.server, args.token_file)
     st, parsed, raw = srv.json("GET", "/healthz", timeout=10)  # fail fast before any download
     if st != 200:
         raise Fatal(f"kmodforge server {args.server}: GET /healthz answered {error_text(st, parsed, raw)}")
+    srv.check_admin()  # PUT /v1/kernels and DELETE /v1/modules need scope admin: fail before any download too
     if not args.skip_dkms and not args.dkms_results and os.geteuid() != 0:
         raise Fatal("the DKMS side needs root: run with sudo, or use --skip-dkms / --dkms-results FILE")
 

@@ -42,11 +42,11 @@ pub(super) async fn build(
     let kernel = kernel(krel)?;
     if let Some(n) = &q.name {
         let (name, _) = module_id(n, q.version.as_deref().unwrap_or("0"))?;
-        caller.require_module(Scope::Publish, &name)?;
+        may_publish(&s, &caller, &name, None)?;
     }
     let body = read_body(&s, body).await?;
     let (name, version) = name_and_version(&s, &q, &body).await?;
-    caller.require_module(Scope::Publish, &name)?;
+    may_publish(&s, &caller, &name, Some(&version))?;
     let add = AddSource {
         name: name.clone(),
         version: version.clone(),
@@ -90,6 +90,30 @@ pub(super) async fn build(
             build_id: done.build.id,
         }),
     }
+}
+
+/// Refuses (and audits) a one-shot for a module the token may not publish.
+fn may_publish(
+    s: &AppState,
+    caller: &Caller,
+    name: &kmodforge_api::names::ModuleName,
+    version: Option<&kmodforge_api::names::ModuleVersion>,
+) -> Result<(), AppError> {
+    let Err(denied) = caller.require_module(Scope::Publish, name) else {
+        return Ok(());
+    };
+    let change = crate::auth::audit::ModuleChange {
+        action: kmodforge_api::auth::AuditAction::ModuleAdd,
+        outcome: kmodforge_api::auth::AuditOutcome::Refused,
+        module: name,
+        version,
+        digest: None,
+        detail: format!("one-shot build: {denied}"),
+    };
+    s.audit
+        .module(caller, change)
+        .map_err(|e| AppError::Internal(e.to_string()))?;
+    Err(denied.into())
 }
 
 /// The upload, at most the archive size limit (413 beyond it).
