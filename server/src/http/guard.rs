@@ -132,14 +132,31 @@ fn token_in_query(query: Option<&str>) -> bool {
     })
 }
 
+/// What the guard needs of the server: a cheap handle, put into every request's
+/// extensions by `app()`.
+#[derive(Clone)]
+pub(super) struct GuardState {
+    pub auth: crate::auth::Auth,
+    pub audit: crate::auth::Audit,
+}
+
 async fn guard(spec: RouteSpec, mut req: Request, next: Next) -> Response {
     let Some(needed) = spec.access.scope() else {
         return next.run(req).await;
     };
-    let Some(state) = req.extensions().get::<AppState>().cloned() else {
+    let Some(state) = req
+        .extensions()
+        .get::<std::sync::Arc<GuardState>>()
+        .cloned()
+    else {
         return AppError::Internal("the guard has no state".into()).into_response();
     };
-    let target = path_module(&mut req).await;
+    // The module the route names: for its limit, or for the audit of a refusal.
+    let target = if matches!(spec.access, Access::Module(_)) || spec.audit.is_some() {
+        path_module(&mut req).await
+    } else {
+        (None, None)
+    };
     if token_in_query(req.uri().query()) {
         return refuse(&state, &spec, Denied::TokenInQuery, None, target);
     }
@@ -188,7 +205,7 @@ async fn path_module(req: &mut Request) -> (Option<ModuleName>, Option<ModuleVer
 /// Answers a refusal; a token refused a change is recorded in the audit log (an
 /// unauthenticated request is only logged: anyone can send those).
 fn refuse(
-    state: &AppState,
+    state: &GuardState,
     spec: &RouteSpec,
     d: Denied,
     actor: Option<String>,

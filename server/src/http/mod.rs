@@ -161,8 +161,11 @@ pub fn app(state: AppState) -> Router {
         .fallback(unknown_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(upload_limit))
-        // The guard of each route finds the state here.
-        .layer(Extension(state.clone()))
+        // The guard of each route finds what it needs here.
+        .layer(Extension(Arc::new(guard::GuardState {
+            auth: state.auth.clone(),
+            audit: state.audit.clone(),
+        })))
         .with_state(state)
 }
 

@@ -19,6 +19,30 @@ pub struct TokenRow {
     pub info: TokenInfo,
 }
 
+/// Tokens already read, valid while the database's `data_version` stays the same
+/// (SQLite changes it when another connection, say `kmodforge-server token revoke`
+/// in another process, commits) and cleared by this process's own token writes.
+/// A revocation is therefore seen by the very next request either way.
+#[derive(Default)]
+pub struct TokenCache {
+    data_version: i64,
+    rows: std::collections::HashMap<String, Option<TokenRow>>,
+}
+
+/// Most tokens kept in the cache; beyond that it starts over (ids of failed
+/// guesses are cached too, as misses, so the bound matters).
+const TOKEN_CACHE_MAX: usize = 4096;
+
+impl SqliteRecords {
+    fn token_cache(&self) -> std::sync::MutexGuard<'_, TokenCache> {
+        self.token_cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn forget_cached_tokens(&self) {
+        self.token_cache().rows.clear();
+    }
+}
+
 /// Outcome of a revocation.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Revoked {
@@ -102,24 +126,45 @@ impl AccessRecords for SqliteRecords {
             params![row.info.name.as_str(), row.id, row.hash, to_json(&row.info)],
         )?;
         tx.commit()?;
+        // Still under the connection's lock: no lookup can cache the old state after this.
+        self.forget_cached_tokens();
         Ok(true)
     }
 
     fn token_by_id(&self, id: &str) -> Result<Option<TokenRow>, RecordsError> {
         let conn = self.conn();
+        let version: i64 = conn
+            .prepare_cached("PRAGMA data_version")?
+            .query_row([], |r| r.get(0))?;
+        {
+            let mut cache = self.token_cache();
+            if cache.data_version != version {
+                cache.rows.clear();
+                cache.data_version = version;
+            }
+            if let Some(row) = cache.rows.get(id) {
+                return Ok(row.clone());
+            }
+        }
         let found: Option<(String, String, String)> = conn
             .prepare_cached("SELECT id, hash, json FROM tokens WHERE id = ?1")?
             .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .optional()?;
-        found
+        let row = found
             .map(|(id, hash, json)| {
-                Ok(TokenRow {
+                Ok::<_, RecordsError>(TokenRow {
                     id,
                     hash,
                     info: from_json("tokens", &json)?,
                 })
             })
-            .transpose()
+            .transpose()?;
+        let mut cache = self.token_cache();
+        if cache.rows.len() >= TOKEN_CACHE_MAX {
+            cache.rows.clear();
+        }
+        cache.rows.insert(id.to_string(), row.clone());
+        Ok(row)
     }
 
     fn list_tokens(&self) -> Result<Vec<TokenInfo>, RecordsError> {
@@ -149,6 +194,8 @@ impl AccessRecords for SqliteRecords {
             params![name.as_str(), to_json(&info)],
         )?;
         tx.commit()?;
+        // Still under the connection's lock: no lookup can cache the old state after this.
+        self.forget_cached_tokens();
         Ok(Revoked::Now(info))
     }
 
@@ -159,8 +206,9 @@ impl AccessRecords for SqliteRecords {
     }
 
     fn forget_token(&self, name: &TokenName) -> Result<(), RecordsError> {
-        self.conn()
-            .execute("DELETE FROM tokens WHERE name = ?1", [name.as_str()])?;
+        let conn = self.conn();
+        conn.execute("DELETE FROM tokens WHERE name = ?1", [name.as_str()])?;
+        self.forget_cached_tokens();
         Ok(())
     }
 
@@ -290,6 +338,42 @@ mod tests {
         assert!(r.any_tokens().unwrap());
         let nope = TokenName::parse("nope").unwrap();
         assert_eq!(r.revoke_token(&nope, "t").unwrap(), Revoked::Unknown);
+    }
+
+    #[test]
+    fn a_revocation_by_another_process_is_seen_at_once() {
+        let (dir, server) = records();
+        let cli = SqliteRecords::open(&dir.path().join("db")).unwrap();
+        assert!(server.insert_token(&row("fleet", "id1")).unwrap());
+        // Cached by the server's connection...
+        assert!(server
+            .token_by_id("id1")
+            .unwrap()
+            .unwrap()
+            .info
+            .revoked_at
+            .is_none());
+        assert!(server.token_by_id("id1").unwrap().is_some());
+        // ...revoked through another connection (the command line), seen by the next lookup.
+        let name = TokenName::parse("fleet").unwrap();
+        assert!(matches!(
+            cli.revoke_token(&name, "t1").unwrap(),
+            Revoked::Now(_)
+        ));
+        assert_eq!(
+            server
+                .token_by_id("id1")
+                .unwrap()
+                .unwrap()
+                .info
+                .revoked_at
+                .as_deref(),
+            Some("t1")
+        );
+        // A token created elsewhere after a cached miss is found too.
+        assert!(server.token_by_id("id2").unwrap().is_none());
+        assert!(cli.insert_token(&row("ci", "id2")).unwrap());
+        assert!(server.token_by_id("id2").unwrap().is_some());
     }
 
     #[test]

@@ -95,6 +95,9 @@ pub trait Records: AccessRecords + Send + Sync {
 /// SQLite-backed records (one connection, serialized; calls are sub-millisecond).
 pub struct SqliteRecords {
     conn: Mutex<Connection>,
+    /// Tokens read before, by id, with the database's `data_version` they were read
+    /// at (see `access.rs`): a bearer check then costs no query of the tokens table.
+    pub(super) token_cache: Mutex<super::access::TokenCache>,
 }
 
 const SCHEMA: &str = "
@@ -135,6 +138,7 @@ impl SqliteRecords {
         conn.execute_batch(super::access::ACCESS_SCHEMA)?;
         Ok(SqliteRecords {
             conn: Mutex::new(conn),
+            token_cache: Mutex::new(Default::default()),
         })
     }
 
