@@ -2,7 +2,8 @@
 //!
 //! The key is a sha256 over a domain-separated, versioned, canonical JSON encoding of
 //! everything that decides the output: the source archive digest, the kernel and arch,
-//! the builder image, the evaluated build plan and the build options. Canonical means
+//! the builder image, the evaluated build plan, the build options and the module-signing
+//! certificate. Canonical means
 //! object keys sorted at every level and no insignificant whitespace, independent of
 //! serde_json's `preserve_order` feature. Changing what goes into the key, or how, must
 //! bump [`DOMAIN`], so old and new keys can never collide.
@@ -15,7 +16,7 @@ use crate::dkms::BuildPlan;
 use crate::names::{Arch, ArtifactKey, KernelRelease, SourceDigest};
 
 /// Prefix hashed before the JSON: names the purpose and the encoding version.
-pub const DOMAIN: &str = "kmodforge-cache-key-v1\n";
+pub const DOMAIN: &str = "kmodforge-cache-key-v2\n";
 
 /// The inputs of a build, borrowed.
 #[derive(Clone, Debug, Serialize)]
@@ -32,6 +33,9 @@ pub struct CacheKeyParts<'a> {
     pub plan: &'a BuildPlan,
     /// Build options that change the output.
     pub options: &'a Value,
+    /// sha256 of the module-signing certificate the modules are signed with
+    /// (`None`: unsigned): a new key means new artifacts.
+    pub signing_certificate: Option<&'a str>,
 }
 
 /// The cache key of a build: sha256(DOMAIN ‖ canonical JSON of `parts`).
@@ -120,6 +124,7 @@ mod tests {
         image: String,
         plan: BuildPlan,
         options: Value,
+        signing: Option<String>,
     }
 
     impl Inputs {
@@ -131,6 +136,7 @@ mod tests {
                 image: "sha256:abc".into(),
                 plan: plan(),
                 options: json!({"sign": false, "compress": "none"}),
+                signing: Some("a".repeat(64)),
             }
         }
 
@@ -142,6 +148,7 @@ mod tests {
                 builder_image_id: &self.image,
                 plan: &self.plan,
                 options: &self.options,
+                signing_certificate: self.signing.as_deref(),
             })
         }
     }
@@ -164,7 +171,7 @@ mod tests {
     #[test]
     fn every_part_changes_the_key() {
         let base = Inputs::new().key();
-        let changes: [fn(&mut Inputs); 7] = [
+        let changes: [fn(&mut Inputs); 9] = [
             |i| i.digest = SourceDigest::from_sha256([8; 32]),
             |i| i.kernel = KernelRelease::parse("6.1.0-56-amd64").unwrap(),
             |i| i.arch = Arch::parse("aarch64").unwrap(),
@@ -172,6 +179,8 @@ mod tests {
             |i| i.plan.make.push_str(" V=1"),
             |i| i.plan.modules[0].strip = false,
             |i| i.options = json!({"sign": true, "compress": "none"}),
+            |i| i.signing = None,
+            |i| i.signing = Some("b".repeat(64)),
         ];
         for (n, change) in changes.iter().enumerate() {
             let mut inputs = Inputs::new();

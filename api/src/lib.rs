@@ -8,6 +8,7 @@
 //! (`wire`).
 
 pub mod archive;
+pub mod attest;
 pub mod auth;
 pub mod cachekey;
 pub mod dkms;

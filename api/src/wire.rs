@@ -57,6 +57,10 @@ pub struct BuildRequest {
     /// cache key: a cached artifact without a check is checked when one is asked for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot_check: Option<bool>,
+    /// Sign the modules with the server's module-signing key; `None` uses the
+    /// server's default. Part of the cache key (through the key's identity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sign: Option<bool>,
 }
 
 /// The life cycle of a build.
@@ -249,6 +253,32 @@ pub struct Manifest {
     /// The boot check of these modules in their kernel, once one ran.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot_check: Option<BootCheck>,
+    /// Whether, and by whom, the modules are signed (absent on artifacts built
+    /// before signing existed: unsigned).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module_signing: Option<ModuleSigning>,
+    /// The server's signature over this manifest's statement (see [`crate::attest`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attestation: Option<crate::attest::Attestation>,
+}
+
+/// The module signatures of an artifact: every `.ko` carries an appended PKCS#7
+/// signature in the kernel's format, or none does.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModuleSigning {
+    pub signed: bool,
+    /// The certificate's common name (`modinfo`'s `signer`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signer: Option<String>,
+    /// The certificate's serial number as `modinfo` prints `sig_key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+    /// `sha256` (`modinfo`'s `sig_hashalgo`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_algo: Option<String>,
+    /// sha256 of the certificate's DER; `GET /v1/keys` serves it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_sha256: Option<String>,
 }
 
 /// The artifact's kernel, the distro's own `linux-image-<krel>`, booted under qemu
@@ -286,8 +316,35 @@ pub struct BootCheck {
     pub timed_out: bool,
     /// Every module loaded, in load order: in-kernel dependencies and the built ones.
     pub modules: Vec<BootModule>,
+    /// The kernel ran with `module.sig_enforce=1` and the server's module-signing
+    /// certificate in its trusted keys (UEFI `db`): the built modules loaded under
+    /// enforcement.
+    #[serde(default)]
+    pub signature_enforced: bool,
+    /// The kernel loaded the server's certificate into a keyring (its boot log says so).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trusted_cert_loaded: Option<bool>,
+    /// Under enforcement: copies of a built module, unsigned and signed with
+    /// another key, that the kernel had to refuse.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub probes: Vec<SignatureProbe>,
     /// The last lines of the guest's serial console.
     pub console_tail: String,
+}
+
+/// A copy of a built module the kernel must refuse under signature enforcement.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignatureProbe {
+    /// `unsigned` or `foreign` (signed with a key the kernel does not trust).
+    pub kind: String,
+    pub file: String,
+    /// insmod failed with EKEYREJECTED (`Key was rejected by service`).
+    pub rejected: bool,
+    pub rc: Option<i32>,
+    pub error: Option<String>,
+    /// The kernel's messages about it (`Loading of unsigned module is rejected`).
+    #[serde(default)]
+    pub messages: Vec<String>,
 }
 
 /// One module loaded by a [`BootCheck`].
@@ -363,4 +420,43 @@ pub struct ErrorDetail {
     /// The scope the request needed (`unauthorized` and `forbidden` answers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<crate::auth::Scope>,
+}
+
+/// What a server key signs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyPurpose {
+    /// Kernel modules (X.509 certificate, RSA): what hosts enrol (MOK) or trust.
+    ModuleSigning,
+    /// Manifests (Ed25519): what agents pin in `trusted_keys`.
+    Manifest,
+}
+
+impl KeyPurpose {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyPurpose::ModuleSigning => "module_signing",
+            KeyPurpose::Manifest => "manifest",
+        }
+    }
+}
+
+/// A public key the server signs (or signed) with (`GET /v1/keys`, no token needed).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublicKey {
+    pub purpose: KeyPurpose,
+    /// The certificate's sha256 (module signing) or `ed25519:<hex>` (manifests).
+    pub id: String,
+    /// The certificate as PEM, or the `ed25519:<hex>` key.
+    pub public: String,
+    /// Module signing: the certificate's common name and serial (`modinfo`'s
+    /// `signer` and `sig_key`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+    /// When the server first used it.
+    pub first_used: String,
+    /// The key the server signs with now (older ones stay listed for old artifacts).
+    pub current: bool,
 }

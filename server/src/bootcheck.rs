@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use kmodforge_api::names::KernelRelease;
-use kmodforge_api::wire::{BootCheck, BootModule};
+use kmodforge_api::wire::{BootCheck, BootModule, SignatureProbe};
 use serde::Deserialize;
 
 use crate::builds::log::LogBuffer;
@@ -36,6 +36,9 @@ pub struct BootCheckSettings {
     pub default: bool,
     /// Limit of the guest's run (boot, loads, power-off).
     pub timeout: Duration,
+    /// Check signed artifacts under signature enforcement (OVMF, the certificate
+    /// in the UEFI db, `module.sig_enforce=1`).
+    pub enforce_signed: bool,
 }
 
 /// Why a check could not run (the module is not to blame).
@@ -53,6 +56,24 @@ pub enum CheckError {
     Report(String),
     #[error("building the module tar: {0}")]
     Tar(std::io::Error),
+}
+
+/// Signature enforcement of a check: the certificate the kernel is to trust
+/// (public: the private key never goes near a container) and copies of a module
+/// that the kernel must refuse.
+pub struct Enforcement {
+    pub cert_der: Vec<u8>,
+    /// The certificate's common name, as the kernel names it when it loads it.
+    pub cert_cn: String,
+    pub probes: Vec<Probe>,
+}
+
+/// A module copy the kernel must refuse under enforcement.
+pub struct Probe {
+    /// `unsigned` or `foreign`.
+    pub kind: &'static str,
+    pub file: String,
+    pub bytes: Vec<u8>,
 }
 
 /// Runs boot checks in verifier images.
@@ -75,6 +96,11 @@ impl BootChecker {
         self.settings.default
     }
 
+    /// Whether signed artifacts are checked under signature enforcement.
+    pub fn enforce_signed(&self) -> bool {
+        self.settings.enforce_signed
+    }
+
     /// The verifier image of `kernel`, built if needed (once).
     pub async fn image(&self, kernel: &KernelRelease) -> Result<ReadyImage, ImageError> {
         self.images.ensure(kernel).await
@@ -87,12 +113,14 @@ impl BootChecker {
 
     /// Boots `kernel` in its verifier image with `modules` (file name, contents)
     /// and returns the check's record; a module that does not load is a failed
-    /// check (`passed: false`), not an error.
+    /// check (`passed: false`), not an error. With `enforce`, the kernel runs with
+    /// `module.sig_enforce=1` and trusts only its own keys and the given certificate.
     pub async fn check(
         &self,
         job_id: &str,
         kernel: &KernelRelease,
         modules: &[(String, Vec<u8>)],
+        enforce: Option<&Enforcement>,
         log: &LogBuffer,
     ) -> Result<BootCheck, CheckError> {
         let started = Instant::now();
@@ -101,12 +129,20 @@ impl BootChecker {
             "boot check: verifier image {} ({})",
             image.image.tag, image.image.id
         ));
-        let tar = flat_tar(
-            modules
-                .iter()
-                .map(|(f, b)| (f.as_str(), 0o644, b.as_slice())),
-        )
-        .map_err(CheckError::Tar)?;
+        let tar = input_tar(modules, enforce).map_err(CheckError::Tar)?;
+        let mut env = vec![
+            format!("KMF_KREL={kernel}"),
+            format!("KMF_BOOT_TIMEOUT={}", self.settings.timeout.as_secs()),
+        ];
+        if let Some(e) = enforce {
+            env.push("KMF_SIG_ENFORCE=1".into());
+            env.push(format!("KMF_TRUSTED_CN={}", e.cert_cn));
+            log.note(&format!(
+                "boot check: module.sig_enforce=1, trusting {} (UEFI db), {} copies that must be refused",
+                e.cert_cn,
+                e.probes.len()
+            ));
+        }
         let spec = ContainerSpec {
             job_id,
             role: "check",
@@ -120,10 +156,7 @@ impl BootChecker {
         let out = container
             .exec(Exec {
                 cmd: vec![BOOTCHECK.into()],
-                env: vec![
-                    format!("KMF_KREL={kernel}"),
-                    format!("KMF_BOOT_TIMEOUT={}", timeout.as_secs()),
-                ],
+                env,
                 stdin: Some(Bytes::from(tar)),
                 collect_stdout: Some(MAX_REPORT),
                 log,
@@ -159,6 +192,25 @@ impl BootChecker {
     }
 }
 
+/// The tar `bootcheck` reads: the modules at the top, and under enforcement the
+/// certificate (`kmf-trust/`) and the probes (`kmf-probe/<kind>/`).
+fn input_tar(
+    modules: &[(String, Vec<u8>)],
+    enforce: Option<&Enforcement>,
+) -> std::io::Result<Vec<u8>> {
+    let mut entries: Vec<(String, &[u8])> = modules
+        .iter()
+        .map(|(f, b)| (f.clone(), b.as_slice()))
+        .collect();
+    if let Some(e) = enforce {
+        entries.push(("kmf-trust/module-signing.der".into(), &e.cert_der));
+        for p in &e.probes {
+            entries.push((format!("kmf-probe/{}/{}", p.kind, p.file), &p.bytes));
+        }
+    }
+    flat_tar(entries.iter().map(|(f, b)| (f.as_str(), 0o644, *b)))
+}
+
 /// `bootcheck`'s stdout (images/verifier/README.md); extra keys are ignored.
 #[derive(Debug, Deserialize)]
 struct Report {
@@ -182,6 +234,12 @@ struct Report {
     timed_out: bool,
     #[serde(default)]
     boot_image: Option<String>,
+    #[serde(default)]
+    signature_enforced: bool,
+    #[serde(default)]
+    trusted_cert_loaded: Option<bool>,
+    #[serde(default)]
+    probes: Vec<SignatureProbe>,
 }
 
 impl Report {
@@ -208,6 +266,9 @@ impl Report {
             timed_out: self.timed_out,
             modules: self.modules,
             console_tail: self.console_tail,
+            signature_enforced: self.signature_enforced,
+            trusted_cert_loaded: self.trusted_cert_loaded,
+            probes: self.probes,
         }
     }
 }

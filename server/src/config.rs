@@ -105,6 +105,45 @@ pub struct Config {
     #[arg(long, env = "KMODFORGE_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
 
+    /// Boot-check signed artifacts under signature enforcement: UEFI firmware
+    /// (OVMF) with the module-signing certificate in its db, `module.sig_enforce=1`,
+    /// and an unsigned and a foreign-signed copy that must be refused.
+    #[arg(long, env = "KMODFORGE_BOOT_CHECK_ENFORCE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub boot_check_enforce: bool,
+
+    /// Sign built modules with the module-signing key when a request does not say
+    /// (`"sign"`); unsigned artifacts say so in their manifest.
+    #[arg(long, env = "KMODFORGE_SIGN_MODULES", default_value_t = true, action = clap::ArgAction::Set)]
+    pub sign_modules: bool,
+
+    /// The module-signing private key (PEM, RSA); with `--module-signing-cert`.
+    /// Default: a key generated on first start in `<data-dir>/keys/` (0600).
+    #[arg(
+        long,
+        env = "KMODFORGE_MODULE_SIGNING_KEY",
+        requires = "module_signing_cert"
+    )]
+    pub module_signing_key: Option<PathBuf>,
+
+    /// The module-signing X.509 certificate (PEM) of `--module-signing-key`.
+    #[arg(
+        long,
+        env = "KMODFORGE_MODULE_SIGNING_CERT",
+        requires = "module_signing_key"
+    )]
+    pub module_signing_cert: Option<PathBuf>,
+
+    /// The manifest-signing private key (PEM PKCS#8, Ed25519;
+    /// `openssl genpkey -algorithm ed25519`). Default: generated on first start.
+    #[arg(long, env = "KMODFORGE_MANIFEST_SIGNING_KEY")]
+    pub manifest_signing_key: Option<PathBuf>,
+
+    /// Audit: write a copy of every container's create request and of each exec's
+    /// command, environment and stdin into this directory (every source tree
+    /// too; off by default). Shows that no private key ever enters a container.
+    #[arg(long, env = "KMODFORGE_TRACE_CONTAINER_INPUT")]
+    pub trace_container_input: Option<PathBuf>,
+
     /// Image preparations (base image bootstraps, builder, verifier and package
     /// images) running at once; more wait.
     #[arg(long, env = "KMODFORGE_MAX_IMAGE_BUILDS", default_value_t = 2)]
@@ -118,6 +157,16 @@ fn default_jobs() -> u32 {
 }
 
 impl Config {
+    /// Where the signing keys come from.
+    pub fn key_settings(&self) -> crate::keys::KeySettings {
+        crate::keys::KeySettings {
+            module_key: self.module_signing_key.clone(),
+            module_cert: self.module_signing_cert.clone(),
+            manifest_key: self.manifest_signing_key.clone(),
+            sign_default: self.sign_modules,
+        }
+    }
+
     /// The sandbox limits these settings describe.
     pub fn sandbox_limits(&self) -> SandboxLimits {
         SandboxLimits {

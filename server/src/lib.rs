@@ -16,6 +16,7 @@ pub mod config;
 pub mod flat_tar;
 pub mod http;
 pub mod images;
+pub mod keys;
 pub mod sandbox;
 pub mod sources;
 pub mod store;
@@ -43,6 +44,8 @@ pub enum StartError {
     Token(#[from] auth::TokenError),
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("signing keys: {0}")]
+    Keys(#[from] keys::KeyError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: std::net::SocketAddr,
@@ -59,8 +62,26 @@ pub async fn init(config: &Config) -> Result<AppState, StartError> {
     if let Some(path) = auth::bootstrap_admin(store.records.clone(), &config.data_dir)? {
         tracing::info!(path = %path.display(), "first start: wrote an admin token (mode 0600); create narrower tokens with it and keep it safe");
     }
-    let sandbox =
+    let keys = keys::Keys::open(
+        &config.data_dir,
+        &config.key_settings(),
+        store.records.clone(),
+    )?;
+    tracing::info!(
+        module_signing = %keys.module_info().signer,
+        certificate_sha256 = %keys.module_info().cert_sha256,
+        manifest_key = %keys.manifest_public(),
+        sign_by_default = config.sign_modules,
+        "signing keys ready"
+    );
+    let mut sandbox =
         sandbox::Sandbox::connect(config.sandbox_limits(), owner_id(&config.data_dir)).await?;
+    if let Some(dir) = &config.trace_container_input {
+        sandbox = sandbox.with_input_trace(dir.clone()).map_err(|e| {
+            StartError::Config(format!("--trace-container-input {}: {e}", dir.display()))
+        })?;
+        tracing::warn!(dir = %dir.display(), "writing a copy of every container input (audit trace)");
+    }
     let image_settings = images::ImageSettings {
         images_dir: config.images_dir.clone(),
         base_image: config.base_image.clone(),
@@ -83,6 +104,7 @@ pub async fn init(config: &Config) -> Result<AppState, StartError> {
         bootcheck::BootCheckSettings {
             default: config.boot_check,
             timeout: std::time::Duration::from_secs(config.boot_timeout_secs),
+            enforce_signed: config.boot_check_enforce,
         },
     );
     let builds = builds::Builds::new(
@@ -90,6 +112,7 @@ pub async fn init(config: &Config) -> Result<AppState, StartError> {
         sandbox,
         images.clone(),
         checker,
+        keys.clone(),
         builds::BuildSettings {
             max_builds: config.max_builds,
             usr_volumes: config.usr_volumes,
@@ -108,6 +131,7 @@ pub async fn init(config: &Config) -> Result<AppState, StartError> {
         store,
         builds,
         images,
+        keys,
         oneshot_wait: std::time::Duration::from_secs(config.oneshot_wait_secs),
     })
 }

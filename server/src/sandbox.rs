@@ -15,6 +15,8 @@
 //! evaluation, build and collection, and is removed when the job ends.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
@@ -129,6 +131,28 @@ pub struct Sandbox {
     docker: Docker,
     limits: SandboxLimits,
     owner: String,
+    trace: Option<Arc<InputTrace>>,
+}
+
+/// An audit copy of everything the server hands to containers: each container's
+/// create request, and each exec's command, environment and stdin, one file each
+/// (`--trace-container-input DIR`). For checking that no secret (a signing key)
+/// ever enters a sandbox; it writes every uploaded source tree too, so it is off
+/// by default.
+pub struct InputTrace {
+    dir: std::path::PathBuf,
+    seq: AtomicU64,
+}
+
+impl InputTrace {
+    fn record(&self, container: &str, what: &str, bytes: &[u8]) {
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        let short: String = container.chars().take(24).collect();
+        let path = self.dir.join(format!("{n:06}-{short}-{what}"));
+        if let Err(e) = std::fs::write(&path, bytes) {
+            tracing::warn!(path = %path.display(), error = %e, "container input trace not written");
+        }
+    }
 }
 
 /// What a job container is made from.
@@ -150,6 +174,7 @@ pub struct ContainerSpec<'a> {
 pub struct JobContainer {
     docker: Docker,
     pub id: String,
+    trace: Option<Arc<InputTrace>>,
 }
 
 impl Sandbox {
@@ -166,7 +191,18 @@ impl Sandbox {
             docker,
             limits,
             owner,
+            trace: None,
         })
+    }
+
+    /// Writes an audit copy of every container input under `dir` (see [`InputTrace`]).
+    pub fn with_input_trace(mut self, dir: std::path::PathBuf) -> std::io::Result<Self> {
+        std::fs::create_dir_all(&dir)?;
+        self.trace = Some(Arc::new(InputTrace {
+            dir,
+            seq: AtomicU64::new(0),
+        }));
+        Ok(self)
     }
 
     pub fn docker(&self) -> &Docker {
@@ -182,6 +218,13 @@ impl Sandbox {
         let name = format!("kmodforge-{}-{}", spec.role, spec.job_id);
         let options = CreateContainerOptionsBuilder::default().name(&name).build();
         let body = self.container_body(spec);
+        if let Some(t) = &self.trace {
+            t.record(
+                &name,
+                "create.json",
+                &serde_json::to_vec_pretty(&body).unwrap_or_default(),
+            );
+        }
         let created = self
             .docker
             .create_container(Some(options), body)
@@ -194,6 +237,7 @@ impl Sandbox {
         let container = JobContainer {
             docker: self.docker.clone(),
             id: created.id,
+            trace: self.trace.clone(),
         };
         if let Err(source) = self.docker.start_container(&container.id, None).await {
             container.remove().await;
@@ -288,6 +332,7 @@ impl Sandbox {
                 JobContainer {
                     docker: self.docker.clone(),
                     id,
+                    trace: None,
                 }
                 .remove()
                 .await;
@@ -303,6 +348,13 @@ impl JobContainer {
     pub async fn exec(&self, exec: Exec<'_>) -> Result<ExecOutcome, SandboxError> {
         let started = Instant::now();
         let cmd_text = exec.cmd.join(" ");
+        if let Some(t) = &self.trace {
+            let head = format!("cmd: {cmd_text}\nenv:\n{}\n", exec.env.join("\n"));
+            t.record(&self.id, "exec.txt", head.as_bytes());
+            if let Some(stdin) = &exec.stdin {
+                t.record(&self.id, "stdin", stdin);
+            }
+        }
         let options = CreateExecOptions {
             cmd: Some(exec.cmd.clone()),
             env: Some(exec.env.clone()),

@@ -1,7 +1,6 @@
 //! Token management: create (the secret shown once), list, revoke, each audited;
 //! and the first admin token, written 0600 into the data directory on first start.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -13,7 +12,7 @@ use kmodforge_api::names::TokenName;
 use super::token::{self, NoEntropy};
 use super::{Audit, Caller};
 use crate::builds::now_rfc3339;
-use crate::store::{Records, RecordsError, Revoked, TokenRow};
+use crate::store::{write_secret, Records, RecordsError, Revoked, TokenRow};
 
 /// The first admin token's file, under the data directory.
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
@@ -144,28 +143,10 @@ pub fn bootstrap_admin(
         Err(e) => return Err(e),
     };
     let path = data_dir.join(ADMIN_TOKEN_FILE);
-    if let Err(source) = write_secret(&path, &created.token) {
+    if let Err(source) = write_secret(&path, format!("{}\n", created.token).as_bytes()) {
         // Nobody could use a token whose only copy was not written.
         let _ = records.forget_token(&name);
         return Err(TokenError::File { path, source });
     }
     Ok(Some(path))
-}
-
-/// Writes `secret` + newline to `path` with mode 0600 (temp file + rename, so a
-/// reader never sees half a token and the mode is right from the first byte).
-fn write_secret(path: &Path, secret: &str) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(".{ADMIN_TOKEN_FILE}.tmp"));
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(secret.as_bytes())?;
-    f.write_all(b"\n")?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
 }

@@ -13,7 +13,8 @@ use kmodforge_api::wire::{BootCheck, BuildRequest, Failure, FailureKind, Manifes
 
 use super::run::Outcome;
 use super::{failure, Builds, Job};
-use crate::bootcheck::summary;
+use crate::bootcheck::{summary, Enforcement, Probe};
+use crate::keys::split_signature;
 
 /// Kernel messages of a failed module copied into the build log (the manifest
 /// keeps them all).
@@ -102,6 +103,7 @@ impl Builds {
             Err(e) => return Err(infra(e.to_string())),
         }
         let modules = self.modules_to_load(&manifest).map_err(infra)?;
+        let enforce = self.enforcement(&manifest, &modules).map_err(infra)?;
         let permit = match self.slot(job).await {
             Ok(p) => p,
             Err(Outcome::Failed(f)) => return Err(f),
@@ -114,7 +116,13 @@ impl Builds {
         ));
         let check = self
             .checker
-            .check(&job.id, &manifest.kernel, &modules, &job.log)
+            .check(
+                &job.id,
+                &manifest.kernel,
+                &modules,
+                enforce.as_ref(),
+                &job.log,
+            )
             .await;
         drop(permit);
         let check = check.map_err(|e| infra(e.to_string()))?;
@@ -124,11 +132,62 @@ impl Builds {
         }
         let mut manifest = manifest;
         manifest.boot_check = Some(check);
+        // The check is part of what the manifest states: sign it again.
+        self.keys
+            .attest(&mut manifest)
+            .map_err(|e| infra(format!("signing the manifest: {e}")))?;
         match self.store.records.update_manifest(&manifest) {
             Ok(true) => Ok(manifest),
             Ok(false) => Err(infra("the artifact was deleted during the check".into())),
             Err(e) => Err(infra(e.to_string())),
         }
+    }
+
+    /// Signature enforcement for a signed artifact (unless turned off): its
+    /// certificate, and an unsigned and a foreign-signed copy of its first module.
+    fn enforcement(
+        &self,
+        manifest: &Manifest,
+        modules: &[(String, Vec<u8>)],
+    ) -> Result<Option<Enforcement>, String> {
+        let Some(sha) = manifest
+            .module_signing
+            .as_ref()
+            .filter(|s| s.signed)
+            .and_then(|s| s.certificate_sha256.as_deref())
+        else {
+            return Ok(None);
+        };
+        if !self.checker.enforce_signed() {
+            return Ok(None);
+        }
+        let (cert_der, cert_cn) = self.keys.certificate(sha, &*self.store.records)?;
+        let Some((file, signed)) = modules.first() else {
+            return Ok(None);
+        };
+        let (unsigned, _) = split_signature(signed)
+            .ok_or_else(|| format!("{file} is recorded as signed but carries no signature"))?;
+        let foreign = self
+            .keys
+            .foreign()
+            .and_then(|k| k.sign(unsigned))
+            .map_err(|e| format!("signing the foreign probe: {e}"))?;
+        Ok(Some(Enforcement {
+            cert_der,
+            cert_cn,
+            probes: vec![
+                Probe {
+                    kind: "unsigned",
+                    file: file.clone(),
+                    bytes: unsigned.to_vec(),
+                },
+                Probe {
+                    kind: "foreign",
+                    file: file.clone(),
+                    bytes: foreign,
+                },
+            ],
+        }))
     }
 
     /// The artifact's `.ko` files and those of its BUILD_DEPENDS artifacts (all

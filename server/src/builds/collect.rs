@@ -4,6 +4,9 @@
 //! against the target kernel, stored as a content-addressed blob, and only then
 //! is the manifest recorded: the manifest is the commit point, so a crash
 //! midway leaves at worst unreferenced blobs, never a manifest without files.
+//! Modules are signed here, in the server process, after the checks (the
+//! sandbox stripped them already, as DKMS does before signing), and the stored
+//! blob is the signed file: nothing changes it afterwards.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -15,6 +18,7 @@ use kmodforge_api::names::{
 };
 use kmodforge_api::wire::{ArtifactFile, BlobRef, DependencyRef, FailureKind, ImageRef, Manifest};
 
+use crate::keys::{Keys, ModuleSigningKey};
 use crate::store::Store;
 
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +40,12 @@ pub enum CollectError {
     },
     #[error("{what}: reading the module tar from the sandbox: {reason}")]
     BadTar { what: String, reason: String },
+    #[error("{what}: signing {file}: {reason}")]
+    Sign {
+        what: String,
+        file: String,
+        reason: String,
+    },
     #[error("{what}: storing {file}: {reason}")]
     Store {
         what: String,
@@ -50,7 +60,9 @@ impl CollectError {
             CollectError::Missing { .. } => FailureKind::MissingModule,
             CollectError::WrongVermagic { .. } => FailureKind::WrongVermagic,
             CollectError::NotAModule { .. } => FailureKind::CompileError,
-            CollectError::BadTar { .. } | CollectError::Store { .. } => FailureKind::Infrastructure,
+            CollectError::BadTar { .. }
+            | CollectError::Store { .. }
+            | CollectError::Sign { .. } => FailureKind::Infrastructure,
         }
     }
 }
@@ -75,6 +87,10 @@ pub struct CollectInput<'a> {
     pub dependencies: Vec<DependencyRef>,
     /// File names of the DKMS overrides that applied.
     pub overrides: Vec<String>,
+    /// Signs the modules; `None`: the artifact stays unsigned.
+    pub signer: Option<&'a ModuleSigningKey>,
+    /// Attests the manifest.
+    pub keys: &'a Keys,
 }
 
 impl CollectInput<'_> {
@@ -142,6 +158,14 @@ pub fn collect_artifact(
                 kernel: input.kernel.to_string(),
             });
         }
+        let data = match input.signer {
+            None => data,
+            Some(k) => k.sign(&data).map_err(|e| CollectError::Sign {
+                what: input.what(),
+                file: file.clone(),
+                reason: e.to_string(),
+            })?,
+        };
         out.push((file, spec.dest_location.clone(), data, modinfo));
     }
     let store_err = |file: &str, e: crate::store::BlobError| CollectError::Store {
@@ -167,7 +191,7 @@ pub fn collect_artifact(
             modinfo,
         });
     }
-    let manifest = Manifest {
+    let mut manifest = Manifest {
         key: input.key.clone(),
         name: input.name.clone(),
         version: input.version.clone(),
@@ -185,7 +209,17 @@ pub fn collect_artifact(
         dependencies: input.dependencies.clone(),
         overrides: input.overrides.clone(),
         boot_check: None,
+        module_signing: Some(Keys::signing_facts(input.signer)),
+        attestation: None,
     };
+    input
+        .keys
+        .attest(&mut manifest)
+        .map_err(|e| CollectError::Sign {
+            what: input.what(),
+            file: "manifest".into(),
+            reason: e.to_string(),
+        })?;
     store
         .records
         .put_artifact(&manifest)

@@ -166,6 +166,8 @@ impl Builds {
                 options: Default::default(),
                 // Built to compile against; the dependent's check loads its modules too.
                 boot_check: Some(false),
+                // Signed like the dependent: both load into the same kernel.
+                sign: req.sign,
             };
             let dep_what = format!("{}/{}", module.name, module.version);
             let submitted = self

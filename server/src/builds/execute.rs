@@ -182,6 +182,8 @@ impl Builds {
             packages: &ctx.extras.packages,
             dependencies: ctx.extras.dependency_refs(),
             overrides: ctx.extras.override_names(),
+            signer: self.keys.module_signer(ctx.req.sign),
+            keys: &self.keys,
         };
         match collect_artifact(&self.store, &input, tar) {
             Ok(manifest) => {

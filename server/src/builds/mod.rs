@@ -27,6 +27,7 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::bootcheck::BootChecker;
 use crate::images::BuilderImages;
+use crate::keys::Keys;
 use crate::sandbox::Sandbox;
 use crate::store::{RecordsError, Store};
 use crate::usr_volumes::UsrVolumeCache;
@@ -100,6 +101,8 @@ pub struct Builds {
     sandbox: Sandbox,
     images: Arc<BuilderImages>,
     checker: BootChecker,
+    /// Module signing and manifest attestation (private keys stay in this process).
+    keys: Arc<Keys>,
     /// Per-artifact locks of boot checks.
     check_locks: Mutex<HashMap<ArtifactKey, Arc<tokio::sync::Mutex<()>>>>,
     usr_volumes: UsrVolumeCache,
@@ -120,9 +123,11 @@ impl Builds {
         sandbox: Sandbox,
         images: Arc<BuilderImages>,
         checker: BootChecker,
+        keys: Arc<Keys>,
         settings: BuildSettings,
     ) -> Arc<Self> {
         Arc::new(Builds {
+            keys,
             store,
             usr_volumes: UsrVolumeCache::new(sandbox.clone(), settings.usr_volumes),
             sandbox,
@@ -132,6 +137,13 @@ impl Builds {
             permits: Semaphore::new(settings.max_builds),
             inflight: Mutex::new(Inflight::default()),
         })
+    }
+
+    /// The certificate (sha256) `req`'s modules are signed with; `None`: unsigned.
+    fn signing_identity(&self, req: &BuildRequest) -> Option<&str> {
+        self.keys
+            .module_signer(req.sign)
+            .map(|k| k.info().cert_sha256.as_str())
     }
 
     fn inflight(&self) -> std::sync::MutexGuard<'_, Inflight> {
@@ -160,7 +172,15 @@ impl Builds {
         }
         // Settings change what a job does: a request after a change never joins a job
         // started before it.
-        let key = request_key(&module, &req, &arch, &settings, self.wants_check(&req));
+        let signing = self.signing_identity(&req);
+        let key = request_key(
+            &module,
+            &req,
+            &arch,
+            &settings,
+            self.wants_check(&req),
+            signing,
+        );
         let job = {
             let mut inflight = self.inflight();
             if let Some(job) = inflight.by_request.get(&key) {
@@ -324,11 +344,12 @@ fn request_key(
     arch: &Arch,
     settings: &ModuleSettings,
     boot_check: bool,
+    signing: Option<&str>,
 ) -> String {
     let text = serde_json::json!({
         "name": module.name, "version": module.version, "digest": module.digest,
         "kernel": req.kernel, "arch": arch, "options": req.options, "settings": settings,
-        "boot_check": boot_check,
+        "boot_check": boot_check, "signing": signing,
     });
     hex::encode(Sha256::digest(text.to_string().as_bytes()))
 }

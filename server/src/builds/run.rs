@@ -111,6 +111,7 @@ impl Builds {
             builder_image_id: &image.image.id,
             plan,
             options: &options,
+            signing_certificate: self.signing_identity(req),
         })
     }
 

@@ -5,6 +5,7 @@ mod access;
 mod artifacts;
 mod error;
 mod guard;
+mod keys;
 mod oneshot;
 mod settings;
 
@@ -42,6 +43,7 @@ pub struct AppState {
     pub auth: Auth,
     pub tokens: Tokens,
     pub audit: Audit,
+    pub keys: Arc<crate::keys::Keys>,
 }
 
 /// Every route with the access it needs; the router and [`route_table`] are both
@@ -52,6 +54,31 @@ fn routes() -> Routes {
     use Scope::{Admin, Build, Publish, Read};
     Routes::new()
         .add(Method::GET, "/healthz", Public, healthz)
+        .add(Method::GET, "/v1/keys", Public, keys::list)
+        .add(
+            Method::GET,
+            "/v1/keys/module-signing.der",
+            Public,
+            keys::module_der,
+        )
+        .add(
+            Method::GET,
+            "/v1/keys/module-signing.pem",
+            Public,
+            keys::module_pem,
+        )
+        .add(
+            Method::GET,
+            "/v1/keys/module-signing/{sha256}",
+            Public,
+            keys::module_by_sha,
+        )
+        .add(
+            Method::GET,
+            "/v1/keys/manifest.pub",
+            Public,
+            keys::manifest_pub,
+        )
         .add(Method::GET, "/v1/kernels", S(Read), list_kernels)
         .add(Method::PUT, "/v1/kernels/{krel}", S(Admin), prepare_kernel)
         .add(Method::GET, "/v1/modules", S(Read), list_modules)

@@ -24,6 +24,8 @@ pub(super) struct OneShot {
     version: Option<String>,
     /// Boot-check the modules before answering (default: the server's).
     boot_check: Option<bool>,
+    /// Sign the modules (default: the server's).
+    sign: Option<bool>,
 }
 
 /// Adds, builds and answers the modules. The token must be allowed to publish the
@@ -61,6 +63,7 @@ pub(super) async fn build(
         arch: None,
         options: Default::default(),
         boot_check: q.boot_check,
+        sign: q.sign,
     };
     let submitted = s.builds.submit(req).await?;
     let done = match submitted.job {

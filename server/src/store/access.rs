@@ -6,6 +6,7 @@
 
 use kmodforge_api::auth::{AuditEntry, TokenInfo};
 use kmodforge_api::names::{ModuleName, ModuleVersion, TokenName};
+use kmodforge_api::wire::PublicKey;
 use rusqlite::{params, OptionalExtension};
 
 use super::records::{from_json, to_json, RecordsError, SqliteRecords};
@@ -67,6 +68,9 @@ CREATE TABLE IF NOT EXISTS tokens (
 CREATE TABLE IF NOT EXISTS audit (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, module TEXT, json TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS audit_by_module ON audit (module, seq);
+CREATE TABLE IF NOT EXISTS public_keys (
+    purpose TEXT NOT NULL, id TEXT NOT NULL, seq INTEGER NOT NULL, json TEXT NOT NULL,
+    PRIMARY KEY (purpose, id));
 CREATE TABLE IF NOT EXISTS version_pins (
     name TEXT NOT NULL, version TEXT NOT NULL, digest TEXT NOT NULL, pinned_at TEXT NOT NULL,
     PRIMARY KEY (name, version));
@@ -90,6 +94,12 @@ pub trait AccessRecords: Send + Sync {
     /// Appends an entry; returns its `seq`.
     fn append_audit(&self, entry: &AuditEntry) -> Result<u64, RecordsError>;
     fn list_audit(&self, q: &AuditQuery) -> Result<Vec<AuditEntry>, RecordsError>;
+
+    /// Records a public key the server signs with; makes it the current one of its
+    /// purpose. True when it was not known before (a key change).
+    fn put_public_key(&self, key: &PublicKey) -> Result<bool, RecordsError>;
+    /// Every public key ever used, the current one of each purpose marked.
+    fn list_public_keys(&self) -> Result<Vec<PublicKey>, RecordsError>;
 
     /// The source digest this module version is pinned to (it had artifacts).
     fn pinned_digest(
@@ -246,6 +256,52 @@ impl AccessRecords for SqliteRecords {
                 params![before, q.limit],
             ),
         }
+    }
+
+    fn put_public_key(&self, key: &PublicKey) -> Result<bool, RecordsError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let seq: i64 = tx.query_row(
+            "SELECT COALESCE(MAX(seq), 0) + 1 FROM public_keys",
+            [],
+            |r| r.get(0),
+        )?;
+        let purpose = key.purpose.as_str();
+        let known: Option<i64> = tx
+            .query_row(
+                "SELECT 1 FROM public_keys WHERE purpose = ?1 AND id = ?2",
+                params![purpose, key.id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if known.is_some() {
+            // Current again (a key used before, back after a rotation): latest seq wins.
+            tx.execute(
+                "UPDATE public_keys SET seq = ?3 WHERE purpose = ?1 AND id = ?2",
+                params![purpose, key.id, seq],
+            )?;
+        } else {
+            tx.execute(
+                "INSERT INTO public_keys (purpose, id, seq, json) VALUES (?1, ?2, ?3, ?4)",
+                params![purpose, key.id, seq, to_json(key)],
+            )?;
+        }
+        tx.commit()?;
+        Ok(known.is_none())
+    }
+
+    fn list_public_keys(&self) -> Result<Vec<PublicKey>, RecordsError> {
+        let mut keys: Vec<PublicKey> = self.query_json(
+            "public_keys",
+            "SELECT json FROM public_keys ORDER BY purpose, seq DESC",
+            [],
+        )?;
+        let mut seen = Vec::new();
+        for k in &mut keys {
+            k.current = !seen.contains(&k.purpose);
+            seen.push(k.purpose);
+        }
+        Ok(keys)
     }
 
     fn pinned_digest(

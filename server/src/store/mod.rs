@@ -15,7 +15,7 @@ use std::sync::Arc;
 use kmodforge_api::names::SourceDigest;
 
 pub use access::{AccessRecords, AuditQuery, Revoked, TokenRow};
-pub use blobs::{write_atomic, BlobError, BlobStore, FsBlobStore};
+pub use blobs::{write_atomic, write_secret, BlobError, BlobStore, FsBlobStore};
 pub use records::{PutModule, Records, RecordsError, SqliteRecords};
 
 /// Everything the server persists, behind its seams.

@@ -264,6 +264,11 @@ fn the_scope_table_is_the_documented_one() {
     use Scope::{Admin, Build, Publish, Read};
     let want: Vec<(&str, &str, Access)> = vec![
         ("GET", "/healthz", Public),
+        ("GET", "/v1/keys", Public),
+        ("GET", "/v1/keys/module-signing.der", Public),
+        ("GET", "/v1/keys/module-signing.pem", Public),
+        ("GET", "/v1/keys/module-signing/{sha256}", Public),
+        ("GET", "/v1/keys/manifest.pub", Public),
         ("GET", "/v1/kernels", S(Read)),
         ("PUT", "/v1/kernels/{krel}", S(Admin)),
         ("GET", "/v1/modules", S(Read)),
