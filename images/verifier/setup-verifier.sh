@@ -7,6 +7,9 @@
 #   cpio             the initramfs (newc)
 #   jq               the JSON report
 #   xz-utils zstd    compressed modules (.ko.xz / .ko.zst), should a kernel ship them
+#   ovmf             UEFI firmware: signature-enforced checks boot through it, with the module-signing
+#                    certificate in the UEFI db of a variable store (efi-db-enroll)
+#   python3-minimal  efi-db-enroll
 # and creates the unprivileged user `verifier` (uid/gid 1000, home /tmp) that runs checks.
 set -euo pipefail
 SUITE=${1:?usage: setup-verifier.sh SUITE}
@@ -35,7 +38,10 @@ CFG
 
 apt-get update
 apt-get install -y --no-install-recommends \
-    qemu-system-x86 busybox-static kmod cpio jq xz-utils zstd
+    qemu-system-x86 busybox-static kmod cpio jq xz-utils zstd ovmf python3-minimal
+for f in /usr/share/OVMF/OVMF_CODE_4M.fd /usr/share/OVMF/OVMF_VARS_4M.fd; do
+    [[ -r $f ]] || { echo "kmodforge: the ovmf package lacks $f" >&2; exit 1; }
+done
 apt-get clean
 rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin
 
