@@ -148,6 +148,9 @@ pub(crate) mod tests {
             initramfs_bytes: 1000,
             boot_image: "pvh".into(),
             timed_out: false,
+            signature_enforced: false,
+            trusted_cert_loaded: None,
+            probes: vec![],
             modules: vec![],
             console_tail: "[    0.5] kmf_hello: loading out-of-tree module taints kernel.".into(),
         }

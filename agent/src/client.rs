@@ -308,6 +308,20 @@ impl Client {
         })
     }
 
+    /// `GET /v1/keys/module-signing/{sha256}`: a module-signing certificate (DER).
+    pub fn module_certificate(&self, sha256: &str) -> Result<Vec<u8>, ClientError> {
+        let url = self.url(&format!("/v1/keys/module-signing/{sha256}"));
+        self.retrying(|| {
+            let rb = self.request(Method::GET, &url, Some(self.settings.request_timeout));
+            read_body(&Method::GET, &url, self.send(&Method::GET, &url, rb)?)
+        })
+    }
+
+    /// `GET /v1/keys`: the server's public keys.
+    pub fn public_keys(&self) -> Result<Vec<kmodforge_api::wire::PublicKey>, ClientError> {
+        self.json(Method::GET, "/v1/keys", None)
+    }
+
     /// `PUT /v1/modules/{name}/{version}` with a tar.gz body (retried: the same
     /// content again is a 200).
     pub fn put_module(

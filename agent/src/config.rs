@@ -44,6 +44,9 @@ struct RawConfig {
     modprobe_on_install: bool,
     #[serde(default)]
     require_boot_check: bool,
+    #[serde(default)]
+    trusted_keys: Vec<String>,
+    secure_boot_check: Option<bool>,
     running_kernel: Option<String>,
     connect_timeout_secs: Option<u64>,
     request_timeout_secs: Option<u64>,
@@ -62,7 +65,10 @@ struct RawPaths {
     boot_dir: Option<PathBuf>,
     state_dir: Option<PathBuf>,
     sys_module: Option<PathBuf>,
+    efivars: Option<PathBuf>,
+    lockdown: Option<PathBuf>,
     depmod: Option<PathBuf>,
+    mokutil: Option<PathBuf>,
     modprobe: Option<PathBuf>,
     modinfo: Option<PathBuf>,
 }
@@ -140,6 +146,11 @@ pub struct Config {
     /// (`boot_check: true`) on every build request, and have it run on an artifact
     /// without one before installing it (a failed check is refused either way).
     pub require_boot_check: bool,
+    /// Manifest keys to trust (`trusted_keys`); empty: manifests are not verified.
+    pub trusted_keys: kmodforge_agent::trust::TrustedKeys,
+    /// Refuse installs whose signing key this host's kernel would reject
+    /// (`secure_boot_check`, default true).
+    pub secure_boot_check: bool,
     /// Overrides `uname -r` (tests).
     pub running_kernel: Option<KernelRelease>,
     pub http: HttpSettings,
@@ -241,6 +252,9 @@ impl Validator<'_> {
             root,
             modprobe_on_install: raw.modprobe_on_install,
             require_boot_check: raw.require_boot_check,
+            trusted_keys: kmodforge_agent::trust::TrustedKeys::parse(&raw.trusted_keys)
+                .map_err(|e| self.invalid("trusted_keys", e))?,
+            secure_boot_check: raw.secure_boot_check.unwrap_or(true),
             running_kernel,
             http: self.http(&raw)?,
             modules: self.modules(&raw.module)?,
@@ -335,10 +349,13 @@ impl Validator<'_> {
         dir(&raw.boot_dir, &mut p.boot_dir);
         dir(&raw.state_dir, &mut p.state_dir);
         dir(&raw.sys_module, &mut p.sys_module);
+        dir(&raw.efivars, &mut p.efivars);
+        dir(&raw.lockdown, &mut p.lockdown);
         for (key, value, slot) in [
             ("paths.depmod", &raw.depmod, &mut p.depmod),
             ("paths.modprobe", &raw.modprobe, &mut p.modprobe),
             ("paths.modinfo", &raw.modinfo, &mut p.modinfo),
+            ("paths.mokutil", &raw.mokutil, &mut p.mokutil),
         ] {
             if let Some(v) = value {
                 if !v.is_absolute() {

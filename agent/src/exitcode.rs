@@ -31,6 +31,14 @@ pub enum Exit {
     /// 8: DKMS's version sanity check skipped the install (an existing module is
     /// newer or identical); `--force` overrides.
     NotNewer,
+    /// 9: with `trusted_keys` pinned, the manifest is unsigned, signed by another
+    /// key, badly signed, about another module/version/kernel/arch, or a file
+    /// does not match it.
+    Untrusted,
+    /// 10: this host enforces module signatures (Secure Boot, lockdown,
+    /// sig_enforce) and the artifact is unsigned or its signing key is not
+    /// enrolled (`kmodforge-agent mok enroll`).
+    NotEnrolled,
 }
 
 impl Exit {
@@ -46,6 +54,8 @@ impl Exit {
             Exit::InstallFailed => 6,
             Exit::LockHeld => 7,
             Exit::NotNewer => 8,
+            Exit::Untrusted => 9,
+            Exit::NotEnrolled => 10,
         }
     }
 
@@ -58,11 +68,13 @@ impl Exit {
             Exit::NotNewer => 1,
             Exit::BuildFailed => 2,
             Exit::Unreachable => 3,
-            Exit::Verification => 4,
-            Exit::InstallFailed => 5,
-            Exit::Internal => 6,
-            Exit::LockHeld => 7,
-            Exit::Usage => 8,
+            Exit::NotEnrolled => 4,
+            Exit::Verification => 5,
+            Exit::Untrusted => 6,
+            Exit::InstallFailed => 7,
+            Exit::Internal => 8,
+            Exit::LockHeld => 9,
+            Exit::Usage => 10,
         }
     }
 
@@ -98,6 +110,8 @@ mod tests {
             Exit::InstallFailed,
             Exit::LockHeld,
             Exit::NotNewer,
+            Exit::Untrusted,
+            Exit::NotEnrolled,
         ];
         let mut codes: Vec<u8> = all.iter().map(|e| e.code()).collect();
         codes.sort_unstable();

@@ -1,4 +1,5 @@
-//! `kmodforge-agent` as a library: the host side (`host`), shared by the binary and
-//! the integration tests.
+//! `kmodforge-agent` as a library: the host side (`host`) and manifest trust
+//! (`trust`), shared by the binary, the integration tests and the benchmarks.
 
 pub mod host;
+pub mod trust;

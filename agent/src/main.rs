@@ -9,6 +9,7 @@ mod client;
 mod config;
 mod exitcode;
 mod hooks;
+mod keys;
 mod manage;
 mod outcome;
 mod pack;
@@ -114,6 +115,16 @@ enum Cmd {
         #[command(subcommand)]
         action: HooksCmd,
     },
+    /// Manifest keys: show the server's to pin in `trusted_keys`.
+    Trust {
+        #[command(subcommand)]
+        action: TrustCmd,
+    },
+    /// Secure Boot: module signature enforcement and MOK enrolment.
+    Mok {
+        #[command(subcommand)]
+        action: MokCmd,
+    },
     /// CI: upload a source tree, build it for kernels, write the artifacts.
     Submit {
         /// The source tree (dkms.conf at its root).
@@ -134,6 +145,37 @@ enum Cmd {
         /// (exit 5) unless that check passed [default: require_boot_check].
         #[arg(long)]
         boot_check: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum TrustCmd {
+    /// Print the server's manifest key as a `trusted_keys` line, with its fingerprint.
+    Show {
+        /// The server [default: `server` of the configuration].
+        url: Option<String>,
+        /// Every public key of the server, as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum MokCmd {
+    /// Whether this host enforces module signatures, and whether the server's
+    /// module-signing key is enrolled.
+    Status {
+        /// The server [default: `server` of the configuration].
+        url: Option<String>,
+    },
+    /// Fetch the server's module-signing certificate and `mokutil --import` it
+    /// (confirmed in the MOK manager at the next boot).
+    Enroll {
+        /// The server [default: `server` of the configuration].
+        url: Option<String>,
+        /// Enrol only a certificate with this sha256 (checked out of band).
+        #[arg(long, value_name = "SHA256")]
+        certificate_sha256: Option<String>,
     },
 }
 
@@ -178,7 +220,7 @@ fn run(cli: Cli) -> Exit {
         .config
         .clone()
         .unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH));
-    let missing_ok = !explicit && matches!(cli.cmd, Cmd::Submit { .. });
+    let missing_ok = !explicit && matches!(cli.cmd, Cmd::Submit { .. } | Cmd::Trust { .. });
     let mut cfg = match Config::load(&path, missing_ok) {
         Ok(c) => c,
         Err(e) => {
@@ -225,6 +267,16 @@ fn run(cli: Cli) -> Exit {
             hook,
         } => uninstall(&cfg, module, kernel, all, all_modules, hook),
         Cmd::Status { json } => manage::status(&cfg, json),
+        Cmd::Trust {
+            action: TrustCmd::Show { url, json },
+        } => keys::show(&cfg, url.as_deref(), json),
+        Cmd::Mok { action } => match action {
+            MokCmd::Status { url } => keys::status(&cfg, url.as_deref()),
+            MokCmd::Enroll {
+                url,
+                certificate_sha256,
+            } => keys::enroll(&cfg, url.as_deref(), certificate_sha256.as_deref()),
+        },
         Cmd::Hooks { action } => hooks_cmd(&cfg, action, explicit.then_some(path.as_path())),
         Cmd::Submit {
             path,

@@ -222,6 +222,7 @@ fn start(
         arch: None,
         options: Default::default(),
         boot_check: boot::request_flag(boot_check),
+        sign: None,
     })
 }
 
@@ -243,6 +244,7 @@ fn follow(
         arch: None,
         options: Default::default(),
         boot_check: boot::request_flag(boot_check),
+        sign: None,
     };
     // Asking again joins the same build (single-flight) and follows it.
     let out: Box<dyn Write> = Box::new(std::io::stdout());

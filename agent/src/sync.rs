@@ -15,8 +15,12 @@ use std::time::{Duration, Instant};
 use kmodforge_agent::host::{
     Host, HostError, HostLock, InstallOptions, InstallReport, VerifiedArtifact,
 };
-use kmodforge_api::names::KernelRelease;
-use kmodforge_api::wire::{BuildRequest, BuildState, Manifest};
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use kmodforge_agent::host::secureboot::{self, Enrolled, SigState};
+use kmodforge_api::names::{Arch, KernelRelease};
+use kmodforge_api::wire::{BuildRequest, BuildState, Manifest, ModuleSigning};
 
 use crate::boot::{self, Refusal, Verdict};
 use sha2::{Digest, Sha256};
@@ -64,6 +68,12 @@ pub enum SyncError {
     /// The artifact's boot check failed, or none passed while one is required.
     #[error("{0}")]
     BootCheck(Box<Refusal>),
+    /// With `trusted_keys` pinned: the manifest or a file cannot be trusted.
+    #[error("untrusted: {0}")]
+    Untrusted(String),
+    /// This host enforces module signatures and would refuse these modules.
+    #[error("{0}")]
+    NotEnrolled(String),
 }
 
 impl From<HostError> for SyncError {
@@ -81,6 +91,8 @@ impl SyncError {
             SyncError::Host(e) => host_exit(e),
             SyncError::Skipped(_) => Exit::Unreachable,
             SyncError::BootCheck(_) => Exit::Verification,
+            SyncError::Untrusted(_) => Exit::Untrusted,
+            SyncError::NotEnrolled(_) => Exit::NotEnrolled,
         }
     }
 
@@ -123,6 +135,10 @@ struct Ctx<'a> {
     lock: &'a HostLock,
     client: &'a Client,
     running: Option<KernelRelease>,
+    /// The host's module signature enforcement (`None`: `secure_boot_check = false`).
+    sig: Option<SigState>,
+    /// Enrolment verdicts by certificate sha256, once per run.
+    enrolment: RefCell<HashMap<String, Result<(), String>>>,
 }
 
 /// Runs `sync`; returns the exit status.
@@ -184,6 +200,8 @@ fn run_inner(cfg: &Config, args: &SyncArgs) -> Exit {
         lock: &lock,
         client: &client,
         running,
+        sig: cfg.secure_boot_check.then(|| secureboot::read(&cfg.paths)),
+        enrolment: RefCell::new(HashMap::new()),
     };
     sync_all(&ctx, &kernels)
 }
@@ -319,6 +337,8 @@ fn sync_one(ctx: &Ctx, m: &WantedModule, k: &KernelRelease) -> Result<Outcome, S
         Fetched::Artifact(man) => *man,
         Fetched::NotApplicable(why) => return Ok(Outcome::NotApplicable(why)),
     };
+    let manifest_key = trusted(ctx, m, k, &manifest)?;
+    loadable_here(ctx, &manifest)?;
     if !ctx.args.force && already_installed(ctx.host, m, k, &manifest)? {
         let recorded = match &manifest.boot_check {
             Some(check) => ctx.host.record_boot_check(
@@ -348,7 +368,14 @@ fn sync_one(ctx: &Ctx, m: &WantedModule, k: &KernelRelease) -> Result<Outcome, S
         files.push((f.file.clone(), bytes));
     }
     let note = boot::note(manifest.boot_check.as_ref());
-    let verified = VerifiedArtifact::verify(manifest, files, k)?;
+    let mut verified = VerifiedArtifact::verify(manifest, files, k).map_err(|e| match e {
+        // Against a verified statement a changed file is a trust failure, not a bad download.
+        HostError::Sha256Mismatch { .. } if manifest_key.is_some() => {
+            SyncError::Untrusted(format!("a file does not match the signed manifest: {e}"))
+        }
+        other => other.into(),
+    })?;
+    verified.manifest_key = manifest_key;
     let opts = InstallOptions {
         force: ctx.args.force,
         run_depmod: true,
@@ -362,6 +389,92 @@ fn sync_one(ctx: &Ctx, m: &WantedModule, k: &KernelRelease) -> Result<Outcome, S
         }
     } else {
         Outcome::Installed(Box::new(r), note)
+    })
+}
+
+/// With `trusted_keys`: the manifest is signed by one of them and is about this
+/// module, version, kernel and arch; returns the key. `None` when no key is pinned.
+fn trusted(
+    ctx: &Ctx,
+    m: &WantedModule,
+    k: &KernelRelease,
+    manifest: &Manifest,
+) -> Result<Option<String>, SyncError> {
+    let keys = &ctx.cfg.trusted_keys;
+    if keys.is_empty() {
+        return Ok(None);
+    }
+    keys.verify(manifest, &m.name, &m.version, k, &Arch::host_default())
+        .map(|(key, _)| Some(key))
+        .map_err(|e| SyncError::Untrusted(e.to_string()))
+}
+
+/// On a host that enforces module signatures: the modules must be signed by a key
+/// this host has enrolled, else they would not load after the next reboot.
+fn loadable_here(ctx: &Ctx, manifest: &Manifest) -> Result<(), SyncError> {
+    let Some(state) = ctx.sig.as_ref().filter(|s| s.enforces()) else {
+        return Ok(());
+    };
+    let signing = manifest.module_signing.clone().unwrap_or_default();
+    let (true, Some(sha)) = (signing.signed, signing.certificate_sha256.clone()) else {
+        return Err(SyncError::NotEnrolled(format!(
+            "this host enforces module signatures ({}) and the artifact is unsigned: it would not load \
+             (Key was rejected by service); have the server sign it (its default, or \"sign\": true)",
+            state.why()
+        )));
+    };
+    if let Some(verdict) = ctx.enrolment.borrow().get(&sha) {
+        return verdict.clone().map_err(SyncError::NotEnrolled);
+    }
+    let verdict = enrolment(ctx, state, &signing, &sha)?;
+    ctx.enrolment.borrow_mut().insert(sha, verdict.clone());
+    verdict.map_err(SyncError::NotEnrolled)
+}
+
+/// Whether the certificate `sha` is enrolled (mokutil), as a verdict for every
+/// artifact signed with it.
+fn enrolment(
+    ctx: &Ctx,
+    state: &SigState,
+    signing: &ModuleSigning,
+    sha: &str,
+) -> Result<Result<(), String>, SyncError> {
+    let der = ctx.client.module_certificate(sha)?;
+    if hex::encode(Sha256::digest(&der)) != sha {
+        return Err(SyncError::Untrusted(format!(
+            "the server's module-signing certificate {sha} does not have that sha256"
+        )));
+    }
+    let path = secureboot::cert_path(&ctx.cfg.paths, sha);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| HostError::Io {
+            path: dir.to_path_buf(),
+            source: e,
+        })?;
+    }
+    std::fs::write(&path, &der).map_err(|e| HostError::Io {
+        path: path.clone(),
+        source: e,
+    })?;
+    let who = format!(
+        "the server's module-signing key ({}, serial {}, certificate sha256 {sha})",
+        signing.signer.as_deref().unwrap_or("?"),
+        signing.key_id.as_deref().unwrap_or("?")
+    );
+    Ok(match secureboot::test_key(&ctx.cfg.paths.mokutil, &path) {
+        Enrolled::Yes => Ok(()),
+        Enrolled::No => Err(format!(
+            "this host enforces module signatures ({}) and {who} is not enrolled: its modules would \
+             not load (Key was rejected by service). Enrol it with `kmodforge-agent mok enroll`, then \
+             reboot and confirm the enrolment in the MOK manager",
+            state.why()
+        )),
+        Enrolled::Unknown(why) => Err(format!(
+            "this host enforces module signatures ({}) and cannot tell whether {who} is enrolled ({why}); \
+             enrol it with `kmodforge-agent mok enroll`, or set secure_boot_check = false if this kernel \
+             trusts the key by other means",
+            state.why()
+        )),
     })
 }
 
@@ -429,6 +542,8 @@ fn build(
         arch: None,
         options: Default::default(),
         boot_check,
+        // A host that enforces signatures needs signed modules, whatever the server's default.
+        sign: ctx.sig.as_ref().filter(|s| s.enforces()).map(|_| true),
     };
     let mut label = format!("{}/{} on {k}", m.name, m.version);
     if boot_check == Some(true) {

@@ -170,6 +170,7 @@ fn a_check_seen_after_the_install_is_recorded_without_writing_modules() {
                     m
                 },
                 files: plain.files.clone(),
+                manifest_key: None,
             },
             &InstallOptions::default(),
         )

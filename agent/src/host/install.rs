@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::journal::{new_txn_id, Journal, Step};
 use super::sanity::{self, Candidate, Skip, VerInfo};
-use super::state::{BootCheckRecord, Entry, FileRecord, State};
+use super::state::{BootCheckRecord, Entry, FileRecord, SigningRecord, State};
 use super::txn::Txn;
 use super::{
     fsx, tools, DepmodOutcome, Host, HostError, HostLock, ModprobeOutcome, VerifiedArtifact,
@@ -312,6 +312,7 @@ impl Host {
             installed_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now())
                 .to_string(),
             boot_check: m.boot_check.as_ref().map(BootCheckRecord::from_wire),
+            signing: Some(SigningRecord::of(m, art.manifest_key.clone())),
         }
     }
 

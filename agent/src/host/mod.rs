@@ -26,6 +26,7 @@ mod fsx;
 mod install;
 mod journal;
 mod sanity;
+pub mod secureboot;
 mod state;
 mod status;
 mod tools;
@@ -39,7 +40,7 @@ mod tests;
 /// The fixtures of the integration tests, shared with the unit tests.
 #[cfg(test)]
 #[path = "../../tests/host_support/mod.rs"]
-mod test_support;
+pub(crate) mod test_support;
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -52,7 +53,7 @@ use serde::Serialize;
 pub use error::HostError;
 pub use install::{InstallOptions, InstallReport};
 pub use journal::RecoveryAction;
-pub use state::BootCheckRecord;
+pub use state::{BootCheckRecord, SigningRecord};
 pub use status::{InstalledRecord, LoadedInfo, StatusEntry};
 pub use tools::{DepmodOutcome, ModprobeOutcome};
 pub use uninstall::UninstallReport;
@@ -73,8 +74,14 @@ pub struct HostPaths {
     pub boot_dir: PathBuf,
     /// `<root>/var/lib/kmodforge-agent`: `lock`, `state.json`, `txn.json`.
     pub state_dir: PathBuf,
-    /// `<root>/sys/module`: loaded modules, for `status`.
+    /// `<root>/sys/module`: loaded modules, for `status`; `module/parameters/sig_enforce`.
     pub sys_module: PathBuf,
+    /// `<root>/sys/firmware/efi/efivars`: UEFI variables (`SecureBoot-...`).
+    pub efivars: PathBuf,
+    /// `<root>/sys/kernel/security/lockdown`: the kernel's lockdown mode.
+    pub lockdown: PathBuf,
+    /// The real mokutil binary (not under root). Default `/usr/bin/mokutil`.
+    pub mokutil: PathBuf,
     /// The real depmod binary (not under root). Default `/sbin/depmod`.
     pub depmod: PathBuf,
     /// The real modprobe binary (not under root). Default `/sbin/modprobe`.
@@ -93,6 +100,9 @@ impl HostPaths {
             boot_dir: root.join("boot"),
             state_dir: root.join("var/lib/kmodforge-agent"),
             sys_module: root.join("sys/module"),
+            efivars: root.join("sys/firmware/efi/efivars"),
+            lockdown: root.join("sys/kernel/security/lockdown"),
+            mokutil: PathBuf::from("/usr/bin/mokutil"),
             depmod: PathBuf::from("/sbin/depmod"),
             modprobe: PathBuf::from("/sbin/modprobe"),
             modinfo: PathBuf::from("/sbin/modinfo"),

@@ -46,6 +46,40 @@ pub(crate) struct Entry {
     /// (absent in state files written before boot checks existed).
     #[serde(default)]
     pub boot_check: Option<BootCheckRecord>,
+    /// Who signed the installed modules and the manifest they came with.
+    #[serde(default)]
+    pub signing: Option<SigningRecord>,
+}
+
+/// Who signed an installed artifact.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SigningRecord {
+    /// The modules carry a signature in the kernel's format.
+    pub signed: bool,
+    /// The module-signing certificate's common name, serial and sha256.
+    #[serde(default)]
+    pub signer: Option<String>,
+    #[serde(default)]
+    pub key_id: Option<String>,
+    #[serde(default)]
+    pub certificate_sha256: Option<String>,
+    /// The pinned key (`trusted_keys`) that signed the manifest; `None`: the
+    /// manifest was not verified (no keys pinned).
+    #[serde(default)]
+    pub manifest_key: Option<String>,
+}
+
+impl SigningRecord {
+    pub fn of(m: &kmodforge_api::wire::Manifest, manifest_key: Option<String>) -> Self {
+        let s = m.module_signing.clone().unwrap_or_default();
+        SigningRecord {
+            signed: s.signed,
+            signer: s.signer,
+            key_id: s.key_id,
+            certificate_sha256: s.certificate_sha256,
+            manifest_key,
+        }
+    }
 }
 
 /// What the agent keeps of an artifact's boot check (the manifest's `boot_check`):

@@ -7,7 +7,7 @@ use kmodforge_api::dkms::version_cmp;
 use kmodforge_api::names::{Arch, KernelRelease, ModuleName, ModuleVersion};
 use serde::Serialize;
 
-use super::state::{BootCheckRecord, Entry, FileRecord, State};
+use super::state::{BootCheckRecord, Entry, FileRecord, SigningRecord, State};
 use super::{fsx, Host, HostError};
 
 /// One installed module on one kernel, as `dkms status` would list it.
@@ -38,6 +38,9 @@ pub struct StatusEntry {
     /// The boot check recorded for the installed artifact; `None` when none ran (or
     /// none was seen by the agent yet).
     pub boot_check: Option<BootCheckRecord>,
+    /// Who signed the modules and their manifest (absent for installs made before
+    /// signing existed).
+    pub signing: Option<SigningRecord>,
 }
 
 /// The loaded state of a module's main `.ko` (the one named after the package, else
@@ -160,6 +163,7 @@ impl Host {
             loaded: is_running.then(|| self.loaded_info(e)).flatten(),
             boot_verified: e.boot_check.as_ref().is_some_and(|c| c.passed),
             boot_check: e.boot_check.clone(),
+            signing: e.signing.clone(),
         })
     }
 

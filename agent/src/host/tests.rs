@@ -241,6 +241,7 @@ fn dkms_lines_follow_dkms_3() {
         loaded: None,
         boot_verified: true,
         boot_check: None,
+        signing: None,
     };
     let base = format!("acpi-call/1.2.2, {K1}, x86_64: installed");
     let cases = [

@@ -17,6 +17,8 @@ use super::{fsx, HostError};
 pub struct VerifiedArtifact {
     pub manifest: Manifest,
     pub files: Vec<(ArtifactFile, Vec<u8>)>,
+    /// The pinned key that signed the manifest (set by the caller that verified it).
+    pub manifest_key: Option<String>,
 }
 
 impl VerifiedArtifact {
@@ -46,6 +48,7 @@ impl VerifiedArtifact {
         Ok(VerifiedArtifact {
             manifest,
             files: verified,
+            manifest_key: None,
         })
     }
 }
