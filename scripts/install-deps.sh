@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
 # Installs what a fresh machine of this kind lacks: mmdebstrap (offline base
-# image bootstrap), kmod (modinfo/depmod used by tests), curl, and a running
-# Docker engine check. Idempotent.
+# image bootstrap), kmod (modinfo/depmod used by tests), curl, openssl and
+# mokutil (signature tests), libssl-dev and pkg-config (the server links OpenSSL),
+# and a running Docker engine check. Idempotent.
 set -euo pipefail
 need=()
 command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
 [[ -x /sbin/modinfo || -x /usr/sbin/modinfo ]] || need+=(kmod)
 command -v curl >/dev/null || need+=(curl)
+command -v pkg-config >/dev/null || need+=(pkg-config)
+[[ -e /usr/include/openssl/cms.h ]] || need+=(libssl-dev)
 command -v dpkg-deb >/dev/null || need+=(dpkg)
+# Module signatures: openssl checks them from outside, mokutil answers "enrolled?"
+# (on a machine without EFI variables it says so, which a test checks).
+command -v openssl >/dev/null || need+=(openssl)
+command -v mokutil >/dev/null || need+=(mokutil)
 SUDO=""; [[ $(id -u) -eq 0 ]] || SUDO=sudo
 # The tests fetch real DKMS sources with `apt-get download`: the index must know them.
 if ((${#need[@]})) || ! apt-cache show v4l2loopback-dkms >/dev/null 2>&1; then

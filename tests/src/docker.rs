@@ -76,6 +76,15 @@ impl DockerProbe {
         &self,
         work: impl Future<Output = T>,
     ) -> Result<(T, Vec<CreatedContainer>)> {
+        self.count_created_with(work, None).await
+    }
+
+    /// [`DockerProbe::count_created`], also sending each container to `tap` as it is seen.
+    async fn count_created_with<T>(
+        &self,
+        work: impl Future<Output = T>,
+        tap: Option<tokio::sync::mpsc::UnboundedSender<CreatedContainer>>,
+    ) -> Result<(T, Vec<CreatedContainer>)> {
         let since = docker_time(SystemTime::now());
         let seen = Arc::new(Mutex::new(Vec::new()));
         let failed = Arc::new(Mutex::new(None));
@@ -96,11 +105,15 @@ impl DockerProbe {
                     Ok(e) => {
                         let actor = e.actor.unwrap_or_default();
                         let attrs = actor.attributes.unwrap_or_default();
-                        lock(&seen2).push(CreatedContainer {
+                        let c = CreatedContainer {
                             id: actor.id.unwrap_or_default(),
                             name: attrs.get("name").cloned(),
                             job: attrs.get(JOB_LABEL).cloned(),
-                        });
+                        };
+                        if let Some(t) = &tap {
+                            let _ = t.send(c.clone());
+                        }
+                        lock(&seen2).push(c);
                     }
                     Err(e) => {
                         *lock(&failed2) = Some(e.to_string());
@@ -117,6 +130,35 @@ impl DockerProbe {
         }
         let created = lock(&seen).clone();
         Ok((out, created))
+    }
+
+    /// [`DockerProbe::count_created`], and each container inspected as soon as its
+    /// create event arrives (jobs remove their containers when they end): what the
+    /// engine was told about it (env, mounts, command, labels).
+    pub async fn inspect_created<T>(
+        &self,
+        work: impl Future<Output = T>,
+    ) -> Result<(T, Vec<(CreatedContainer, Option<ContainerInspectResponse>)>)> {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<CreatedContainer>();
+        let docker = self.docker.clone();
+        let seen2 = seen.clone();
+        let inspector = tokio::spawn(async move {
+            while let Some(c) = rx.recv().await {
+                let inspect = docker.inspect_container(&c.id, None).await.ok();
+                lock(&seen2).push((c, inspect));
+            }
+        });
+        let (out, created) = self.count_created_with(work, Some(tx)).await?;
+        // The sender is gone with count_created_with's collector: the inspector drains.
+        let _ = tokio::time::timeout(Duration::from_secs(30), inspector).await;
+        let mut all = lock(&seen).clone();
+        for c in created {
+            if !all.iter().any(|(s, _)| s.id == c.id) {
+                all.push((c, None));
+            }
+        }
+        Ok((out, all))
     }
 
     /// Every container (running or not) labelled `kmodforge=1`.

@@ -24,6 +24,7 @@ mod docker;
 mod fixtures;
 mod modinfo;
 mod server;
+pub mod signature;
 pub mod tls;
 
 use std::time::Duration;
@@ -62,6 +63,7 @@ pub fn request(name: &str, version: &str, kernel: &str) -> Result<BuildRequest> 
         arch: None,
         options: Default::default(),
         boot_check: None,
+        sign: None,
     })
 }
 

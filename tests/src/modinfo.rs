@@ -42,7 +42,8 @@ pub fn real_modinfo(ko: &[u8], field: &str) -> Result<String> {
 
 /// Downloads every file of `m` and checks it: sha256 and size equal the manifest's,
 /// the blob address serves the same bytes, and both the manifest's and the real
-/// `modinfo`'s vermagic start with `"<krel> "`. Returns each file with its bytes.
+/// `modinfo`'s vermagic start with `"<krel> "`, and a signed artifact's signature
+/// checks out (`signature::check_signature`). Returns each file with its bytes.
 pub async fn check_downloads(
     client: &Client,
     m: &Manifest,
@@ -77,6 +78,7 @@ pub async fn check_downloads(
             "{}: modinfo -F vermagic says {real_vm:?}, not {krel}",
             f.file
         );
+        crate::signature::check_signature(client, m, &f.file, &ko).await?;
         out.push((f.clone(), ko));
     }
     Ok(out)

@@ -109,6 +109,9 @@ async fn passed_check(env: &Env, done: &BuildResponse) -> Result<BootCheck> {
             }
         }
     }
+    if m.module_signing.as_ref().is_some_and(|s| s.signed) {
+        enforced(m, &check)?;
+    }
     let again = env.client.get_build(id).await?;
     ensure!(
         again.artifact.as_ref().and_then(|a| a.boot_check.as_ref()) == Some(&check),
@@ -123,6 +126,38 @@ async fn passed_check(env: &Env, done: &BuildResponse) -> Result<BootCheck> {
         "GET artifact shows the check"
     );
     Ok(check)
+}
+
+/// A signed artifact's check ran under signature enforcement: the kernel trusted
+/// the server's certificate (UEFI db), loaded the signed modules, and refused an
+/// unsigned and a foreign-signed copy with `Key was rejected by service`.
+fn enforced(m: &kmodforge_api::wire::Manifest, check: &BootCheck) -> Result<()> {
+    ensure!(
+        check.signature_enforced && check.trusted_cert_loaded == Some(true),
+        "signed artifact {} not checked under enforcement: {check:#?}",
+        m.key
+    );
+    ensure!(
+        check.boot_image == "bzimage",
+        "enforced checks boot through OVMF's EFI stub"
+    );
+    let kinds: Vec<&str> = check.probes.iter().map(|p| p.kind.as_str()).collect();
+    ensure!(kinds == ["unsigned", "foreign"], "{:#?}", check.probes);
+    for (p, kernel_says) in check.probes.iter().zip([
+        "Loading of unsigned module is rejected",
+        "Loading of module with unavailable key is rejected",
+    ]) {
+        ensure!(
+            p.rejected
+                && p.error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("Key was rejected by service"))
+                && p.messages.iter().any(|l| l == kernel_says),
+            "the {} copy must be refused with {kernel_says:?}: {p:#?}",
+            p.kind
+        );
+    }
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread")]
