@@ -150,16 +150,8 @@ pub fn status(cfg: &Config, url: Option<&str>) -> Exit {
             .sig_enforce
             .map_or("unknown".into(), |b| b.to_string()),
     );
-    let client = match client(cfg, url) {
+    let (cert, path) = match fetch_cert(cfg, url, None) {
         Ok(c) => c,
-        Err(e) => return e,
-    };
-    let (cert, der) = match current_cert(&client) {
-        Ok(c) => c,
-        Err(e) => return e,
-    };
-    let path = match write_cert(cfg, &cert.id, &der) {
-        Ok(p) => p,
         Err(e) => return e,
     };
     let verdict = secureboot::test_key(&cfg.paths.mokutil, &path);
@@ -174,6 +166,28 @@ pub fn status(cfg: &Config, url: Option<&str>) -> Exit {
         cert.id
     );
     Exit::Ok
+}
+
+/// The server's current certificate, written under the state directory; refused
+/// when `expect` (a sha256 checked out of band) names another.
+fn fetch_cert(
+    cfg: &Config,
+    url: Option<&str>,
+    expect: Option<&str>,
+) -> Result<(PublicKey, std::path::PathBuf), Exit> {
+    let client = client(cfg, url)?;
+    let (cert, der) = current_cert(&client)?;
+    if let Some(want) = expect {
+        if !want.eq_ignore_ascii_case(&cert.id) {
+            report::general(format!(
+                "the server's module-signing certificate is {}, not the expected {want}: nothing enrolled",
+                cert.id
+            ));
+            return Err(Exit::Untrusted);
+        }
+    }
+    let path = write_cert(cfg, &cert.id, &der)?;
+    Ok((cert, path))
 }
 
 fn write_cert(cfg: &Config, sha: &str, der: &[u8]) -> Result<std::path::PathBuf, Exit> {
@@ -193,25 +207,8 @@ fn write_cert(cfg: &Config, sha: &str, der: &[u8]) -> Result<std::path::PathBuf,
 /// is confirmed in the MOK manager at the next boot). `expect`: the sha256 the
 /// operator checked out of band.
 pub fn enroll(cfg: &Config, url: Option<&str>, expect: Option<&str>) -> Exit {
-    let client = match client(cfg, url) {
+    let (cert, path) = match fetch_cert(cfg, url, expect) {
         Ok(c) => c,
-        Err(e) => return e,
-    };
-    let (cert, der) = match current_cert(&client) {
-        Ok(c) => c,
-        Err(e) => return e,
-    };
-    if let Some(want) = expect {
-        if !want.eq_ignore_ascii_case(&cert.id) {
-            report::general(format!(
-                "the server's module-signing certificate is {}, not the expected {want}: nothing enrolled",
-                cert.id
-            ));
-            return Exit::Untrusted;
-        }
-    }
-    let path = match write_cert(cfg, &cert.id, &der) {
-        Ok(p) => p,
         Err(e) => return e,
     };
     println!(

@@ -307,3 +307,51 @@ fn answer(stream: TcpStream, routes: &HashMap<String, Canned>) -> std::io::Resul
     out.write_all(&c.body)?;
     out.flush()
 }
+
+/// Builds kmf-hello 1.0 for `krel` on the real server: its manifest and `.ko`.
+pub async fn built_hello(
+    env: &crate::Env,
+    krel: &str,
+) -> Result<(kmodforge_api::wire::Manifest, Vec<u8>)> {
+    let (_, first) = env
+        .client
+        .build(&crate::request("kmf-hello", "1.0", krel)?)
+        .await?;
+    let done = env.client.wait(&first.build.id).await?;
+    anyhow::ensure!(
+        done.build.state == kmodforge_api::wire::BuildState::Succeeded,
+        "{:?}",
+        done.build
+    );
+    let m = done.artifact.context("manifest")?;
+    let ko = env
+        .client
+        .download("kmf-hello", "1.0", krel, "kmf_hello.ko")
+        .await?;
+    Ok((m, ko))
+}
+
+/// A fake server answering for kmf-hello/1.0 on `krel` with `manifest` and `ko`.
+pub fn serve_hello(
+    krel: &str,
+    manifest: &kmodforge_api::wire::Manifest,
+    ko: Vec<u8>,
+) -> Result<FakeServer> {
+    let base = format!("/v1/artifacts/kmf-hello/1.0/{krel}");
+    let mut routes = HashMap::new();
+    routes.insert(
+        base.clone(),
+        Canned {
+            status: 200,
+            body: serde_json::to_vec(manifest)?,
+        },
+    );
+    routes.insert(
+        format!("{base}/files/kmf_hello.ko"),
+        Canned {
+            status: 200,
+            body: ko,
+        },
+    );
+    FakeServer::start(routes)
+}

@@ -4,53 +4,9 @@
 //! not pin, each with exit 9, one line, and nothing installed. Genuine answers of
 //! the real server are replayed and altered by a fake server.
 
-use std::collections::HashMap;
-
 use anyhow::{ensure, Context, Result};
-use kmodforge_api::wire::{BuildState, Manifest};
-use kmodforge_e2e::agent::{run_agent, AgentRoot, Canned, FakeServer, Run};
-use kmodforge_e2e::{fixture, request, DataDir, Env, ServerOpts, KERNEL_A, KERNEL_B};
-
-/// Builds kmf-hello for `krel` on the real server: its manifest and `.ko`.
-async fn built(env: &Env, krel: &str) -> Result<(Manifest, Vec<u8>)> {
-    let (_, first) = env
-        .client
-        .build(&request("kmf-hello", "1.0", krel)?)
-        .await?;
-    let done = env.client.wait(&first.build.id).await?;
-    ensure!(
-        done.build.state == BuildState::Succeeded,
-        "{:?}",
-        done.build
-    );
-    let m = done.artifact.context("manifest")?;
-    let ko = env
-        .client
-        .download("kmf-hello", "1.0", krel, "kmf_hello.ko")
-        .await?;
-    Ok((m, ko))
-}
-
-/// A fake server answering for kmf-hello/1.0 on `krel` with `manifest` and `ko`.
-fn serve(krel: &str, manifest: &Manifest, ko: Vec<u8>) -> Result<FakeServer> {
-    let base = format!("/v1/artifacts/kmf-hello/1.0/{krel}");
-    let mut routes = HashMap::new();
-    routes.insert(
-        base.clone(),
-        Canned {
-            status: 200,
-            body: serde_json::to_vec(manifest)?,
-        },
-    );
-    routes.insert(
-        format!("{base}/files/kmf_hello.ko"),
-        Canned {
-            status: 200,
-            body: ko,
-        },
-    );
-    FakeServer::start(routes)
-}
+use kmodforge_e2e::agent::{built_hello, run_agent, serve_hello, AgentRoot, Run};
+use kmodforge_e2e::{fixture, DataDir, Env, ServerOpts, KERNEL_A, KERNEL_B};
 
 /// `trust show URL`: the `trusted_keys = [...]` line it prints.
 async fn trust_line(url: &str) -> Result<String> {
@@ -90,8 +46,8 @@ async fn a_pinned_key_refuses_every_untrusted_manifest() -> Result<()> {
     env.client
         .add_module("kmf-hello", "1.0", &fixture("hello"))
         .await?;
-    let (m_a, ko_a) = built(&env, KERNEL_A).await?;
-    let (m_b, ko_b) = built(&env, KERNEL_B).await?;
+    let (m_a, ko_a) = built_hello(&env, KERNEL_A).await?;
+    let (m_b, ko_b) = built_hello(&env, KERNEL_B).await?;
     let trust = trust_line(&env.server.base_url()).await?;
     let fleet = env.server.token("fleet", "read", &[]).await?;
 
@@ -121,7 +77,7 @@ async fn a_pinned_key_refuses_every_untrusted_manifest() -> Result<()> {
     // Unsigned.
     let mut unsigned = m_a.clone();
     unsigned.attestation = None;
-    let fake = serve(KERNEL_A, &unsigned, ko_a.clone())?;
+    let fake = serve_hello(KERNEL_A, &unsigned, ko_a.clone())?;
     let run = untrusted(&fake.base_url(), &trust, KERNEL_A).await?;
     ensure!(run.stderr.contains("not signed"), "{run}");
 
@@ -129,7 +85,7 @@ async fn a_pinned_key_refuses_every_untrusted_manifest() -> Result<()> {
     let mut tampered = m_a.clone();
     tampered.files[0].sha256 = sha256_hex(&ko_b);
     tampered.files[0].size = ko_b.len() as u64;
-    let fake = serve(KERNEL_A, &tampered, ko_b.clone())?;
+    let fake = serve_hello(KERNEL_A, &tampered, ko_b.clone())?;
     let run = untrusted(&fake.base_url(), &trust, KERNEL_A).await?;
     ensure!(
         run.stderr.contains("differs from its signed statement"),
@@ -140,7 +96,7 @@ async fn a_pinned_key_refuses_every_untrusted_manifest() -> Result<()> {
     let mut evil = ko_a.clone();
     let mid = evil.len() / 2;
     evil[mid] ^= 0x55;
-    let fake = serve(KERNEL_A, &m_a, evil)?;
+    let fake = serve_hello(KERNEL_A, &m_a, evil)?;
     let run = untrusted(&fake.base_url(), &trust, KERNEL_A).await?;
     ensure!(
         run.stderr.contains("does not match the signed manifest"),
@@ -148,7 +104,7 @@ async fn a_pinned_key_refuses_every_untrusted_manifest() -> Result<()> {
     );
 
     // Kernel B's genuine manifest and module, replayed for kernel A.
-    let fake = serve(KERNEL_A, &m_b, ko_b.clone())?;
+    let fake = serve_hello(KERNEL_A, &m_b, ko_b.clone())?;
     let run = untrusted(&fake.base_url(), &trust, KERNEL_A).await?;
     ensure!(
         run.stderr.contains(KERNEL_B),
@@ -157,7 +113,7 @@ async fn a_pinned_key_refuses_every_untrusted_manifest() -> Result<()> {
 
     // Signed by a key the agent does not pin.
     let other = format!("trusted_keys = [\"ed25519:{}\"]", "ab".repeat(32));
-    let fake = serve(KERNEL_A, &m_a, ko_a.clone())?;
+    let fake = serve_hello(KERNEL_A, &m_a, ko_a.clone())?;
     let run = untrusted(&fake.base_url(), &other, KERNEL_A).await?;
     ensure!(run.stderr.contains("not in trusted_keys"), "{run}");
 
@@ -183,7 +139,7 @@ async fn two_pinned_keys_carry_a_fleet_through_a_key_rotation() -> Result<()> {
     env.client
         .add_module("kmf-hello", "1.0", &fixture("hello"))
         .await?;
-    built(&env, KERNEL_A).await?;
+    built_hello(&env, KERNEL_A).await?;
     let old_trust = trust_line(&env.server.base_url()).await?;
 
     // A new manifest key (and module key): what is built from now on is signed with them.
@@ -202,7 +158,7 @@ async fn two_pinned_keys_carry_a_fleet_through_a_key_rotation() -> Result<()> {
         keys.path().join("manifest.key").display(),
     ))
     .await?;
-    built(&env, KERNEL_B).await?;
+    built_hello(&env, KERNEL_B).await?;
     let new_trust = trust_line(&env.server.base_url()).await?;
     ensure!(new_trust != old_trust, "the key changed");
     let key = |line: &str| {

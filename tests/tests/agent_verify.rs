@@ -2,53 +2,9 @@
 //! download's, and a `.ko` whose vermagic names another kernel. Real modules built by
 //! the real server are served by a tiny fake server that lies about them.
 
-use std::collections::HashMap;
-
-use anyhow::{ensure, Context, Result};
-use kmodforge_api::wire::{BuildState, Manifest};
-use kmodforge_e2e::agent::{AgentRoot, Canned, FakeServer, Run};
-use kmodforge_e2e::{fixture, request, Env, ServerOpts, KERNEL_A, KERNEL_B};
-
-/// Builds kmf-hello for `krel` on the real server: its manifest and `.ko`.
-async fn built(env: &Env, krel: &str) -> Result<(Manifest, Vec<u8>)> {
-    let (_, first) = env
-        .client
-        .build(&request("kmf-hello", "1.0", krel)?)
-        .await?;
-    let done = env.client.wait(&first.build.id).await?;
-    ensure!(
-        done.build.state == BuildState::Succeeded,
-        "{:?}",
-        done.build
-    );
-    let m = done.artifact.context("manifest")?;
-    let ko = env
-        .client
-        .download("kmf-hello", "1.0", krel, "kmf_hello.ko")
-        .await?;
-    Ok((m, ko))
-}
-
-/// A fake server answering for kmf-hello/1.0 on `krel` with `manifest` and `ko`.
-fn serve(krel: &str, manifest: &Manifest, ko: Vec<u8>) -> Result<FakeServer> {
-    let base = format!("/v1/artifacts/kmf-hello/1.0/{krel}");
-    let mut routes = HashMap::new();
-    routes.insert(
-        base.clone(),
-        Canned {
-            status: 200,
-            body: serde_json::to_vec(manifest)?,
-        },
-    );
-    routes.insert(
-        format!("{base}/files/kmf_hello.ko"),
-        Canned {
-            status: 200,
-            body: ko,
-        },
-    );
-    FakeServer::start(routes)
-}
+use anyhow::{ensure, Result};
+use kmodforge_e2e::agent::{built_hello, serve_hello, AgentRoot, FakeServer, Run};
+use kmodforge_e2e::{fixture, Env, ServerOpts, KERNEL_A, KERNEL_B};
 
 /// Runs `sync --kernel krel` against `fake`; expects exit 5 and nothing installed.
 async fn refused(root: &AgentRoot, fake: &FakeServer, krel: &str) -> Result<Run> {
@@ -83,13 +39,13 @@ async fn wrong_sha256_or_vermagic_installs_nothing() -> Result<()> {
     env.client
         .add_module("kmf-hello", "1.0", &fixture("hello"))
         .await?;
-    let (m_a, ko_a) = built(&env, KERNEL_A).await?;
-    let (_, ko_b) = built(&env, KERNEL_B).await?;
+    let (m_a, ko_a) = built_hello(&env, KERNEL_A).await?;
+    let (_, ko_b) = built_hello(&env, KERNEL_B).await?;
     let root = AgentRoot::new(&[KERNEL_A])?;
 
     let mut lying = m_a.clone();
     lying.files[0].sha256 = "0".repeat(64);
-    let fake = serve(KERNEL_A, &lying, ko_a.clone())?;
+    let fake = serve_hello(KERNEL_A, &lying, ko_a.clone())?;
     let run = refused(&root, &fake, KERNEL_A).await?;
     ensure!(run.stderr.contains("sha256 mismatch"), "{run}");
 
@@ -98,12 +54,12 @@ async fn wrong_sha256_or_vermagic_installs_nothing() -> Result<()> {
     other.files[0].sha256 = sha256_hex(&ko_b);
     other.files[0].size = ko_b.len() as u64;
     other.files[0].modinfo.vermagic = None;
-    let fake = serve(KERNEL_A, &other, ko_b)?;
+    let fake = serve_hello(KERNEL_A, &other, ko_b)?;
     let run = refused(&root, &fake, KERNEL_A).await?;
     ensure!(run.stderr.contains("vermagic"), "{run}");
 
     // The honest manifest installs (the fake server is not the cause of the refusals).
-    let fake = serve(KERNEL_A, &m_a, ko_a)?;
+    let fake = serve_hello(KERNEL_A, &m_a, ko_a)?;
     root.write_config(&fake.base_url(), KERNEL_A, &[("kmf-hello", "1.0")])?;
     root.run(&["sync", "--kernel", KERNEL_A]).await?.expect(0)?;
     ensure!(root
