@@ -23,7 +23,7 @@ pub enum Uninstall {
 
 /// Runs `uninstall`; with `hook` errors are reported but the exit code is 0.
 pub fn uninstall(cfg: &Config, what: &Uninstall, hook: bool) -> Exit {
-    let exit = uninstall_inner(cfg, what);
+    let exit = uninstall_inner(cfg, what, hook);
     if hook && exit != Exit::Ok {
         report::general(format!(
             "kernel hook: not failing the kernel package (exit {} ignored)",
@@ -34,9 +34,11 @@ pub fn uninstall(cfg: &Config, what: &Uninstall, hook: bool) -> Exit {
     exit
 }
 
-fn uninstall_inner(cfg: &Config, what: &Uninstall) -> Exit {
+fn uninstall_inner(cfg: &Config, what: &Uninstall, hook: bool) -> Exit {
     let host = Host::new(cfg.paths.clone());
-    let lock = match host.lock() {
+    // A hook (the kernel's prerm) waits for a sync that is installing, so the
+    // removed kernel's modules and state never stay behind.
+    let lock = match crate::sync::acquire(&host, hook) {
         Ok(l) => l,
         Err(e) => {
             report::general(format!("uninstall: {e}"));
