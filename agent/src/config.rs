@@ -51,6 +51,7 @@ struct RawConfig {
     connect_timeout_secs: Option<u64>,
     request_timeout_secs: Option<u64>,
     build_wait_secs: Option<u64>,
+    lock_wait_secs: Option<u64>,
     retries: Option<u32>,
     #[serde(default)]
     paths: RawPaths,
@@ -151,6 +152,9 @@ pub struct Config {
     /// Refuse installs whose signing key this host's kernel would reject
     /// (`secure_boot_check`, default true).
     pub secure_boot_check: bool,
+    /// How long a command waits for another run's host lock (`lock_wait_secs`,
+    /// default 30 s; hooks wait at least 5 minutes).
+    pub lock_wait: Duration,
     /// Overrides `uname -r` (tests).
     pub running_kernel: Option<KernelRelease>,
     pub http: HttpSettings,
@@ -255,6 +259,7 @@ impl Validator<'_> {
             trusted_keys: kmodforge_agent::trust::TrustedKeys::parse(&raw.trusted_keys)
                 .map_err(|e| self.invalid("trusted_keys", e))?,
             secure_boot_check: raw.secure_boot_check.unwrap_or(true),
+            lock_wait: Duration::from_secs(raw.lock_wait_secs.unwrap_or(30)),
             running_kernel,
             http: self.http(&raw)?,
             modules: self.modules(&raw.module)?,

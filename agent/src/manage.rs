@@ -38,7 +38,7 @@ fn uninstall_inner(cfg: &Config, what: &Uninstall, hook: bool) -> Exit {
     let host = Host::new(cfg.paths.clone());
     // A hook (the kernel's prerm) waits for a sync that is installing, so the
     // removed kernel's modules and state never stay behind.
-    let lock = match crate::sync::acquire(&host, hook) {
+    let lock = match crate::sync::acquire(&host, cfg, hook) {
         Ok(l) => l,
         Err(e) => {
             report::general(format!("uninstall: {e}"));

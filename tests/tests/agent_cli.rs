@@ -42,7 +42,13 @@ async fn config_errors_name_the_key_and_exit_2() -> Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn lock_held_exits_7() -> Result<()> {
     let root = AgentRoot::new(&[KERNEL_A])?;
-    root.write_config(&dead_url()?, KERNEL_A, &[("kmf-hello", "1.0")])?;
+    let dead = dead_url()?;
+    root.write_config_with(
+        dead.as_str(),
+        KERNEL_A,
+        &[("kmf-hello", "1.0")],
+        "lock_wait_secs = 1\n",
+    )?;
     let dir = root.path().join("var/lib/kmodforge-agent");
     std::fs::create_dir_all(&dir)?;
     let file = OpenOptions::new()
@@ -51,7 +57,13 @@ async fn lock_held_exits_7() -> Result<()> {
         .write(true)
         .open(dir.join("lock"))?;
     let held = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| e)?;
-    let run = root.run(&["sync"]).await?.expect(7)?;
+    // A sync takes the lock only to install (its server is down here: exit 3, no wait);
+    // an uninstall takes it at once and gives up after lock_wait_secs.
+    root.run(&["sync"]).await?.expect(3)?;
+    let run = root
+        .run(&["uninstall", "kmf-hello/1.0", "--kernel", KERNEL_A])
+        .await?
+        .expect(7)?;
     ensure!(run.stderr.contains("lock"), "{run}");
     drop(held);
     Ok(())

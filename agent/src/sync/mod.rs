@@ -41,10 +41,8 @@ use crate::outcome::{describe_install, host_exit, not_applicable, BuildFailed};
 use crate::report::{self, Subject};
 use crate::wait::WaitError;
 
-/// How long a hook waits for another agent run to release the lock.
+/// How long a hook waits, at least, for another agent run to release the lock.
 const HOOK_LOCK_WAIT: Duration = Duration::from_secs(300);
-/// How long an interactive run waits for it (runs hold it only while installing).
-const LOCK_WAIT: Duration = Duration::from_secs(30);
 
 /// What `sync` was asked to do.
 #[derive(Clone, Debug, Default)]
@@ -263,7 +261,7 @@ fn sync_all(ctx: &Ctx, kernels: &[KernelRelease]) -> Exit {
     if prepared.is_empty() {
         return worst;
     }
-    let lock = match acquire(ctx.host, ctx.args.hook) {
+    let lock = match acquire(ctx.host, ctx.cfg, ctx.args.hook) {
         Ok(l) => l,
         Err(e) => {
             report::general(format!("sync: {e}"));
@@ -315,7 +313,26 @@ fn carry_out(
             }
             Err(SyncError::BootCheck(r))
         }
-        (_, None) => unreachable!("a pair that writes the host is carried out under the lock"),
+        (Prepared::Unchanged(manifest), lock) => {
+            let recorded = match (&manifest.boot_check, lock) {
+                (Some(check), Some(lock)) => ctx.host.record_boot_check(
+                    lock,
+                    &m.name,
+                    &m.version,
+                    k,
+                    manifest.key.as_str(),
+                    check,
+                )?,
+                _ => false,
+            };
+            let passed = manifest.boot_check.as_ref().is_some_and(|c| c.passed);
+            Ok(Outcome::Unchanged {
+                verified_now: recorded && passed,
+            })
+        }
+        (Prepared::Install(..), None) => {
+            unreachable!("an install is carried out under the lock (needs_lock)")
+        }
         (Prepared::Install(verified, note), Some(lock)) => {
             if !ctx.host.has_kernel_tree(k) {
                 return Ok(Outcome::KernelGone);
@@ -333,23 +350,6 @@ fn carry_out(
                 }
             } else {
                 Outcome::Installed(Box::new(r), note)
-            })
-        }
-        (Prepared::Unchanged(manifest), Some(lock)) => {
-            let recorded = match &manifest.boot_check {
-                Some(check) => ctx.host.record_boot_check(
-                    lock,
-                    &m.name,
-                    &m.version,
-                    k,
-                    manifest.key.as_str(),
-                    check,
-                )?,
-                None => false,
-            };
-            let passed = manifest.boot_check.as_ref().is_some_and(|c| c.passed);
-            Ok(Outcome::Unchanged {
-                verified_now: recorded && passed,
             })
         }
     }
@@ -407,10 +407,15 @@ fn conclude(
     Exit::Ok
 }
 
-/// The lock, waited for: a hook up to 5 minutes, another run up to 30 s (runs hold
-/// it only while installing).
-pub(crate) fn acquire(host: &Host, hook: bool) -> Result<HostLock, HostError> {
-    let deadline = Instant::now() + if hook { HOOK_LOCK_WAIT } else { LOCK_WAIT };
+/// The lock, waited for: `lock_wait_secs` (default 30 s; runs hold it only while
+/// installing), a hook at least 5 minutes.
+pub(crate) fn acquire(host: &Host, cfg: &Config, hook: bool) -> Result<HostLock, HostError> {
+    let wait = if hook {
+        cfg.lock_wait.max(HOOK_LOCK_WAIT)
+    } else {
+        cfg.lock_wait
+    };
+    let deadline = Instant::now() + wait;
     loop {
         match host.lock() {
             Err(HostError::LockHeld { .. }) if Instant::now() < deadline => {
