@@ -460,3 +460,122 @@ pub struct PublicKey {
     /// The key the server signs with now (older ones stay listed for old artifacts).
     pub current: bool,
 }
+
+/// A kernel the server knows of: published in a watched archive, asked for by a
+/// build request, or prebuilt (`GET /v1/matrix` lists them).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KnownKernel {
+    pub kernel: KernelRelease,
+    /// The archive suite that publishes it (`bookworm`, `bookworm-security`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suite: Option<String>,
+    /// The `linux-headers-<krel>` package version seen in the archive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers_version: Option<String>,
+    /// Seen in a watched archive index.
+    #[serde(default)]
+    pub published: bool,
+    /// A build was requested for it.
+    #[serde(default)]
+    pub requested: bool,
+    /// When the server first saw it.
+    pub first_seen: String,
+    /// When a prebuild of its modules started, and the builds it submitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prebuild: Option<Prebuild>,
+}
+
+/// The prebuild of a kernel's modules.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Prebuild {
+    pub started_at: String,
+    /// Why: `published` (the archive watcher) or `requested` (`POST .../prebuild`).
+    pub trigger: String,
+    /// Build ids, one per module version.
+    pub builds: Vec<String>,
+    /// A step before the builds failed (the builder image): one line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Readiness of every module version on every known kernel (`GET /v1/matrix`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Matrix {
+    pub generated_at: String,
+    /// Kernels, newest first.
+    pub kernels: Vec<KnownKernel>,
+    pub modules: Vec<MatrixModule>,
+    /// One per (kernel, module version), in the order of `kernels` then `modules`.
+    pub cells: Vec<MatrixCell>,
+}
+
+/// A registered module version.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MatrixModule {
+    pub name: ModuleName,
+    pub version: ModuleVersion,
+    /// AUTOINSTALL as dkms.conf states it (prebuilds build those).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoinstall: Option<bool>,
+}
+
+/// Where a module version stands on a kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CellState {
+    /// Built (see `boot_check` for whether it was booted and loaded).
+    Ready,
+    /// Queued or running.
+    Building,
+    Failed,
+    /// BUILD_EXCLUSIVE / OBSOLETE_BY exclude this kernel.
+    NotApplicable,
+    /// Never built for this kernel.
+    Missing,
+}
+
+impl CellState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CellState::Ready => "ready",
+            CellState::Building => "building",
+            CellState::Failed => "failed",
+            CellState::NotApplicable => "not_applicable",
+            CellState::Missing => "missing",
+        }
+    }
+}
+
+/// One cell of the matrix: the newest build of a module version for a kernel.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MatrixCell {
+    pub kernel: KernelRelease,
+    pub name: ModuleName,
+    pub version: ModuleVersion,
+    pub state: CellState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_id: Option<String>,
+    /// The failure's kind and one line (failed and not applicable cells).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<CellFailure>,
+    /// The artifact's boot check: `None` when it was not booted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_check: Option<CellCheck>,
+    /// The artifact's modules are signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed: Option<bool>,
+}
+
+/// A failed cell's cause.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CellFailure {
+    pub kind: FailureKind,
+    pub message: String,
+}
+
+/// A ready cell's boot check.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CellCheck {
+    pub passed: bool,
+    pub signature_enforced: bool,
+}

@@ -144,6 +144,39 @@ pub struct Config {
     #[arg(long, env = "KMODFORGE_TRACE_CONTAINER_INPUT")]
     pub trace_container_input: Option<PathBuf>,
 
+    /// Debian archives to watch for new kernels: `URL SUITE[,SUITE...]`, repeatable
+    /// (the environment variable separates entries with `;`). The builder images
+    /// install headers from these.
+    #[arg(
+        long = "archive",
+        env = "KMODFORGE_ARCHIVES",
+        value_delimiter = ';',
+        default_value = "http://deb.debian.org/debian bookworm,bookworm-updates;http://deb.debian.org/debian-security bookworm-security"
+    )]
+    pub archives: Vec<crate::archive::ArchiveSource>,
+
+    /// Kernel flavours to prebuild for (comma-separated): `amd64`, `cloud-amd64`, `rt-amd64`.
+    #[arg(
+        long,
+        env = "KMODFORGE_KERNEL_FLAVOURS",
+        value_delimiter = ',',
+        default_value = "amd64"
+    )]
+    pub kernel_flavours: Vec<String>,
+
+    /// Seconds between scans of the archives; 0 turns the watcher off.
+    #[arg(long, env = "KMODFORGE_ARCHIVE_INTERVAL_SECS", default_value_t = 3600)]
+    pub archive_interval_secs: u64,
+
+    /// Modules a new kernel is prebuilt for (comma-separated names); default: every
+    /// module whose dkms.conf sets AUTOINSTALL=yes, newest version of each.
+    #[arg(long, env = "KMODFORGE_PREBUILD_MODULES", value_delimiter = ',')]
+    pub prebuild_modules: Vec<kmodforge_api::names::ModuleName>,
+
+    /// Where a prebuild's failure is posted (JSON), retried, never blocking builds.
+    #[arg(long, env = "KMODFORGE_WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
+
     /// Image preparations (base image bootstraps, builder, verifier and package
     /// images) running at once; more wait.
     #[arg(long, env = "KMODFORGE_MAX_IMAGE_BUILDS", default_value_t = 2)]
@@ -157,6 +190,16 @@ fn default_jobs() -> u32 {
 }
 
 impl Config {
+    /// What the archive watcher looks at and how often.
+    pub fn watch_settings(&self) -> crate::archive::WatchSettings {
+        crate::archive::WatchSettings {
+            sources: self.archives.clone(),
+            flavours: self.kernel_flavours.clone(),
+            interval: (self.archive_interval_secs > 0)
+                .then(|| Duration::from_secs(self.archive_interval_secs)),
+        }
+    }
+
     /// Where the signing keys come from.
     pub fn key_settings(&self) -> crate::keys::KeySettings {
         crate::keys::KeySettings {
@@ -184,6 +227,23 @@ impl Config {
     pub fn validate(&self) -> Result<(), String> {
         if self.jobs == 0 || self.jobs > 256 {
             return Err(format!("KMODFORGE_JOBS must be 1..=256, got {}", self.jobs));
+        }
+        if let Some(url) = &self.webhook_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(format!(
+                    "KMODFORGE_WEBHOOK_URL must be an http(s) URL, got {url:?}"
+                ));
+            }
+        }
+        if self
+            .kernel_flavours
+            .iter()
+            .any(|f| f.is_empty() || !f.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+        {
+            return Err(format!(
+                "KMODFORGE_KERNEL_FLAVOURS must be names like amd64,cloud-amd64, got {:?}",
+                self.kernel_flavours
+            ));
         }
         if self.max_image_builds == 0 {
             return Err("KMODFORGE_MAX_IMAGE_BUILDS must be at least 1".into());

@@ -8,6 +8,7 @@
 //! (all Docker container work), `images` (builder images), `sources` (uploads),
 //! `store` (SQLite records + content-addressed blobs behind traits).
 
+pub mod archive;
 pub mod auth;
 pub mod bootcheck;
 pub mod builds;
@@ -17,6 +18,8 @@ pub mod flat_tar;
 pub mod http;
 pub mod images;
 pub mod keys;
+pub mod matrix;
+pub mod prebuild;
 pub mod sandbox;
 pub mod sources;
 pub mod store;
@@ -119,6 +122,20 @@ pub async fn init(config: &Config) -> Result<AppState, StartError> {
         },
     );
     builds.recover().await?;
+    let prebuilder = prebuild::Prebuilder::new(
+        builds.clone(),
+        store.clone(),
+        prebuild::PrebuildSettings {
+            modules: config.prebuild_modules.clone(),
+            webhook: config.webhook_url.clone(),
+        },
+    );
+    let watcher = Arc::new(archive::Watcher::new(
+        config.watch_settings(),
+        store.clone(),
+        prebuilder.clone(),
+    ));
+    watcher.clone().spawn();
     let limits = ArchiveLimits {
         max_input_bytes: config.max_upload_mib * 1024 * 1024,
         ..ArchiveLimits::default()
@@ -132,6 +149,8 @@ pub async fn init(config: &Config) -> Result<AppState, StartError> {
         builds,
         images,
         keys,
+        prebuilder,
+        watcher,
         oneshot_wait: std::time::Duration::from_secs(config.oneshot_wait_secs),
     })
 }

@@ -22,6 +22,11 @@ struct Harness {
 async fn state(dir: &tempfile::TempDir) -> Harness {
     let config = <Config as clap::Parser>::parse_from([
         "kmodforge-server",
+        "--archive-interval-secs",
+        "0",
+        // A scan asked for (POST /v1/archive/scan) fails at once: no network in these tests.
+        "--archive",
+        "http://127.0.0.1:1 bookworm",
         "--data-dir",
         dir.path().to_str().expect("utf-8 temp path"),
     ]);

@@ -159,6 +159,8 @@ impl Server {
             }
         }
         cmd.env("KMODFORGE_LOG", "info").env("NO_COLOR", "1");
+        // No archive watcher unless a test asks for one (it would fetch Debian's indexes).
+        cmd.env("KMODFORGE_ARCHIVE_INTERVAL_SECS", "0");
         if let Some(pki) = &opts.tls {
             cmd.env("KMODFORGE_TLS_CERT", &pki.server_cert)
                 .env("KMODFORGE_TLS_KEY", &pki.server_key);

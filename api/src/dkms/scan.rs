@@ -24,6 +24,10 @@ pub struct Declared {
     pub modules: Vec<String>,
     /// True when the real values depend on the kernel or on code run at evaluation time.
     pub dynamic: bool,
+    /// AUTOINSTALL as assigned statically (absent: DKMS's default, no); `None` when
+    /// its value is computed. Decides which modules a new kernel is prebuilt for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoinstall: Option<bool>,
 }
 
 /// Scans `dkms.conf` text without running it. See the module documentation.
@@ -41,7 +45,12 @@ pub fn scan_declared(dkms_conf_text: &str) -> Declared {
 }
 
 /// The names whose values the scan reports.
-const REPORTED: [&str; 3] = ["PACKAGE_NAME", "PACKAGE_VERSION", "BUILT_MODULE_NAME"];
+const REPORTED: [&str; 4] = [
+    "PACKAGE_NAME",
+    "PACKAGE_VERSION",
+    "BUILT_MODULE_NAME",
+    "AUTOINSTALL",
+];
 
 /// An assignment's target and operator.
 struct Target<'a> {
@@ -163,11 +172,17 @@ impl Scanner {
         if modules.is_empty() && !any_dynamic {
             modules.extend(package_name.clone());
         }
+        let autoinstall = match self.reported.get("AUTOINSTALL").and_then(|m| m.get(&0)) {
+            None => Some(false),
+            Some(None) => None,
+            Some(Some(v)) => Some(v.eq_ignore_ascii_case("yes")),
+        };
         Declared {
             package_name,
             package_version,
             modules,
             dynamic: self.dynamic,
+            autoinstall,
         }
     }
 }
@@ -274,6 +289,7 @@ mod tests {
             package_version: version.map(str::to_owned),
             modules: modules.iter().map(|m| (*m).to_owned()).collect(),
             dynamic,
+            autoinstall: Some(false),
         }
     }
 
@@ -283,7 +299,20 @@ mod tests {
             MAKE[0]=\"make -C ${kernel_source_dir} M=${dkms_tree}/${PACKAGE_NAME}/${PACKAGE_VERSION}/build\"\n\
             CLEAN=\"make clean\"\nBUILT_MODULE_NAME[0]=\"acpi_call\"\nDEST_MODULE_LOCATION[0]=\"/updates\"\nAUTOINSTALL=\"yes\"\n";
         let cases = [
-            (acpi, declared(Some("acpi-call"), Some("1.2.2"), &["acpi_call"], false)),
+            (
+                acpi,
+                Declared {
+                    autoinstall: Some(true),
+                    ..declared(Some("acpi-call"), Some("1.2.2"), &["acpi_call"], false)
+                },
+            ),
+            (
+                "PACKAGE_NAME=a\nAUTOINSTALL=\"$X\"\n",
+                Declared {
+                    autoinstall: None,
+                    ..declared(Some("a"), None, &["a"], true)
+                },
+            ),
             (
                 "# c\r\nPACKAGE_NAME=vpoll\r\nPACKAGE_VERSION='0.1'  # trailing\r\nBUILT_MODULE_NAME[0]=\"$PACKAGE_NAME\"\r\n",
                 declared(Some("vpoll"), Some("0.1"), &["vpoll"], false),
@@ -337,7 +366,7 @@ mod tests {
             serde_json::to_value(scan_declared("PACKAGE_NAME=p\nPACKAGE_VERSION=1\n")).unwrap();
         assert_eq!(
             json,
-            serde_json::json!({"package_name": "p", "package_version": "1", "modules": ["p"], "dynamic": false})
+            serde_json::json!({"package_name": "p", "package_version": "1", "modules": ["p"], "dynamic": false, "autoinstall": false})
         );
     }
 }

@@ -165,6 +165,7 @@ impl Auth {
             return Err(Denied::Missing { needed }.into());
         };
         let presented = bearer(header).ok_or(Denied::Malformed { needed })?;
+        let presented = presented.as_str();
         let bad = || AuthError::Denied(Denied::BadToken { needed });
         let id = token::id_of(presented).ok_or_else(bad)?;
         let row = self.records.token_by_id(id)?.ok_or_else(bad)?;
@@ -182,12 +183,25 @@ impl Auth {
     }
 }
 
-/// The token of a `Bearer <token>` header value (scheme case-insensitive).
-fn bearer(header: &[u8]) -> Option<&str> {
+/// The token of an `Authorization` value: `Bearer <token>`, or HTTP Basic with the
+/// token as the password (browsers, and apt's `auth.conf`); scheme case-insensitive.
+fn bearer(header: &[u8]) -> Option<String> {
+    use base64::Engine;
     let value = std::str::from_utf8(header).ok()?.trim();
-    let (scheme, token) = value.split_once(' ')?;
-    let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+    let (scheme, rest) = value.split_once(' ')?;
+    let rest = rest.trim();
+    if scheme.eq_ignore_ascii_case("bearer") && !rest.is_empty() {
+        return Some(rest.to_string());
+    }
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(rest)
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (_, password) = text.split_once(':')?;
+    (!password.is_empty()).then(|| password.to_string())
 }
 
 #[cfg(test)]

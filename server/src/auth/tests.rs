@@ -73,9 +73,24 @@ fn scopes_and_refusals() {
             needed: Scope::Read
         }
     );
-    let basic = b"Basic YWRtaW46YWRtaW4=".to_vec();
+    // HTTP Basic carries the token as the password (browsers, apt); a wrong one is refused.
+    use base64::Engine;
+    let basic = |user_pass: &str| {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(user_pass)
+        )
+        .into_bytes()
+    };
     assert!(matches!(
-        denied(auth.authenticate(Some(&basic), Scope::Read)),
+        denied(auth.authenticate(Some(&basic("admin:admin")), Scope::Read)),
+        Denied::BadToken { .. }
+    ));
+    assert!(auth
+        .authenticate(Some(&basic(&format!("apt:{build}"))), Scope::Read)
+        .is_ok());
+    assert!(matches!(
+        denied(auth.authenticate(Some(b"Digest x"), Scope::Read)),
         Denied::Malformed { .. }
     ));
     // Same id, other secret: a forged token.

@@ -56,9 +56,25 @@ pub struct Job {
     pub id: String,
     pub log: LogBuffer,
     state: watch::Sender<BuildResponse>,
+    /// Nobody waits for it yet (a prebuild): it yields build slots to jobs that
+    /// clients wait for. Cleared when a client's request joins it.
+    background: std::sync::atomic::AtomicBool,
+}
+
+/// How urgently a job wants a build slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Priority {
+    /// A client waits for it.
+    Foreground,
+    /// A prebuild nobody waits for yet: runs when no foreground job waits for a slot.
+    Background,
 }
 
 impl Job {
+    pub fn is_background(&self) -> bool {
+        self.background.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub fn snapshot(&self) -> BuildResponse {
         self.state.borrow().clone()
     }
@@ -107,6 +123,8 @@ pub struct Builds {
     check_locks: Mutex<HashMap<ArtifactKey, Arc<tokio::sync::Mutex<()>>>>,
     usr_volumes: UsrVolumeCache,
     permits: Semaphore,
+    /// Foreground jobs waiting for a build slot (background jobs yield to them).
+    waiting_foreground: std::sync::atomic::AtomicUsize,
     inflight: Mutex<Inflight>,
 }
 
@@ -135,6 +153,7 @@ impl Builds {
             checker,
             check_locks: Mutex::new(HashMap::new()),
             permits: Semaphore::new(settings.max_builds),
+            waiting_foreground: std::sync::atomic::AtomicUsize::new(0),
             inflight: Mutex::new(Inflight::default()),
         })
     }
@@ -153,6 +172,16 @@ impl Builds {
     /// Submits a build: a cache hit answers at once, an identical running job is
     /// joined, otherwise a new job starts.
     pub async fn submit(self: &Arc<Self>, req: BuildRequest) -> Result<Submitted, BuildError> {
+        self.submit_with(req, Priority::Foreground).await
+    }
+
+    /// [`Builds::submit`] at `priority`.
+    pub async fn submit_with(
+        self: &Arc<Self>,
+        req: BuildRequest,
+        priority: Priority,
+    ) -> Result<Submitted, BuildError> {
+        self.note_requested(&req.kernel);
         let module = self
             .store
             .records
@@ -186,12 +215,17 @@ impl Builds {
             if let Some(job) = inflight.by_request.get(&key) {
                 let job = job.clone();
                 drop(inflight);
+                if priority == Priority::Foreground {
+                    // Somebody waits for it now: it competes for slots like any build.
+                    job.background
+                        .store(false, std::sync::atomic::Ordering::Relaxed);
+                }
                 return Ok(Submitted {
                     response: job.snapshot(),
                     job: Some(job),
                 });
             }
-            let job = self.new_job(&module, &req, arch);
+            let job = self.new_job(&module, &req, arch, priority);
             inflight.by_request.insert(key.clone(), job.clone());
             inflight.by_id.insert(job.id.clone(), job.clone());
             job
@@ -224,7 +258,13 @@ impl Builds {
         })
     }
 
-    fn new_job(&self, module: &ModuleSource, req: &BuildRequest, arch: Arch) -> Arc<Job> {
+    fn new_job(
+        &self,
+        module: &ModuleSource,
+        req: &BuildRequest,
+        arch: Arch,
+        priority: Priority,
+    ) -> Arc<Job> {
         let id = new_build_id();
         let record = BuildRecord {
             id: id.clone(),
@@ -252,7 +292,35 @@ impl Builds {
             id,
             log: LogBuffer::new(cap),
             state: watch::channel(response).0,
+            background: std::sync::atomic::AtomicBool::new(priority == Priority::Background),
         })
+    }
+
+    /// Records that a build was asked for `kernel` (the matrix lists it).
+    fn note_requested(&self, kernel: &kmodforge_api::names::KernelRelease) {
+        let records = &self.store.records;
+        let known = records.get_kernel(kernel).ok().flatten();
+        if known.as_ref().is_some_and(|k| k.requested) {
+            return;
+        }
+        let record = match known {
+            Some(k) => kmodforge_api::wire::KnownKernel {
+                requested: true,
+                ..k
+            },
+            None => kmodforge_api::wire::KnownKernel {
+                kernel: kernel.clone(),
+                suite: kernel.debian_suite().map(str::to_string),
+                headers_version: None,
+                published: false,
+                requested: true,
+                first_seen: now_rfc3339(),
+                prebuild: None,
+            },
+        };
+        if let Err(e) = records.put_kernel(&record) {
+            tracing::warn!(%kernel, error = %e, "could not record the requested kernel");
+        }
     }
 
     /// The boot-check settings and verifier images (`GET`/`PUT /v1/kernels`).

@@ -189,19 +189,37 @@ impl Builds {
     /// A build slot (at most `max_builds` containers at a time). The job is
     /// `running` from its first slot on.
     pub(super) async fn slot(&self, job: &Job) -> Result<SemaphorePermit<'_>, Outcome> {
-        match self.permits.acquire().await {
-            Ok(permit) => {
-                if job.snapshot().build.state == BuildState::Queued {
-                    job.update(|r| r.build.state = BuildState::Running);
-                    self.persist(job);
-                }
-                Ok(permit)
+        use std::sync::atomic::Ordering::SeqCst;
+        loop {
+            let background = job.is_background();
+            if !background {
+                self.waiting_foreground.fetch_add(1, SeqCst);
             }
-            Err(_) => Err(Outcome::Failed(failure(
-                FailureKind::Infrastructure,
-                "the server is shutting down".into(),
-                &job.log,
-            ))),
+            let permit = self.permits.acquire().await;
+            if !background {
+                self.waiting_foreground.fetch_sub(1, SeqCst);
+            }
+            match permit {
+                // A prebuild gives the slot back while a client's build waits for one.
+                Ok(p) if background && self.waiting_foreground.load(SeqCst) > 0 => {
+                    drop(p);
+                    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                }
+                Ok(permit) => {
+                    if job.snapshot().build.state == BuildState::Queued {
+                        job.update(|r| r.build.state = BuildState::Running);
+                        self.persist(job);
+                    }
+                    return Ok(permit);
+                }
+                Err(_) => {
+                    return Err(Outcome::Failed(failure(
+                        FailureKind::Infrastructure,
+                        "the server is shutting down".into(),
+                        &job.log,
+                    )))
+                }
+            }
         }
     }
 

@@ -41,6 +41,9 @@ pub enum AppError {
     Denied(#[from] Denied),
     #[error(transparent)]
     Token(#[from] TokenError),
+    /// An upstream (the Debian archive) failed.
+    #[error("{0}")]
+    BadGateway(String),
     #[error("the upload is over the {0}-byte limit")]
     TooLarge(u64),
     #[error("method {0} is not allowed on this route")]
@@ -90,6 +93,7 @@ impl AppError {
                 _ => s(StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             },
             E::TooLarge(_) => s(StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            E::BadGateway(_) => s(StatusCode::BAD_GATEWAY, "upstream"),
             E::MethodNotAllowed(_) => s(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             E::Internal(_) => s(StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -149,8 +153,18 @@ impl IntoResponse for AppError {
             },
         };
         if status == StatusCode::UNAUTHORIZED {
-            let challenge = [(header::WWW_AUTHENTICATE, "Bearer realm=\"kmodforge\"")];
-            return (status, challenge, Json(body)).into_response();
+            // Bearer for API clients; Basic so that a browser asks for the token (as the password).
+            let mut resp = (status, Json(body)).into_response();
+            let h = resp.headers_mut();
+            h.append(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer realm=\"kmodforge\""),
+            );
+            h.append(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Basic realm=\"kmodforge\", charset=\"UTF-8\""),
+            );
+            return resp;
         }
         (status, Json(body)).into_response()
     }

@@ -7,6 +7,7 @@ mod error;
 mod guard;
 mod keys;
 mod oneshot;
+mod readiness;
 mod settings;
 
 use std::sync::Arc;
@@ -44,6 +45,8 @@ pub struct AppState {
     pub tokens: Tokens,
     pub audit: Audit,
     pub keys: Arc<crate::keys::Keys>,
+    pub prebuilder: Arc<crate::prebuild::Prebuilder>,
+    pub watcher: Arc<crate::archive::Watcher>,
 }
 
 /// Every route with the access it needs; the router and [`route_table`] are both
@@ -54,6 +57,15 @@ fn routes() -> Routes {
     use Scope::{Admin, Build, Publish, Read};
     Routes::new()
         .add(Method::GET, "/healthz", Public, healthz)
+        .add(Method::GET, "/", S(Read), readiness::page)
+        .add(Method::GET, "/v1/matrix", S(Read), readiness::matrix_json)
+        .add(
+            Method::POST,
+            "/v1/kernels/{krel}/prebuild",
+            S(Admin),
+            readiness::prebuild,
+        )
+        .add(Method::POST, "/v1/archive/scan", S(Admin), readiness::scan)
         .add(Method::GET, "/v1/keys", Public, keys::list)
         .add(
             Method::GET,

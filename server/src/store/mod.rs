@@ -7,6 +7,7 @@
 
 pub mod access;
 pub mod blobs;
+pub mod kernels;
 pub mod records;
 
 use std::path::{Path, PathBuf};
@@ -16,6 +17,7 @@ use kmodforge_api::names::SourceDigest;
 
 pub use access::{AccessRecords, AuditQuery, Revoked, TokenRow};
 pub use blobs::{write_atomic, write_secret, BlobError, BlobStore, FsBlobStore};
+pub use kernels::KernelRecords;
 pub use records::{PutModule, Records, RecordsError, SqliteRecords};
 
 /// Everything the server persists, behind its seams.

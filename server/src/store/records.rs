@@ -14,6 +14,7 @@ use kmodforge_api::wire::{BuildRecord, BuildState, Failure, FailureKind, Manifes
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::access::AccessRecords;
+use super::kernels::KernelRecords;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecordsError {
@@ -38,7 +39,7 @@ pub enum PutModule {
 }
 
 /// The persistence seam (tokens, audit and version pins are in [`AccessRecords`]).
-pub trait Records: AccessRecords + Send + Sync {
+pub trait Records: AccessRecords + KernelRecords + Send + Sync {
     fn put_module(&self, m: &ModuleSource) -> Result<PutModule, RecordsError>;
     fn get_module(
         &self,
@@ -136,6 +137,7 @@ impl SqliteRecords {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(super::access::ACCESS_SCHEMA)?;
+        conn.execute_batch(super::kernels::KERNELS_SCHEMA)?;
         Ok(SqliteRecords {
             conn: Mutex::new(conn),
             token_cache: Mutex::new(Default::default()),

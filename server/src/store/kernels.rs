@@ -1,0 +1,46 @@
+//! Records of the kernels the server knows: published in a watched archive,
+//! requested by a build, prebuilt. A supertrait of [`Records`](super::Records),
+//! like the access records.
+
+use kmodforge_api::names::KernelRelease;
+use kmodforge_api::wire::KnownKernel;
+use rusqlite::params;
+
+use super::records::{to_json, RecordsError, SqliteRecords};
+
+pub const KERNELS_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS kernels (kernel TEXT PRIMARY KEY, json TEXT NOT NULL);
+";
+
+/// The kernels the server knows.
+pub trait KernelRecords: Send + Sync {
+    /// Stores (replaces) a kernel's record.
+    fn put_kernel(&self, k: &KnownKernel) -> Result<(), RecordsError>;
+    fn get_kernel(&self, kernel: &KernelRelease) -> Result<Option<KnownKernel>, RecordsError>;
+    /// Every known kernel, in kernel order.
+    fn list_kernels(&self) -> Result<Vec<KnownKernel>, RecordsError>;
+}
+
+impl KernelRecords for SqliteRecords {
+    fn put_kernel(&self, k: &KnownKernel) -> Result<(), RecordsError> {
+        self.conn().execute(
+            "INSERT OR REPLACE INTO kernels (kernel, json) VALUES (?1, ?2)",
+            params![k.kernel.as_str(), to_json(k)],
+        )?;
+        Ok(())
+    }
+
+    fn get_kernel(&self, kernel: &KernelRelease) -> Result<Option<KnownKernel>, RecordsError> {
+        Ok(self
+            .query_json(
+                "kernels",
+                "SELECT json FROM kernels WHERE kernel = ?1",
+                [kernel.as_str()],
+            )?
+            .pop())
+    }
+
+    fn list_kernels(&self) -> Result<Vec<KnownKernel>, RecordsError> {
+        self.query_json("kernels", "SELECT json FROM kernels ORDER BY kernel", [])
+    }
+}
