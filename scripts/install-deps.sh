@@ -15,6 +15,8 @@ command -v dpkg-deb >/dev/null || need+=(dpkg)
 # (on a machine without EFI variables it says so, which a test checks).
 command -v openssl >/dev/null || need+=(openssl)
 command -v mokutil >/dev/null || need+=(mokutil)
+# The readiness page is checked in a real headless browser.
+command -v chromium >/dev/null || need+=(chromium fonts-dejavu-core)
 SUDO=""; [[ $(id -u) -eq 0 ]] || SUDO=sudo
 # The tests fetch real DKMS sources with `apt-get download`: the index must know them.
 if ((${#need[@]})) || ! apt-cache show v4l2loopback-dkms >/dev/null 2>&1; then

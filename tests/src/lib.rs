@@ -18,10 +18,12 @@
 //!   (restart), so every first build is a cache miss.
 
 pub mod agent;
+pub mod archive;
 mod bins;
 mod client;
 mod docker;
 mod fixtures;
+pub mod minihttp;
 mod modinfo;
 mod server;
 pub mod signature;

@@ -104,7 +104,7 @@ fn render(m: &Matrix) -> String {
         if k.requested {
             tags.push("requested".to_string());
         }
-        if k.prebuild.is_some() {
+        if k.prebuild.as_ref().is_some_and(|p| !p.builds.is_empty()) {
             tags.push("prebuilt".to_string());
         }
         let _ = write!(
