@@ -113,6 +113,20 @@ impl ClientError {
     }
 }
 
+/// `delay` scaled by a factor in [0.5, 1.5): a fleet that upgrades at the same minute
+/// does not retry in lockstep. The factor comes from the clock's nanoseconds and the
+/// process id, different on every host and attempt (no cryptographic need here).
+fn jittered(delay: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let seed = u64::from(nanos) ^ (u64::from(std::process::id()) << 20);
+    let mixed = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40;
+    let factor = 0.5 + (mixed % 1000) as f64 / 1000.0;
+    delay.mul_f64(factor)
+}
+
 /// One line for a reqwest error: what kind, then its innermost cause (reqwest's own
 /// outer text repeats the URL and says little).
 fn chain(e: &dyn std::error::Error) -> String {
@@ -228,7 +242,7 @@ impl Client {
             match attempt() {
                 Err(e) if e.is_transient() && left > 0 => {
                     left -= 1;
-                    std::thread::sleep(delay);
+                    std::thread::sleep(jittered(delay));
                     delay = (delay * 2).min(BACKOFF_MAX);
                 }
                 other => return other,

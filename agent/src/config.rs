@@ -47,6 +47,8 @@ struct RawConfig {
     #[serde(default)]
     trusted_keys: Vec<String>,
     secure_boot_check: Option<bool>,
+    boot_guard: Option<bool>,
+    hook_wait_secs: Option<u64>,
     running_kernel: Option<String>,
     connect_timeout_secs: Option<u64>,
     request_timeout_secs: Option<u64>,
@@ -70,6 +72,7 @@ struct RawPaths {
     lockdown: Option<PathBuf>,
     depmod: Option<PathBuf>,
     mokutil: Option<PathBuf>,
+    grub_editenv: Option<PathBuf>,
     modprobe: Option<PathBuf>,
     modinfo: Option<PathBuf>,
 }
@@ -79,6 +82,8 @@ struct RawPaths {
 struct RawModule {
     name: String,
     version: String,
+    #[serde(default)]
+    required: bool,
 }
 
 /// One `[[module]]`: a module the host wants (like `dkms add`).
@@ -86,6 +91,9 @@ struct RawModule {
 pub struct WantedModule {
     pub name: ModuleName,
     pub version: ModuleVersion,
+    /// The host cannot live without it (its only NIC's driver): the boot guard never
+    /// lets the host boot a kernel that lacks it.
+    pub required: bool,
 }
 
 /// How the agent talks to the server.
@@ -152,6 +160,12 @@ pub struct Config {
     /// Refuse installs whose signing key this host's kernel would reject
     /// (`secure_boot_check`, default true).
     pub secure_boot_check: bool,
+    /// Keep the boot loader's default on the newest kernel that has every required
+    /// module (`boot_guard`, default true).
+    pub boot_guard: bool,
+    /// How long a kernel hook waits for a build before it gives up and leaves the
+    /// boot guard in charge (`hook_wait_secs`, default 600 s).
+    pub hook_wait: Duration,
     /// How long a command waits for another run's host lock (`lock_wait_secs`,
     /// default 30 s; hooks wait at least 5 minutes).
     pub lock_wait: Duration,
@@ -260,6 +274,8 @@ impl Validator<'_> {
                 .map_err(|e| self.invalid("trusted_keys", e))?,
             secure_boot_check: raw.secure_boot_check.unwrap_or(true),
             lock_wait: Duration::from_secs(raw.lock_wait_secs.unwrap_or(30)),
+            boot_guard: raw.boot_guard.unwrap_or(true),
+            hook_wait: Duration::from_secs(raw.hook_wait_secs.unwrap_or(600).max(1)),
             running_kernel,
             http: self.http(&raw)?,
             modules: self.modules(&raw.module)?,
@@ -361,6 +377,7 @@ impl Validator<'_> {
             ("paths.modprobe", &raw.modprobe, &mut p.modprobe),
             ("paths.modinfo", &raw.modinfo, &mut p.modinfo),
             ("paths.mokutil", &raw.mokutil, &mut p.mokutil),
+            ("paths.grub_editenv", &raw.grub_editenv, &mut p.grub_editenv),
         ] {
             if let Some(v) = value {
                 if !v.is_absolute() {
@@ -391,7 +408,11 @@ impl Validator<'_> {
                     ),
                 ));
             }
-            out.push(WantedModule { name, version });
+            out.push(WantedModule {
+                name,
+                version,
+                required: m.required,
+            });
         }
         Ok(out)
     }

@@ -91,12 +91,29 @@ fn install_inner(root: &Path, spec: &HookSpec) -> Result<(), HookError> {
         link.display(),
         target.display()
     );
+    if root.join(GRUB_DROP_IN).is_file() {
+        update_grub(root);
+    }
     Ok(())
+}
+
+/// Regenerates grub.cfg on the real root (a test root has no GRUB to run).
+fn update_grub(root: &Path) {
+    let tool = Path::new("/usr/sbin/update-grub");
+    if root != Path::new("/") || !tool.exists() {
+        println!("GRUB_DEFAULT=saved is set in {GRUB_DROP_IN}; run update-grub to apply it");
+        return;
+    }
+    match std::process::Command::new(tool).status() {
+        Ok(s) if s.success() => println!("ran update-grub"),
+        Ok(s) => report::general(format!("update-grub failed ({s}): run it by hand")),
+        Err(e) => report::general(format!("cannot run update-grub: {e}")),
+    }
 }
 
 /// Removes every hook file that exists under `root`.
 pub fn uninstall(root: &Path) -> Exit {
-    let mut paths: Vec<PathBuf> = [POSTINST, PRERM, KERNEL_INSTALL, UNIT_FILE]
+    let mut paths: Vec<PathBuf> = [POSTINST, PRERM, KERNEL_INSTALL, UNIT_FILE, GRUB_DROP_IN]
         .iter()
         .map(|rel| root.join(rel))
         .collect();
@@ -121,6 +138,9 @@ const POSTINST: &str = "etc/kernel/postinst.d/dkms-kmodforge";
 const PRERM: &str = "etc/kernel/prerm.d/kmodforge-agent";
 const KERNEL_INSTALL: &str = "etc/kernel/install.d/50-kmodforge-agent.install";
 const UNIT_FILE: &str = "etc/systemd/system/kmodforge-agent-sync.service";
+/// `GRUB_DEFAULT=saved`, so the boot guard's `saved_entry` decides (no saved entry
+/// boots the first entry, as before).
+const GRUB_DROP_IN: &str = "etc/default/grub.d/kmodforge.cfg";
 
 fn wants_link(root: &Path) -> PathBuf {
     root.join("etc/systemd/system/multi-user.target.wants")
@@ -160,6 +180,18 @@ fn files(root: &Path, spec: &HookSpec) -> Vec<HookFile> {
         mode: 0o644,
         text: unit(spec),
     });
+    if root.join("etc/default/grub").is_file() || root.join("boot/grub/grub.cfg").is_file() {
+        out.push(HookFile {
+            rel: GRUB_DROP_IN,
+            mode: 0o644,
+            text: "# Written by `kmodforge-agent hooks install`: the boot guard sets saved_entry to
+                   # the newest kernel that has every required module; with none set GRUB boots its
+                   # first entry, as with GRUB_DEFAULT=0.
+GRUB_DEFAULT=saved
+"
+            .to_string(),
+        });
+    }
     out
 }
 
@@ -241,7 +273,7 @@ fn unit(spec: &HookSpec) -> String {
          # the other failures need an operator (see agent/README.md, exit codes).\n\
          Restart=on-failure\n\
          RestartSec={RESTART_SEC}s\n\
-         RestartPreventExitStatus=1 2 4 5 6 8\n\
+         RestartPreventExitStatus=1 2 4 5 6 8 9 10\n\
          TimeoutStartSec=2h\n\
          \n\
          [Install]\n\

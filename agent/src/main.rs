@@ -8,6 +8,7 @@ mod boot;
 mod client;
 mod config;
 mod exitcode;
+mod guard;
 mod hooks;
 mod keys;
 mod manage;

@@ -75,6 +75,10 @@ fn uninstall_inner(cfg: &Config, what: &Uninstall, hook: bool) -> Exit {
             }
         }
     }
+    // A removed module (or kernel: the prerm hook) can change what the host may boot.
+    if cfg.boot_guard && cfg.modules.iter().any(|m| m.required) {
+        crate::guard::report(crate::guard::apply(cfg, &host, &lock));
+    }
     worst
 }
 
@@ -118,8 +122,10 @@ pub fn status(cfg: &Config, json: bool) -> Exit {
             return Exit::Internal;
         }
     };
+    let boot = crate::guard::decide(cfg, &host);
     if json {
-        return match serde_json::to_string_pretty(&entries) {
+        let out = serde_json::json!({ "modules": entries, "boot": boot });
+        return match serde_json::to_string_pretty(&out) {
             Ok(text) => {
                 println!("{text}");
                 Exit::Ok
@@ -140,6 +146,13 @@ pub fn status(cfg: &Config, json: bool) -> Exit {
         {
             println!("{}/{}: added", m.name, m.version);
         }
+    }
+    if boot.active {
+        println!(
+            "boot: {} ({})",
+            boot.boots.as_ref().map(|k| k.as_str()).unwrap_or("?"),
+            boot.reason
+        );
     }
     Exit::Ok
 }

@@ -151,6 +151,18 @@ impl AgentRoot {
         Ok(file)
     }
 
+    /// `status --json`: its `modules` entries and its `boot` decision.
+    pub async fn status_json(&self) -> Result<(Vec<serde_json::Value>, serde_json::Value)> {
+        let run = self.run(&["status", "--json"]).await?.expect(0)?;
+        let v: serde_json::Value =
+            serde_json::from_str(&run.stdout).with_context(|| format!("status --json:\n{run}"))?;
+        let modules = v["modules"]
+            .as_array()
+            .cloned()
+            .context("status --json has modules")?;
+        Ok((modules, v["boot"].clone()))
+    }
+
     /// Runs `kmodforge-agent --config CONFIG ARGS...` to completion.
     pub async fn run(&self, args: &[&str]) -> Result<Run> {
         let mut all = vec!["--config".to_string(), self.config.display().to_string()];

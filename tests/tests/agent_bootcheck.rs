@@ -19,8 +19,7 @@ fn mtime(path: &Path) -> Result<SystemTime> {
 
 /// `status --json` entries.
 async fn status(root: &AgentRoot) -> Result<Vec<serde_json::Value>> {
-    let json = root.run(&["status", "--json"]).await?.expect(0)?;
-    Ok(serde_json::from_str(&json.stdout)?)
+    Ok(root.status_json().await?.0)
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -50,8 +50,7 @@ async fn sync_status_resync_uninstall() -> Result<()> {
             "no {line:?} in\n{status}"
         );
     }
-    let json = root.run(&["status", "--json"]).await?.expect(0)?;
-    let entries: Vec<serde_json::Value> = serde_json::from_str(&json.stdout)?;
+    let (entries, _) = root.status_json().await?;
     ensure!(entries.len() == 2, "{entries:?}");
     let running = entries
         .iter()

@@ -61,8 +61,7 @@ async fn a_pinned_key_refuses_every_untrusted_manifest() -> Result<()> {
         &format!("{trust}\n"),
     )?;
     root.run(&["sync"]).await?.expect(0)?;
-    let status: Vec<serde_json::Value> =
-        serde_json::from_str(&root.run(&["status", "--json"]).await?.expect(0)?.stdout)?;
+    let (status, _) = root.status_json().await?;
     let signing = &status[0]["signing"];
     let pinned = trust
         .trim_start_matches("trusted_keys = [\"")

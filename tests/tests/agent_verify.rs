@@ -25,11 +25,8 @@ async fn refused(root: &AgentRoot, fake: &FakeServer, krel: &str) -> Result<Run>
         "files installed despite the failure: {left:?}"
     );
     ensure!(!root.modules_dep(krel).contains("kmf_hello"));
-    let status = root.run(&["status", "--json"]).await?.expect(0)?;
-    ensure!(
-        status.stdout.trim() == "[]",
-        "state must be empty:\n{status}"
-    );
+    let (entries, _) = root.status_json().await?;
+    ensure!(entries.is_empty(), "state must be empty: {entries:?}");
     Ok(run)
 }
 

@@ -21,6 +21,7 @@
 //! kernel tree are read with `modinfo` for the sanity check). Original modules are never
 //! moved, as DKMS does on Debian and Ubuntu, so there is nothing to restore on uninstall.
 
+pub mod bootloader;
 mod error;
 mod fsx;
 mod install;
@@ -82,6 +83,9 @@ pub struct HostPaths {
     pub lockdown: PathBuf,
     /// The real mokutil binary (not under root). Default `/usr/bin/mokutil`.
     pub mokutil: PathBuf,
+    /// GRUB's `grub-editenv` (not under root; it edits `<boot_dir>/grub/grubenv`).
+    /// Default `/usr/bin/grub-editenv`.
+    pub grub_editenv: PathBuf,
     /// The real depmod binary (not under root). Default `/sbin/depmod`.
     pub depmod: PathBuf,
     /// The real modprobe binary (not under root). Default `/sbin/modprobe`.
@@ -103,6 +107,7 @@ impl HostPaths {
             efivars: root.join("sys/firmware/efi/efivars"),
             lockdown: root.join("sys/kernel/security/lockdown"),
             mokutil: PathBuf::from("/usr/bin/mokutil"),
+            grub_editenv: PathBuf::from("/usr/bin/grub-editenv"),
             depmod: PathBuf::from("/sbin/depmod"),
             modprobe: PathBuf::from("/sbin/modprobe"),
             modinfo: PathBuf::from("/sbin/modinfo"),

@@ -147,6 +147,8 @@ enum Prepared {
     Unchanged(Box<Manifest>),
     NotApplicable(String),
     NotAutoinstall,
+    /// The kernel went away (removed) since the run picked it.
+    KernelGone,
     /// Refused for its boot check; an installed copy gets the failure recorded.
     Refused(Option<Box<Manifest>>, Box<Refusal>),
 }
@@ -158,7 +160,7 @@ impl Prepared {
             Prepared::Install(..) => true,
             Prepared::Unchanged(m) => m.boot_check.is_some(),
             Prepared::Refused(m, _) => m.as_ref().is_some_and(|m| m.boot_check.is_some()),
-            Prepared::NotApplicable(_) | Prepared::NotAutoinstall => false,
+            Prepared::NotApplicable(_) | Prepared::NotAutoinstall | Prepared::KernelGone => false,
         }
     }
 }
@@ -204,10 +206,16 @@ fn run_inner(cfg: &Config, args: &SyncArgs) -> Exit {
         ));
         return Exit::Ok;
     }
+    // A kernel hook waits for a build at most hook_wait_secs, then leaves the boot
+    // guard in charge (the boot unit retries later).
+    let mut http = cfg.http.clone();
+    if args.hook {
+        http.build_wait = http.build_wait.min(cfg.hook_wait);
+    }
     let client = match cfg
         .server()
         .map_err(|e| e.to_string())
-        .and_then(|s| Client::new(s, &cfg.http).map_err(|e| e.to_string()))
+        .and_then(|s| Client::new(s, &http).map_err(|e| e.to_string()))
     {
         Ok(c) => c,
         Err(e) => {
@@ -258,7 +266,8 @@ fn sync_all(ctx: &Ctx, kernels: &[KernelRelease]) -> Exit {
             }
         }
     }
-    if prepared.is_empty() {
+    let guard = ctx.cfg.boot_guard && ctx.cfg.modules.iter().any(|m| m.required);
+    if prepared.is_empty() && !guard {
         return worst;
     }
     let lock = match acquire(ctx.host, ctx.cfg, ctx.args.hook) {
@@ -277,6 +286,9 @@ fn sync_all(ctx: &Ctx, kernels: &[KernelRelease]) -> Exit {
     for (m, k, p) in prepared {
         worst = worst.worst(conclude(ctx, m, k, carry_out(ctx, Some(&lock), m, k, p)));
     }
+    if guard {
+        crate::guard::report(crate::guard::apply(ctx.cfg, ctx.host, &lock));
+    }
     worst
 }
 
@@ -291,6 +303,7 @@ fn carry_out(
     match (p, lock) {
         (Prepared::NotApplicable(why), _) => Ok(Outcome::NotApplicable(why)),
         (Prepared::NotAutoinstall, _) => Ok(Outcome::NotAutoinstall),
+        (Prepared::KernelGone, _) => Ok(Outcome::KernelGone),
         (Prepared::Refused(manifest, mut r), lock) => {
             // A failed check of the installed artifact is recorded (the files stay: a
             // sync never removes an installed module).
