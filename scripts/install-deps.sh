@@ -2,6 +2,7 @@
 # Installs what a fresh machine of this kind lacks: mmdebstrap (offline base
 # image bootstrap), kmod (modinfo/depmod used by tests), curl, openssl and
 # mokutil (signature tests), libssl-dev and pkg-config (the server links OpenSSL),
+# grub-common (the boot guard's grub-editenv), chromium (the readiness page),
 # and a running Docker engine check. Idempotent.
 set -euo pipefail
 need=()
@@ -15,6 +16,8 @@ command -v dpkg-deb >/dev/null || need+=(dpkg)
 # (on a machine without EFI variables it says so, which a test checks).
 command -v openssl >/dev/null || need+=(openssl)
 command -v mokutil >/dev/null || need+=(mokutil)
+# The agent's boot guard is tested against the real grub-editenv (GRUB's environment block).
+command -v grub-editenv >/dev/null || need+=(grub-common)
 # The readiness page is checked in a real headless browser.
 command -v chromium >/dev/null || need+=(chromium fonts-dejavu-core)
 SUDO=""; [[ $(id -u) -eq 0 ]] || SUDO=sudo

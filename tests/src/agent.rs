@@ -3,11 +3,9 @@
 //! HTTP server for answers the real server never gives (a wrong sha256).
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 
@@ -266,58 +264,21 @@ pub struct FakeServer {
 
 impl FakeServer {
     pub fn start(routes: HashMap<String, Canned>) -> Result<FakeServer> {
-        let listener = TcpListener::bind("127.0.0.1:0").context("binding the fake server")?;
-        let addr = listener.local_addr()?;
-        let routes = Arc::new(routes);
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let routes = routes.clone();
-                std::thread::spawn(move || {
-                    let _ = answer(stream, &routes);
-                });
-            }
-        });
+        let addr = crate::minihttp::serve(move |r| match routes.get(&r.path) {
+            Some(c) => (c.status, c.body.clone()),
+            None => (
+                404,
+                br#"{"error":{"kind":"not_found","message":"fake server: no such route"}}"#
+                    .to_vec(),
+            ),
+        })
+        .context("starting the fake server")?;
         Ok(FakeServer { addr })
     }
 
     pub fn base_url(&self) -> String {
         format!("http://{}", self.addr)
     }
-}
-
-fn answer(stream: TcpStream, routes: &HashMap<String, Canned>) -> std::io::Result<()> {
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut request_line = String::new();
-    reader.read_line(&mut request_line)?;
-    let mut length = 0usize;
-    loop {
-        let mut line = String::new();
-        reader.read_line(&mut line)?;
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-            length = v.trim().parse().unwrap_or(0);
-        }
-    }
-    let mut body = vec![0; length];
-    reader.read_exact(&mut body)?;
-    let path = request_line.split_whitespace().nth(1).unwrap_or("/");
-    let not_found = Canned {
-        status: 404,
-        body: br#"{"error":{"kind":"not_found","message":"fake server: no such route"}}"#.to_vec(),
-    };
-    let c = routes.get(path).unwrap_or(&not_found);
-    let mut out = stream;
-    write!(
-        out,
-        "HTTP/1.1 {} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        c.status,
-        c.body.len()
-    )?;
-    out.write_all(&c.body)?;
-    out.flush()
 }
 
 /// Builds kmf-hello 1.0 for `krel` on the real server: its manifest and `.ko`.
