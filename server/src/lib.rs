@@ -162,9 +162,19 @@ fn owner_id(data_dir: &std::path::Path) -> String {
     hex::encode(Sha256::digest(path.to_string_lossy().as_bytes()))[..16].to_string()
 }
 
+/// How long a stopping server lets open connections finish.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Serves until SIGTERM or Ctrl-C: HTTPS when a certificate is configured,
 /// plain HTTP otherwise.
 pub async fn serve(config: &Config, state: AppState) -> Result<(), StartError> {
+    let builds = state.builds.clone();
+    let served = serve_until_signal(config, state).await;
+    builds.release_containers().await;
+    served
+}
+
+async fn serve_until_signal(config: &Config, state: AppState) -> Result<(), StartError> {
     let listen_error = |source| StartError::Listen {
         addr: config.listen,
         source,
@@ -175,10 +185,25 @@ pub async fn serve(config: &Config, state: AppState) -> Result<(), StartError> {
             .map_err(listen_error)?;
         let addr = listener.local_addr().unwrap_or(config.listen);
         tracing::info!(%addr, data_dir = %config.data_dir.display(), "kmodforge-server listening (http)");
-        return axum::serve(listener, app(state))
-            .with_graceful_shutdown(shutdown_signal())
-            .await
-            .map_err(listen_error);
+        // Stop accepting at the signal; give open connections (a followed log, a
+        // waiting agent) DRAIN to finish, then close them.
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            let _ = stop_tx.send(true);
+        });
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+        let server =
+            axum::serve(listener, app(state)).with_graceful_shutdown(stopped(stop_rx.clone()));
+        return tokio::select! {
+            served = server => served.map_err(listen_error),
+            () = async { stopped(stop_rx).await; tokio::time::sleep(DRAIN).await } => {
+                tracing::warn!(secs = DRAIN.as_secs(), "shutdown: closing connections still open");
+                Ok(())
+            }
+        };
     };
     // One provider for the whole process, whatever else the dependency graph enables.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -199,7 +224,7 @@ pub async fn serve(config: &Config, state: AppState) -> Result<(), StartError> {
         let handle = handle.clone();
         async move {
             shutdown_signal().await;
-            handle.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
+            handle.graceful_shutdown(Some(DRAIN));
         }
     });
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "kmodforge-server listening (https)");

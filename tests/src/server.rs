@@ -18,7 +18,7 @@ use crate::client::Client;
 /// and sweeps leftover containers first).
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a terminated server may take to exit before it is killed.
-const TERM_GRACE: Duration = Duration::from_secs(10);
+const TERM_GRACE: Duration = Duration::from_secs(30);
 /// Lines of the server log printed when a server drops (shown for failed tests).
 const LOG_TAIL_LINES: usize = 80;
 
@@ -52,7 +52,7 @@ impl DataDir {
 /// How a server is stopped when its [`Server`] drops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StopMode {
-    /// SIGTERM (graceful shutdown), SIGKILL after 10 s.
+    /// SIGTERM (graceful shutdown: connections drained, job containers removed), SIGKILL after 30 s.
     Terminate,
     /// SIGKILL at once: a crash.
     Kill,
@@ -288,27 +288,31 @@ impl Server {
     pub fn stop(&mut self) {
         match self.stop {
             StopMode::Kill => self.kill9(),
-            StopMode::Terminate => self.terminate(),
+            StopMode::Terminate => {
+                self.terminate();
+            }
         }
     }
 
-    fn terminate(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
+    /// SIGTERM, then SIGKILL if the server has not exited within 30 s. Returns the exit
+    /// status when the server exited by itself, `None` when it had to be killed (or
+    /// was not running).
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
         let pid = i32::try_from(child.id()).map(Pid::from_raw);
         if let Ok(pid) = pid {
             let _ = kill(pid, Signal::SIGTERM);
         }
         let deadline = Instant::now() + TERM_GRACE;
         while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
             }
             std::thread::sleep(Duration::from_millis(50));
         }
         let _ = child.kill();
         let _ = child.wait();
+        None
     }
 }
 

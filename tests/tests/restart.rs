@@ -1,5 +1,5 @@
-//! Crash and restart: the server is killed with SIGKILL while a build runs, and a new
-//! server on the same data directory recovers.
+//! Crash, stop and restart: the server is killed with SIGKILL, or stopped with SIGTERM,
+//! while a build runs, and a new server on the same data directory recovers.
 
 use std::time::Duration;
 
@@ -86,6 +86,52 @@ async fn kill_9_during_a_build_then_restart() -> Result<()> {
     ensure!(fetched == manifest, "manifest changed across the restart");
     check_downloads(&env.client, &manifest).await?;
 
+    Ok(())
+}
+
+/// `systemctl stop` while a build runs and a client follows its log: the server closes
+/// the open connection after its drain time, exits by itself, and removes the build's
+/// container on the way out (a data directory that is never started again leaves no
+/// container behind). The next start marks the build failed.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_during_a_build_leaves_no_container() -> Result<()> {
+    let mut env = Env::start(ServerOpts::default()).await?;
+    env.client
+        .add_module("kmf-timeout", "1.0", &fixture("timeout"))
+        .await?;
+    let (_, running) = env
+        .client
+        .build(&request("kmf-timeout", "1.0", KERNEL_A)?)
+        .await?;
+    let id = running.build.id.clone();
+    wait_for_container(&env, &id).await?;
+    // A follower of the live log holds a connection open through the shutdown.
+    let mut follower = env.client.log_stream(&id).await?;
+    let reader = tokio::spawn(async move { while let Ok(Some(_)) = follower.chunk().await {} });
+
+    let status = tokio::task::block_in_place(|| env.server.terminate());
+    let status = status.context("the server did not exit within 30 s of SIGTERM")?;
+    ensure!(
+        status.success(),
+        "the server exited with {status} after SIGTERM"
+    );
+    tokio::time::timeout(Duration::from_secs(5), reader)
+        .await
+        .context("the log follower's connection was not closed")??;
+    ensure!(
+        env.docker.containers_of_job(&id).await?.is_empty(),
+        "the stopped server left build {id}'s container behind"
+    );
+    let log = env.server.log_text();
+    ensure!(
+        log.contains("shutdown: removed running job containers"),
+        "the server did not say it removed the container:\n{log}"
+    );
+
+    let dir = env.server.data_dir();
+    env.restart(ServerOpts::default().data_dir(dir)).await?;
+    let after = env.client.get_build(&id).await?;
+    ensure!(after.build.state == BuildState::Failed, "{:?}", after.build);
     Ok(())
 }
 

@@ -392,6 +392,20 @@ impl Builds {
         }
         Ok(())
     }
+
+    /// On shutdown: removes this server's job containers, so that a server that is
+    /// stopped (and perhaps never started again on this data directory) leaves none
+    /// behind. Its unfinished builds are marked failed by the next start's [`Self::recover`].
+    pub async fn release_containers(&self) {
+        match tokio::time::timeout(std::time::Duration::from_secs(20), self.sandbox.sweep()).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::warn!(count = n, "shutdown: removed running job containers"),
+            Ok(Err(e)) => tracing::error!(error = %e, "shutdown: cannot remove job containers"),
+            Err(_) => tracing::error!(
+                "shutdown: removing job containers took over 20 s; the next start sweeps them"
+            ),
+        }
+    }
 }
 
 fn check_arch(req: &BuildRequest) -> Result<Arch, BuildError> {
