@@ -1,7 +1,7 @@
 //! A fleet after a prebuild (issue 12): the new kernel's modules were prebuilt
 //! (`POST /v1/kernels/{krel}/prebuild`), then 200 agents install it at the same
 //! moment, each with its own root and a `read` token: every agent done, zero
-//! builds, and the agents' p50/p99 printed.
+//! builds; the agents' p50/p99 and the server's (from its access log) printed.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -16,7 +16,10 @@ const AGENTS: usize = 200;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_hundred_agents_install_a_prebuilt_kernel_with_zero_builds() -> Result<()> {
-    let env = Env::start(ServerOpts::default()).await?;
+    let env = Env::start(
+        ServerOpts::default().env("KMODFORGE_LOG", "info,kmodforge_server::access=debug"),
+    )
+    .await?;
     env.client
         .add_module("kmf-hello", "1.0", &fixture("hello"))
         .await?;
@@ -62,6 +65,7 @@ async fn two_hundred_agents_install_a_prebuilt_kernel_with_zero_builds() -> Resu
         roots.push(root);
     }
     let bin = agent_binary()?;
+    let log_before = env.server.log_text().len();
     let released = Instant::now();
     let runs = roots.iter().map(|root| {
         let (bin, config) = (bin.clone(), root.config.clone());
@@ -108,13 +112,48 @@ async fn two_hundred_agents_install_a_prebuilt_kernel_with_zero_builds() -> Resu
         after.len()
     );
     times.sort_by(|a, b| a.total_cmp(b));
-    let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
+    let at = |v: &[f64], q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+    // The server's side: every request of the fleet, from the access log.
+    let log = env.server.log_text();
+    let mut server_ms = access_millis(&log[log_before..]);
+    ensure!(
+        server_ms.len() >= 2 * AGENTS,
+        "the access log has {} requests for {AGENTS} agents (a manifest and a file each at least)",
+        server_ms.len()
+    );
+    let access: Vec<&str> = log[log_before..]
+        .lines()
+        .filter(|l| l.contains("kmodforge_server::access"))
+        .collect();
+    ensure!(
+        access
+            .iter()
+            .all(|l| !l.contains("kmf-hello") && !l.contains(KERNEL_B)),
+        "the access log names routes, never raw paths: {:?}",
+        access.iter().find(|l| l.contains("kmf-hello"))
+    );
+    server_ms.sort_by(|a, b| a.total_cmp(b));
     eprintln!(
-        "fleet: {AGENTS} agents after the prebuild, all done in {:.2} s; per agent p50 {:.3} s, p99 {:.3} s, max {:.3} s",
+        "fleet: {AGENTS} agents after the prebuild, all done in {:.2} s; per agent p50 {:.3} s, p99 {:.3} s, max {:.3} s; \
+         server: {} requests, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
         wall.as_secs_f64(),
-        at(0.5),
-        at(0.99),
-        at(1.0)
+        at(&times, 0.5),
+        at(&times, 0.99),
+        at(&times, 1.0),
+        server_ms.len(),
+        at(&server_ms, 0.5),
+        at(&server_ms, 0.99),
+        at(&server_ms, 1.0),
     );
     Ok(())
+}
+
+/// The `micros=` of each access-log line, in milliseconds.
+fn access_millis(log: &str) -> Vec<f64> {
+    log.lines()
+        .filter(|l| l.contains("kmodforge_server::access"))
+        .filter_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("micros=")))
+        .filter_map(|v| v.parse::<f64>().ok())
+        .map(|us| us / 1000.0)
+        .collect()
 }

@@ -200,12 +200,39 @@ pub fn app(state: AppState) -> Router {
         .fallback(unknown_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(upload_limit))
+        .layer(axum::middleware::from_fn(access_log))
         // The guard of each route finds what it needs here.
         .layer(Extension(Arc::new(guard::GuardState {
             auth: state.auth.clone(),
             audit: state.audit.clone(),
         })))
         .with_state(state)
+}
+
+/// The access log: one line per request at `debug` on the target
+/// `kmodforge_server::access` (`KMODFORGE_LOG=info,kmodforge_server::access=debug`):
+/// method, route template (never the raw path or query), status and the time to the
+/// response's head in microseconds (a streamed body's transfer is not included).
+async fn access_log(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    if !tracing::enabled!(target: "kmodforge_server::access", tracing::Level::DEBUG) {
+        return next.run(req).await;
+    }
+    let start = std::time::Instant::now();
+    let method = req.method().clone();
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "-".to_owned(), |p| p.as_str().to_owned());
+    let resp = next.run(req).await;
+    tracing::debug!(
+        target: "kmodforge_server::access",
+        %method,
+        route,
+        status = resp.status().as_u16(),
+        micros = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX),
+        "request"
+    );
+    resp
 }
 
 async fn unknown_route() -> AppError {
