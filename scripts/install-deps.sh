@@ -2,7 +2,8 @@
 # Installs what a fresh machine of this kind lacks: mmdebstrap (offline base
 # image bootstrap), kmod (modinfo/depmod used by tests), curl, openssl and
 # mokutil (signature tests), libssl-dev and pkg-config (the server links OpenSSL),
-# grub-common (the boot guard's grub-editenv), chromium (the readiness page),
+# grub-common, grub-pc-bin and xorriso (the boot guard: grub-editenv, a GRUB boot under qemu),
+# chromium (the readiness page),
 # and a running Docker engine check. Idempotent.
 set -euo pipefail
 need=()
@@ -16,8 +17,11 @@ command -v dpkg-deb >/dev/null || need+=(dpkg)
 # (on a machine without EFI variables it says so, which a test checks).
 command -v openssl >/dev/null || need+=(openssl)
 command -v mokutil >/dev/null || need+=(mokutil)
-# The agent's boot guard is tested against the real grub-editenv (GRUB's environment block).
+# The agent's boot guard is tested against the real grub-editenv (GRUB's environment block),
+# and the host's /boot is booted by the real GRUB under qemu (grub-mkrescue: BIOS modules, xorriso).
 command -v grub-editenv >/dev/null || need+=(grub-common)
+[[ -d /usr/lib/grub/i386-pc ]] || need+=(grub-pc-bin)
+command -v xorriso >/dev/null || need+=(xorriso)
 # The readiness page is checked in a real headless browser.
 command -v chromium >/dev/null || need+=(chromium fonts-dejavu-core)
 SUDO=""; [[ $(id -u) -eq 0 ]] || SUDO=sudo

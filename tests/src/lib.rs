@@ -23,6 +23,7 @@ mod bins;
 mod client;
 mod docker;
 mod fixtures;
+pub mod grubvm;
 pub mod minihttp;
 mod modinfo;
 mod server;

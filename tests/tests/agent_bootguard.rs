@@ -3,28 +3,37 @@
 //! postinst hook ran while the server was down) → GRUB's saved entry is the old
 //! kernel, inside Debian's "Advanced options" submenu; once the module arrives for
 //! the new kernel → back to the normal default. `status` says which kernel boots.
+//! Each time, the root's `/boot` (with Debian's real kernels) is booted by GRUB under
+//! qemu, and the kernel that boots is the one the guard chose.
 
 use std::path::Path;
 use std::process::Command;
 
 use anyhow::{ensure, Context, Result};
 use kmodforge_e2e::agent::AgentRoot;
+use kmodforge_e2e::grubvm;
 use kmodforge_e2e::{fixture, request, Env, ServerOpts, StopMode, KERNEL_A, KERNEL_B};
 
-/// Debian 12's update-grub output for two kernels, the newest first.
+/// Debian 12's update-grub output for two kernels, the newest first (its header as
+/// `grub-mkconfig` writes it with `GRUB_DEFAULT=saved`; the entries' kernel arguments
+/// are [`grubvm::BOOT_ARGS`] so that the same file boots under qemu).
 fn grub_cfg(newest: &str, older: &str) -> String {
+    let args = grubvm::BOOT_ARGS;
     let entry = |k: &str, kind: &str, title: &str| {
         format!(
             "\tmenuentry 'Debian GNU/Linux, with Linux {k}{title}' --class debian --class gnu-linux $menuentry_id_option 'gnulinux-{k}-{kind}-c0ffee' {{\n\
-             \t\tload_video\n\t\tlinux\t/boot/vmlinuz-{k} root=UUID=c0ffee ro  quiet\n\
+             \t\tload_video\n\t\tlinux\t/boot/vmlinuz-{k} root=UUID=c0ffee ro {args}\n\
              \t\tinitrd\t/boot/initrd.img-{k}\n\t}}\n"
         )
     };
     format!(
-        "set default=\"0\"\nif [ -s $prefix/grubenv ]; then\n  load_env\nfi\n\
-         if [ \"${{next_entry}}\" ] ; then\n   set default=\"${{next_entry}}\"\nelse\n   set default=\"${{saved_entry}}\"\nfi\n\
-         menuentry 'Debian GNU/Linux' --class debian $menuentry_id_option 'gnulinux-simple-c0ffee' {{\n\
-         \tlinux\t/boot/vmlinuz-{newest} root=UUID=c0ffee ro  quiet\n}}\n\
+        "if [ -s $prefix/grubenv ]; then\n  set have_grubenv=true\n  load_env\nfi\n\
+         if [ \"${{next_entry}}\" ] ; then\n   set default=\"${{next_entry}}\"\n   set next_entry=\n   save_env next_entry\n   set boot_once=true\nelse\n   set default=\"${{saved_entry}}\"\nfi\n\
+         if [ x\"${{feature_menuentry_id}}\" = xy ]; then\n  menuentry_id_option=\"--id\"\nelse\n  menuentry_id_option=\"\"\nfi\nexport menuentry_id_option\n\
+         function load_video {{\n  if [ x$feature_all_video_module = xy ]; then\n    insmod all_video\n  fi\n}}\n\
+         set timeout=1\n\
+         menuentry 'Debian GNU/Linux' --class debian --class gnu-linux $menuentry_id_option 'gnulinux-simple-c0ffee' {{\n\
+         \tload_video\n\tlinux\t/boot/vmlinuz-{newest} root=UUID=c0ffee ro {args}\n\tinitrd\t/boot/initrd.img-{newest}\n}}\n\
          submenu 'Advanced options for Debian GNU/Linux' $menuentry_id_option 'gnulinux-advanced-c0ffee' {{\n{}{}{}{}}}\n",
         entry(newest, "advanced", ""),
         entry(newest, "recovery", " (recovery mode)"),
@@ -64,11 +73,14 @@ async fn the_host_boots_the_newest_kernel_that_has_its_required_module() -> Resu
         env.client.wait(&first.build.id).await?;
     }
 
-    // A Debian host on the old kernel, with GRUB and the hooks installed.
+    // A Debian host on the old kernel, with GRUB, both kernels' images (Debian's own,
+    // from the verifier images, which also run qemu) and the hooks installed.
+    let vm = grubvm::verifier_image(&env, KERNEL_A).await?;
     let root = AgentRoot::new(&[KERNEL_A])?;
+    std::fs::create_dir_all(root.path().join("boot/grub"))?;
     for k in [KERNEL_A, KERNEL_B] {
-        std::fs::create_dir_all(root.path().join("boot/grub"))?;
-        std::fs::write(root.path().join(format!("boot/vmlinuz-{k}")), "")?;
+        let tag = grubvm::verifier_image(&env, k).await?;
+        grubvm::install_kernel(&tag, k, &root.path().join("boot"))?;
     }
     std::fs::write(
         root.path().join("boot/grub/grub.cfg"),
@@ -125,6 +137,11 @@ async fn the_host_boots_the_newest_kernel_that_has_its_required_module() -> Resu
         boot["held"] == true && boot["boots"] == KERNEL_A && boot["loader"] == "grub",
         "{boot:#}"
     );
+    let booted = tokio::task::block_in_place(|| grubvm::boot(root.path(), &vm))?;
+    ensure!(
+        booted == KERNEL_A,
+        "GRUB under qemu booted {booted}, not the guard's {KERNEL_A}"
+    );
 
     // The module arrives for the new kernel: the default goes back to normal.
     env.restart(ServerOpts::default().data_dir(env.server.data_dir()))
@@ -150,6 +167,11 @@ async fn the_host_boots_the_newest_kernel_that_has_its_required_module() -> Resu
     ensure!(
         boot["held"] == false && boot["boots"] == KERNEL_B,
         "{boot:#}"
+    );
+    let booted = tokio::task::block_in_place(|| grubvm::boot(root.path(), &vm))?;
+    ensure!(
+        booted == KERNEL_B,
+        "GRUB under qemu booted {booted}, not the newest {KERNEL_B}"
     );
 
     // Without GRUB_DEFAULT=saved the guard says it cannot act.
