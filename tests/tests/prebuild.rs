@@ -3,17 +3,20 @@
 //! the server prebuilds every AUTOINSTALL module for it with no client asking, the
 //! matrix shows them ready or failed, the webhook receiver gets one notice for the
 //! failure, and the readiness page, loaded in a real headless Chromium, shows the
-//! same cells (its screenshot is saved).
+//! same cells (its screenshot is saved). Prebuilds yield build slots to the builds
+//! hosts wait for.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use kmodforge_api::wire::{CellState, Matrix};
+use kmodforge_api::wire::{BuildRecord, BuildState, CellState, Matrix};
 use kmodforge_e2e::archive::TestArchive;
 use kmodforge_e2e::minihttp::Receiver;
-use kmodforge_e2e::{fixture, target_dir, Env, ServerOpts, KERNEL_A, KERNEL_B};
+use kmodforge_e2e::{
+    e2e_fixture, fixture, request, target_dir, Env, ServerOpts, KERNEL_A, KERNEL_B,
+};
 
 /// `src` copied with `AUTOINSTALL="yes"` appended to its dkms.conf.
 fn autoinstalled(src: &Path) -> Result<tempfile::TempDir> {
@@ -205,5 +208,131 @@ async fn page_shows_the_matrix(env: &Env, m: &Matrix) -> Result<()> {
         String::from_utf8_lossy(&out.stderr)
     );
     eprintln!("readiness page screenshot: {}", shot.display());
+    Ok(())
+}
+
+/// `tests/fixtures-e2e/live-log` (a tick a second, then a real build) as `name`,
+/// with AUTOINSTALL.
+fn slow_autoinstalled(name: &str, ticks: u32) -> Result<tempfile::TempDir> {
+    let dir = tempfile::tempdir()?;
+    for e in std::fs::read_dir(e2e_fixture("live-log"))? {
+        let e = e?;
+        std::fs::copy(e.path(), dir.path().join(e.file_name()))?;
+    }
+    let conf = dir.path().join("dkms.conf");
+    let text = std::fs::read_to_string(&conf)?
+        .replace(
+            "PACKAGE_NAME=\"kmf-live\"",
+            &format!("PACKAGE_NAME=\"{name}\""),
+        )
+        .replace("ticks.sh 10", &format!("ticks.sh {ticks}"));
+    std::fs::write(&conf, format!("{text}AUTOINSTALL=\"yes\"\n"))?;
+    Ok(dir)
+}
+
+/// Prebuilds run behind the builds hosts wait for: with one build slot, three
+/// prebuilds queued and the first one running, a host's build takes the slot next,
+/// ahead of the two prebuilds queued before it; then the prebuilds finish.
+#[tokio::test(flavor = "multi_thread")]
+async fn prebuilds_yield_build_slots_to_builds_a_host_waits_for() -> Result<()> {
+    let env = Env::start(ServerOpts::default().env("KMODFORGE_MAX_BUILDS", 1)).await?;
+    let slow = ["kmf-slow-a", "kmf-slow-b", "kmf-slow-c"];
+    for name in slow {
+        env.client
+            .add_module(name, "1.0", slow_autoinstalled(name, 6)?.path())
+            .await?;
+    }
+    // The host's module is not AUTOINSTALL: no prebuild builds it.
+    let hello = tempfile::tempdir()?;
+    for e in std::fs::read_dir(fixture("hello"))? {
+        let e = e?;
+        std::fs::copy(e.path(), hello.path().join(e.file_name()))?;
+    }
+    let conf = hello.path().join("dkms.conf");
+    let text = std::fs::read_to_string(&conf)?.replace("AUTOINSTALL=\"yes\"\n", "");
+    std::fs::write(&conf, text)?;
+    env.client
+        .add_module("kmf-hello", "1.0", hello.path())
+        .await?;
+    let resp = env
+        .client
+        .http()
+        .post(env.client.url(&format!("/v1/kernels/{KERNEL_A}/prebuild")))
+        .send()
+        .await?;
+    ensure!(resp.status().as_u16() == 202, "prebuild: {}", resp.status());
+
+    let builds = || async {
+        let all: Vec<BuildRecord> = env.client.get("/v1/builds").await?.json().await?;
+        anyhow::Ok(all)
+    };
+    // The first prebuild holds the only slot; the other two queue behind it.
+    let start = Instant::now();
+    loop {
+        let all = builds().await?;
+        let running = all
+            .iter()
+            .filter(|b| b.state == BuildState::Running)
+            .count();
+        let queued = all.iter().filter(|b| b.state == BuildState::Queued).count();
+        if running == 1 && queued == 2 {
+            break;
+        }
+        ensure!(
+            start.elapsed() < Duration::from_secs(600),
+            "three prebuilds, one running: {all:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // A host asks for kmf-hello now: it is the next to run.
+    let (_, hello) = env
+        .client
+        .build(&request("kmf-hello", "1.0", KERNEL_A)?)
+        .await?;
+    let hello_id = hello.build.id.clone();
+    loop {
+        let all = builds().await?;
+        let mine = all
+            .iter()
+            .find(|b| b.id == hello_id)
+            .context("the host's build is listed")?;
+        if mine.state != BuildState::Queued {
+            let prebuilds: Vec<&BuildRecord> = all.iter().filter(|b| b.id != hello_id).collect();
+            let done = prebuilds.iter().filter(|b| b.state.is_final()).count();
+            let waiting = prebuilds
+                .iter()
+                .filter(|b| b.state == BuildState::Queued)
+                .count();
+            ensure!(
+                done == 1 && waiting == 2,
+                "the host's build ({mine:?}) ran ahead of the queued prebuilds: {prebuilds:?}"
+            );
+            break;
+        }
+        ensure!(
+            start.elapsed() < Duration::from_secs(600),
+            "the host's build never ran: {all:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let done = env.client.wait(&hello_id).await?;
+    ensure!(
+        done.build.state == BuildState::Succeeded,
+        "{:?}",
+        done.build
+    );
+    // Then the prebuilds run, and every one is ready.
+    let m = wait_matrix(&env, "the prebuilds done", |m| {
+        slow.iter()
+            .all(|n| state(m, KERNEL_A, n).is_some_and(|s| s != CellState::Building))
+    })
+    .await?;
+    for n in slow {
+        ensure!(
+            state(&m, KERNEL_A, n) == Some(CellState::Ready),
+            "{n}: {:?}",
+            state(&m, KERNEL_A, n)
+        );
+    }
     Ok(())
 }
