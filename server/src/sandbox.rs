@@ -79,6 +79,8 @@ pub enum SandboxError {
         container: String,
         limit: usize,
     },
+    #[error("the server is shutting down: no new containers")]
+    ShuttingDown,
 }
 
 /// Where an exec's stdout/stderr go.
@@ -132,6 +134,8 @@ pub struct Sandbox {
     limits: SandboxLimits,
     owner: String,
     trace: Option<Arc<InputTrace>>,
+    /// Set on shutdown: no container is created any more.
+    closed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// An audit copy of everything the server hands to containers: each container's
@@ -192,6 +196,7 @@ impl Sandbox {
             limits,
             owner,
             trace: None,
+            closed: Arc::default(),
         })
     }
 
@@ -225,6 +230,9 @@ impl Sandbox {
                 &serde_json::to_vec_pretty(&body).unwrap_or_default(),
             );
         }
+        if self.is_closed() {
+            return Err(SandboxError::ShuttingDown);
+        }
         let created = self
             .docker
             .create_container(Some(options), body)
@@ -239,6 +247,12 @@ impl Sandbox {
             id: created.id,
             trace: self.trace.clone(),
         };
+        // Closed while the engine created it: the shutdown sweep may have listed
+        // the containers before this one existed.
+        if self.is_closed() {
+            container.remove().await;
+            return Err(SandboxError::ShuttingDown);
+        }
         if let Err(source) = self.docker.start_container(&container.id, None).await {
             container.remove().await;
             return Err(SandboxError::Docker {
@@ -307,6 +321,15 @@ impl Sandbox {
             host_config: Some(host_config),
             ..Default::default()
         }
+    }
+
+    /// Creates no container from now on (shutdown); [`Self::sweep`] then removes the rest.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
     }
 
     /// Removes every container left by an earlier run of this server (by label). Returns how many.

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use kmodforge_api::wire::{BuildRequest, BuildState, FailureKind, Manifest};
-use kmodforge_e2e::{check_downloads, fixture, request, Env, ServerOpts, StopMode, KERNEL_A};
+use kmodforge_e2e::{
+    check_downloads, fixture, request, Env, ServerOpts, StopMode, KERNEL_A, KERNEL_B,
+};
 use reqwest::StatusCode;
 
 /// Adds and builds the hello fixture for kernel A; returns the request and its manifest.
@@ -95,7 +97,9 @@ async fn kill_9_during_a_build_then_restart() -> Result<()> {
 /// container behind). The next start marks the build failed.
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_during_a_build_leaves_no_container() -> Result<()> {
-    let mut env = Env::start(ServerOpts::default()).await?;
+    // One build slot: a second build queues behind the running one, and must not
+    // start a container once the server is stopping.
+    let mut env = Env::start(ServerOpts::default().env("KMODFORGE_MAX_BUILDS", 1)).await?;
     env.client
         .add_module("kmf-timeout", "1.0", &fixture("timeout"))
         .await?;
@@ -105,6 +109,11 @@ async fn sigterm_during_a_build_leaves_no_container() -> Result<()> {
         .await?;
     let id = running.build.id.clone();
     wait_for_container(&env, &id).await?;
+    let (_, queued) = env
+        .client
+        .build(&request("kmf-timeout", "1.0", KERNEL_B)?)
+        .await?;
+    let queued = queued.build.id;
     // A follower of the live log holds a connection open through the shutdown.
     let mut follower = env.client.log_stream(&id).await?;
     let reader = tokio::spawn(async move { while let Ok(Some(_)) = follower.chunk().await {} });
@@ -118,10 +127,14 @@ async fn sigterm_during_a_build_leaves_no_container() -> Result<()> {
     tokio::time::timeout(Duration::from_secs(5), reader)
         .await
         .context("the log follower's connection was not closed")??;
-    ensure!(
-        env.docker.containers_of_job(&id).await?.is_empty(),
-        "the stopped server left build {id}'s container behind"
-    );
+    // Give a straggler the time to appear: none may.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for job in [&id, &queued] {
+        ensure!(
+            env.docker.containers_of_job(job).await?.is_empty(),
+            "the stopped server left build {job}'s container behind"
+        );
+    }
     let log = env.server.log_text();
     ensure!(
         log.contains("shutdown: removed running job containers"),

@@ -393,10 +393,11 @@ impl Builds {
         Ok(())
     }
 
-    /// On shutdown: removes this server's job containers, so that a server that is
-    /// stopped (and perhaps never started again on this data directory) leaves none
-    /// behind. Its unfinished builds are marked failed by the next start's [`Self::recover`].
+    /// On shutdown: creates no more containers and removes this server's job
+    /// containers, so that a server that is stopped (and perhaps never started again
+    /// on this data directory) leaves none behind. Its unfinished builds are marked failed by the next start's [`Self::recover`].
     pub async fn release_containers(&self) {
+        self.sandbox.close();
         match tokio::time::timeout(std::time::Duration::from_secs(20), self.sandbox.sweep()).await {
             Ok(Ok(0)) => {}
             Ok(Ok(n)) => tracing::warn!(count = n, "shutdown: removed running job containers"),
