@@ -191,7 +191,7 @@ impl Watcher {
             }
         }
         let records = &self.store.records;
-        let known = records.list_kernels().unwrap_or_default();
+        let known = records.list_kernels().await.unwrap_or_default();
         let first_scan = !known.iter().any(|k| k.published);
         let mut new = Vec::new();
         for (kernel, p) in &found {
@@ -208,7 +208,7 @@ impl Watcher {
                 first_seen: before.map_or_else(now_rfc3339, |k| k.first_seen.clone()),
                 prebuild: before.and_then(|k| k.prebuild.clone()),
             };
-            if let Err(e) = records.put_kernel(&record) {
+            if let Err(e) = records.put_kernel(&record).await {
                 tracing::warn!(%kernel, error = %e, "could not record a published kernel");
                 continue;
             }

@@ -64,7 +64,7 @@ pub enum CliError {
 }
 
 /// Runs a token command; returns what to print on stdout.
-pub fn run_token(cmd: TokenCommand) -> Result<String, CliError> {
+pub async fn run_token(cmd: TokenCommand) -> Result<String, CliError> {
     let by = Caller::local(local_actor());
     match cmd {
         TokenCommand::Create {
@@ -79,10 +79,10 @@ pub fn run_token(cmd: TokenCommand) -> Result<String, CliError> {
                 scope,
                 modules,
             };
-            Ok(format!("{}\n", tokens.create(req, &by)?.token))
+            Ok(format!("{}\n", tokens.create(req, &by).await?.token))
         }
         TokenCommand::List { json, dir } => {
-            let list = open(&dir.data_dir)?.list()?;
+            let list = open(&dir.data_dir)?.list().await?;
             if json {
                 return Ok(format!(
                     "{}\n",
@@ -92,7 +92,7 @@ pub fn run_token(cmd: TokenCommand) -> Result<String, CliError> {
             Ok(table(&list))
         }
         TokenCommand::Revoke { name, dir } => {
-            let info = open(&dir.data_dir)?.revoke(&name, &by)?;
+            let info = open(&dir.data_dir)?.revoke(&name, &by).await?;
             let at = info.revoked_at.unwrap_or_default();
             Ok(format!("revoked {name} ({} token) at {at}\n", info.scope))
         }

@@ -181,6 +181,35 @@ pub struct Config {
     /// images) running at once; more wait.
     #[arg(long, env = "KMODFORGE_MAX_IMAGE_BUILDS", default_value_t = 2)]
     pub max_image_builds: usize,
+
+    /// PostgreSQL URL for the records (`postgres://user:password@host:5432/db`),
+    /// shared by every replica; without it, SQLite in the data directory.
+    #[arg(long, env = "KMODFORGE_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// S3 bucket for blobs, sources and logs, shared by every replica; without it,
+    /// the data directory. Credentials: `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`,
+    /// or `--s3-credentials-file`.
+    #[arg(long, env = "KMODFORGE_S3_BUCKET")]
+    pub s3_bucket: Option<String>,
+
+    /// Endpoint of an S3-compatible server (`http://127.0.0.1:3900`); default AWS.
+    #[arg(long, env = "KMODFORGE_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+
+    /// The bucket's region (Garage's default is `garage`).
+    #[arg(long, env = "KMODFORGE_S3_REGION", default_value = "us-east-1")]
+    pub s3_region: String,
+
+    /// An AWS shared-credentials file (`[default]` with `aws_access_key_id` and
+    /// `aws_secret_access_key`; `AWS_PROFILE` picks another section).
+    #[arg(long, env = "KMODFORGE_S3_CREDENTIALS_FILE")]
+    pub s3_credentials_file: Option<PathBuf>,
+
+    /// Answer blob downloads with a redirect to a presigned object-store URL valid
+    /// this many seconds (S3 only; 0: serve the bytes through the server).
+    #[arg(long, env = "KMODFORGE_PRESIGN_DOWNLOADS_SECS", default_value_t = 0)]
+    pub presign_downloads_secs: u64,
 }
 
 fn default_jobs() -> u32 {
@@ -221,6 +250,50 @@ impl Config {
             idle: Duration::from_secs(self.idle_timeout_secs),
             log_cap_bytes: self.log_cap_kib * 1024,
         }
+    }
+
+    /// Where the records live.
+    pub fn records_config(&self) -> crate::store::RecordsConfig {
+        match &self.database_url {
+            Some(url) => crate::store::RecordsConfig::Postgres(url.clone()),
+            None => crate::store::RecordsConfig::Sqlite,
+        }
+    }
+
+    /// Where the objects live; reads the S3 credentials.
+    pub fn objects_config(&self) -> Result<crate::store::ObjectsConfig, String> {
+        let Some(bucket) = &self.s3_bucket else {
+            return Ok(crate::store::ObjectsConfig::Local(self.data_dir.clone()));
+        };
+        let (access_key_id, secret_access_key) = match &self.s3_credentials_file {
+            Some(path) => {
+                let profile = std::env::var("AWS_PROFILE").unwrap_or_else(|_| "default".into());
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("KMODFORGE_S3_CREDENTIALS_FILE {}: {e}", path.display()))?;
+                aws_credentials(&text, &profile).ok_or_else(|| {
+                    format!(
+                        "KMODFORGE_S3_CREDENTIALS_FILE {}: no aws_access_key_id and aws_secret_access_key in [{profile}]",
+                        path.display()
+                    )
+                })?
+            }
+            None => match (
+                std::env::var("AWS_ACCESS_KEY_ID"),
+                std::env::var("AWS_SECRET_ACCESS_KEY"),
+            ) {
+                (Ok(id), Ok(secret)) if !id.is_empty() && !secret.is_empty() => (id, secret),
+                _ => {
+                    return Err("KMODFORGE_S3_BUCKET needs credentials: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or KMODFORGE_S3_CREDENTIALS_FILE".into())
+                }
+            },
+        };
+        Ok(crate::store::ObjectsConfig::S3(crate::store::S3Config {
+            bucket: bucket.clone(),
+            endpoint: self.s3_endpoint.clone(),
+            region: self.s3_region.clone(),
+            access_key_id,
+            secret_access_key,
+        }))
     }
 
     /// Checks values that clap's types cannot.
@@ -266,9 +339,72 @@ impl Config {
         if self.memory_mib < 1024 && self.boot_check {
             return Err("KMODFORGE_BOOT_CHECK needs KMODFORGE_BUILD_MEMORY_MIB of at least 1024 (the guest has 512 MiB)".into());
         }
+        if let Some(url) = &self.database_url {
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return Err("KMODFORGE_DATABASE_URL must be a postgres:// URL".into());
+            }
+        }
+        if let Some(endpoint) = &self.s3_endpoint {
+            if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+                return Err(format!(
+                    "KMODFORGE_S3_ENDPOINT must be an http(s) URL, got {endpoint:?}"
+                ));
+            }
+        }
+        if self.presign_downloads_secs > 0 && self.s3_bucket.is_none() {
+            return Err("KMODFORGE_PRESIGN_DOWNLOADS_SECS needs KMODFORGE_S3_BUCKET (a local directory cannot presign)".into());
+        }
+        if self.presign_downloads_secs > 7 * 24 * 3600 {
+            return Err(
+                "KMODFORGE_PRESIGN_DOWNLOADS_SECS must be at most 604800 (7 days, S3's limit)"
+                    .into(),
+            );
+        }
         if self.tmpfs_mib >= self.memory_mib {
             return Err("KMODFORGE_BUILD_TMPFS_MIB must be below KMODFORGE_BUILD_MEMORY_MIB (tmpfs counts as memory)".into());
         }
         Ok(())
+    }
+}
+
+/// The key pair of `profile` in an AWS shared-credentials file.
+fn aws_credentials(text: &str, profile: &str) -> Option<(String, String)> {
+    let mut in_profile = false;
+    let (mut id, mut secret) = (None, None);
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('[') && line.ends_with(']') {
+            in_profile = line[1..line.len() - 1].trim() == profile;
+            continue;
+        }
+        let Some((k, v)) = line.split_once('=') else {
+            continue;
+        };
+        if in_profile {
+            match k.trim() {
+                "aws_access_key_id" => id = Some(v.trim().to_string()),
+                "aws_secret_access_key" => secret = Some(v.trim().to_string()),
+                _ => {}
+            }
+        }
+    }
+    Some((id?, secret?))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod credentials_tests {
+    #[test]
+    fn reads_the_named_profile() {
+        let text = "[default]\naws_access_key_id = A\naws_secret_access_key = B\n[ci]\naws_access_key_id=C\naws_secret_access_key=D\n";
+        assert_eq!(
+            super::aws_credentials(text, "default").unwrap(),
+            ("A".into(), "B".into())
+        );
+        assert_eq!(
+            super::aws_credentials(text, "ci").unwrap(),
+            ("C".into(), "D".into())
+        );
+        assert!(super::aws_credentials(text, "none").is_none());
+        assert!(super::aws_credentials("[default]\naws_access_key_id = A\n", "default").is_none());
     }
 }

@@ -61,15 +61,26 @@ pub enum StartError {
 /// returns the handlers' state.
 pub async fn init(config: &Config) -> Result<AppState, StartError> {
     config.validate().map_err(StartError::Config)?;
-    let store = store::Store::open(&config.data_dir)?;
-    if let Some(path) = auth::bootstrap_admin(store.records.clone(), &config.data_dir)? {
+    let objects = config.objects_config().map_err(StartError::Config)?;
+    let store = store::Store::connect(&config.data_dir, &config.records_config(), &objects).await?;
+    tracing::info!(
+        records = if config.database_url.is_some() {
+            "postgresql"
+        } else {
+            "sqlite"
+        },
+        objects = store.objects.name(),
+        "store ready"
+    );
+    if let Some(path) = auth::bootstrap_admin(store.records.clone(), &config.data_dir).await? {
         tracing::info!(path = %path.display(), "first start: wrote an admin token (mode 0600); create narrower tokens with it and keep it safe");
     }
     let keys = keys::Keys::open(
         &config.data_dir,
         &config.key_settings(),
         store.records.clone(),
-    )?;
+    )
+    .await?;
     tracing::info!(
         module_signing = %keys.module_info().signer,
         certificate_sha256 = %keys.module_info().cert_sha256,
@@ -152,6 +163,8 @@ pub async fn init(config: &Config) -> Result<AppState, StartError> {
         prebuilder,
         watcher,
         oneshot_wait: std::time::Duration::from_secs(config.oneshot_wait_secs),
+        presign: (config.presign_downloads_secs > 0)
+            .then(|| std::time::Duration::from_secs(config.presign_downloads_secs)),
     })
 }
 

@@ -30,7 +30,7 @@ enum Command {
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     if let Some(Command::Token(cmd)) = cli.command {
-        return match run_token(cmd) {
+        return match run_token(cmd).await {
             Ok(out) => {
                 print!("{out}");
                 std::process::ExitCode::SUCCESS

@@ -20,9 +20,9 @@ const RECENT_BUILDS: u32 = 20_000;
 type Pair = (KernelRelease, ModuleName, ModuleVersion);
 
 /// Computes the matrix from the records.
-pub fn matrix(store: &Store) -> Result<Matrix, RecordsError> {
+pub async fn matrix(store: &Store) -> Result<Matrix, RecordsError> {
     let records = &store.records;
-    let builds = records.list_builds(RECENT_BUILDS)?;
+    let builds = records.list_builds(RECENT_BUILDS).await?;
     // Newest first: the first record of a pair is its newest build.
     let mut newest: HashMap<Pair, &BuildRecord> = HashMap::new();
     for b in &builds {
@@ -30,7 +30,7 @@ pub fn matrix(store: &Store) -> Result<Matrix, RecordsError> {
             .entry((b.kernel.clone(), b.name.clone(), b.version.clone()))
             .or_insert(b);
     }
-    let mut kernels = records.list_kernels()?;
+    let mut kernels = records.list_kernels().await?;
     for b in &builds {
         if !kernels.iter().any(|k| k.kernel == b.kernel) {
             kernels.push(KnownKernel {
@@ -46,7 +46,8 @@ pub fn matrix(store: &Store) -> Result<Matrix, RecordsError> {
     }
     kernels.sort_by(|a, b| version_cmp(b.kernel.as_str(), a.kernel.as_str()));
     let modules: Vec<MatrixModule> = records
-        .list_modules()?
+        .list_modules()
+        .await?
         .into_iter()
         .map(|m| MatrixModule {
             name: m.name,
@@ -58,13 +59,16 @@ pub fn matrix(store: &Store) -> Result<Matrix, RecordsError> {
     for k in &kernels {
         for m in &modules {
             let pair = (k.kernel.clone(), m.name.clone(), m.version.clone());
-            cells.push(cell(
-                store,
-                pair,
-                newest
-                    .get(&(k.kernel.clone(), m.name.clone(), m.version.clone()))
-                    .copied(),
-            )?);
+            cells.push(
+                cell(
+                    store,
+                    pair,
+                    newest
+                        .get(&(k.kernel.clone(), m.name.clone(), m.version.clone()))
+                        .copied(),
+                )
+                .await?,
+            );
         }
     }
     Ok(Matrix {
@@ -75,7 +79,7 @@ pub fn matrix(store: &Store) -> Result<Matrix, RecordsError> {
     })
 }
 
-fn cell(
+async fn cell(
     store: &Store,
     (kernel, name, version): Pair,
     b: Option<&BuildRecord>,
@@ -105,7 +109,7 @@ fn cell(
         BuildState::NotApplicable => CellState::NotApplicable,
     };
     if let Some(key) = &b.artifact_key {
-        if let Some(m) = store.records.get_artifact(key)? {
+        if let Some(m) = store.records.get_artifact(key).await? {
             c.boot_check = m.boot_check.as_ref().map(|k| CellCheck {
                 passed: k.passed,
                 signature_enforced: k.signature_enforced,

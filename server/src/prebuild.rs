@@ -69,22 +69,25 @@ impl Prebuilder {
         trigger: &str,
     ) -> Result<Prebuild, RecordsError> {
         let records = &self.store.records;
-        let mut known = records.get_kernel(kernel)?.unwrap_or_else(|| KnownKernel {
-            kernel: kernel.clone(),
-            suite: kernel.debian_suite().map(str::to_string),
-            headers_version: None,
-            published: false,
-            requested: false,
-            first_seen: now_rfc3339(),
-            prebuild: None,
-        });
+        let mut known = records
+            .get_kernel(kernel)
+            .await?
+            .unwrap_or_else(|| KnownKernel {
+                kernel: kernel.clone(),
+                suite: kernel.debian_suite().map(str::to_string),
+                headers_version: None,
+                published: false,
+                requested: false,
+                first_seen: now_rfc3339(),
+                prebuild: None,
+            });
         let mut prebuild = Prebuild {
             started_at: now_rfc3339(),
             trigger: trigger.to_string(),
             builds: Vec::new(),
             error: None,
         };
-        for module in self.chosen(&records.list_modules()?) {
+        for module in self.chosen(&records.list_modules().await?) {
             let req = BuildRequest {
                 name: module.name.clone(),
                 version: module.version.clone(),
@@ -114,7 +117,7 @@ impl Prebuilder {
         }
         tracing::info!(%kernel, trigger, builds = prebuild.builds.len(), "prebuild submitted");
         known.prebuild = Some(prebuild.clone());
-        records.put_kernel(&known)?;
+        records.put_kernel(&known).await?;
         Ok(prebuild)
     }
 

@@ -107,26 +107,31 @@ impl Sources {
             added_at: now_rfc3339(),
         };
         let records = &self.store.records;
-        if let Some(existing) = records.get_module(&req.name, &req.version)? {
-            return self.same_or_conflict(existing, module, warnings, by);
+        if let Some(existing) = records.get_module(&req.name, &req.version).await? {
+            return self.same_or_conflict(existing, module, warnings, by).await;
         }
-        let replaced = self.check_pin(&req, &tree.digest, by)?;
+        let replaced = self.check_pin(&req, &tree.digest, by).await?;
         // Source first, record second: a record never points at a missing tree.
-        self.store.put_source(&tree.digest, &tree.normalized_tar)?;
-        match records.put_module(&module)? {
+        self.store
+            .objects
+            .put_source(&tree.digest, tree.normalized_tar.clone().into())
+            .await?;
+        match records.put_module(&module).await? {
             PutModule::Created => {}
             PutModule::Unchanged(existing) | PutModule::Conflict(existing) => {
-                return self.same_or_conflict(existing, module, warnings, by);
+                return self.same_or_conflict(existing, module, warnings, by).await;
             }
         }
         let mut detail = format!("added {} files, {} bytes", module.files, module.bytes);
         if let Some(old) = replaced {
-            records.pin_digest(
-                &req.name,
-                &req.version,
-                tree.digest.as_str(),
-                &now_rfc3339(),
-            )?;
+            records
+                .pin_digest(
+                    &req.name,
+                    &req.version,
+                    tree.digest.as_str(),
+                    &now_rfc3339(),
+                )
+                .await?;
             detail = format!(
                 "{detail}; replaced the pinned source digest {old} (explicit admin request)"
             );
@@ -137,7 +142,8 @@ impl Sources {
             AuditOutcome::Done,
             &module,
             detail,
-        )?;
+        )
+        .await?;
         Ok(AddModuleResponse {
             module,
             created: true,
@@ -147,7 +153,7 @@ impl Sources {
 
     /// The answer when `name/version` is registered already: the same content is
     /// fine, other content a conflict (its tree is dropped unless used elsewhere).
-    fn same_or_conflict(
+    async fn same_or_conflict(
         &self,
         existing: ModuleSource,
         attempted: ModuleSource,
@@ -164,9 +170,10 @@ impl Sources {
         if !self
             .store
             .records
-            .digest_in_use(attempted.digest.as_str())?
+            .digest_in_use(attempted.digest.as_str())
+            .await?
         {
-            self.store.delete_source(&attempted.digest)?;
+            self.store.objects.delete_source(&attempted.digest).await?;
         }
         let err = SourceError::Conflict {
             name: attempted.name.clone(),
@@ -179,19 +186,25 @@ impl Sources {
             AuditOutcome::Refused,
             &attempted,
             err.to_string(),
-        )?;
+        )
+        .await?;
         Err(err)
     }
 
     /// Refuses other content under a pinned name/version, unless an admin asked to
     /// replace it; returns the pin being replaced.
-    fn check_pin(
+    async fn check_pin(
         &self,
         req: &AddSource,
         digest: &SourceDigest,
         by: &Caller,
     ) -> Result<Option<String>, SourceError> {
-        let Some(pinned) = self.store.records.pinned_digest(&req.name, &req.version)? else {
+        let Some(pinned) = self
+            .store
+            .records
+            .pinned_digest(&req.name, &req.version)
+            .await?
+        else {
             return Ok(None);
         };
         if pinned == digest.as_str() {
@@ -216,11 +229,11 @@ impl Sources {
             digest: Some(digest),
             detail: refusal.to_string(),
         };
-        self.audit.module(by, change)?;
+        self.audit.module(by, change).await?;
         Err(refusal)
     }
 
-    fn audit_module(
+    async fn audit_module(
         &self,
         by: &Caller,
         action: AuditAction,
@@ -236,37 +249,38 @@ impl Sources {
             digest: Some(&m.digest),
             detail,
         };
-        self.audit.module(by, change)
+        self.audit.module(by, change).await
     }
 
-    pub fn get(
+    pub async fn get(
         &self,
         name: &ModuleName,
         version: &ModuleVersion,
     ) -> Result<ModuleSource, SourceError> {
         self.store
             .records
-            .get_module(name, version)?
+            .get_module(name, version)
+            .await?
             .ok_or_else(|| SourceError::NotFound {
                 name: name.clone(),
                 version: version.clone(),
             })
     }
 
-    pub fn list(&self) -> Result<Vec<ModuleSource>, SourceError> {
-        Ok(self.store.records.list_modules()?)
+    pub async fn list(&self) -> Result<Vec<ModuleSource>, SourceError> {
+        Ok(self.store.records.list_modules().await?)
     }
 
     /// Removes a module version, its artifacts, and blobs nothing else uses. Its
     /// pin stays: the name and version keep meaning this source.
-    pub fn delete(
+    pub async fn delete(
         &self,
         name: &ModuleName,
         version: &ModuleVersion,
         builds: &Builds,
         by: &Caller,
     ) -> Result<(), SourceError> {
-        let module = self.get(name, version)?;
+        let module = self.get(name, version).await?;
         if builds.module_busy(name, version) {
             return Err(SourceError::Busy {
                 name: name.clone(),
@@ -274,15 +288,15 @@ impl Sources {
             });
         }
         let records = &self.store.records;
-        let gone = records.delete_artifacts(name, version)?;
-        records.delete_module(name, version)?;
+        let gone = records.delete_artifacts(name, version).await?;
+        records.delete_module(name, version).await?;
         for f in gone.iter().flat_map(|m| m.files.iter()) {
-            if !records.blob_in_use(&f.sha256)? {
-                self.store.blobs.delete(&f.sha256)?;
+            if !records.blob_in_use(&f.sha256).await? {
+                self.store.objects.delete_blob(&f.sha256).await?;
             }
         }
-        if !records.digest_in_use(module.digest.as_str())? {
-            self.store.delete_source(&module.digest)?;
+        if !records.digest_in_use(module.digest.as_str()).await? {
+            self.store.objects.delete_source(&module.digest).await?;
         }
         let detail = format!("deleted with {} artifact(s)", gone.len());
         self.audit_module(
@@ -291,7 +305,8 @@ impl Sources {
             AuditOutcome::Done,
             &module,
             detail,
-        )?;
+        )
+        .await?;
         Ok(())
     }
 }

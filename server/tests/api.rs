@@ -309,6 +309,7 @@ async fn a_built_version_keeps_its_source_after_a_delete() {
         .store
         .records
         .pin_digest(&name, &version, &digest, "2026-01-01T00:00:00Z")
+        .await
         .expect("pin");
     let (status, _) = call(&h, Method::DELETE, "/v1/modules/demo/1.0", Vec::new()).await;
     assert_eq!(status, StatusCode::NO_CONTENT);

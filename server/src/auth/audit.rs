@@ -34,8 +34,8 @@ impl Audit {
         Audit { records }
     }
 
-    fn append(&self, entry: AuditEntry) -> Result<u64, RecordsError> {
-        let result = self.records.append_audit(&entry);
+    async fn append(&self, entry: AuditEntry) -> Result<u64, RecordsError> {
+        let result = self.records.append_audit(&entry).await;
         match &result {
             Ok(seq) => tracing::info!(
                 seq,
@@ -77,16 +77,16 @@ impl Audit {
     }
 
     /// A change to a module (add, delete, settings), done or refused.
-    pub fn module(&self, by: &Caller, c: ModuleChange<'_>) -> Result<u64, RecordsError> {
+    pub async fn module(&self, by: &Caller, c: ModuleChange<'_>) -> Result<u64, RecordsError> {
         let mut e = Self::entry(by, c.action, c.outcome, c.detail);
         e.module = Some(c.module.clone());
         e.version = c.version.cloned();
         e.digest = c.digest.map(|d| d.to_string());
-        self.append(e)
+        self.append(e).await
     }
 
     /// A token created or revoked.
-    pub fn token(
+    pub async fn token(
         &self,
         by: &Caller,
         action: AuditAction,
@@ -95,27 +95,33 @@ impl Audit {
     ) -> Result<u64, RecordsError> {
         let mut e = Self::entry(by, action, AuditOutcome::Done, detail);
         e.token = Some(token.clone());
-        self.append(e)
+        self.append(e).await
     }
 
     /// A refused change that names no module (a token request, say).
-    pub fn refused(
+    pub async fn refused(
         &self,
         by: &Caller,
         action: AuditAction,
         detail: String,
     ) -> Result<u64, RecordsError> {
         self.append(Self::entry(by, action, AuditOutcome::Refused, detail))
+            .await
     }
 
     /// A signing key created, imported or replaced (`key_id`: its identity).
-    pub fn key(&self, by: &Caller, key_id: &str, detail: String) -> Result<u64, RecordsError> {
+    pub async fn key(
+        &self,
+        by: &Caller,
+        key_id: &str,
+        detail: String,
+    ) -> Result<u64, RecordsError> {
         let mut e = Self::entry(by, AuditAction::KeyChange, AuditOutcome::Done, detail);
         e.digest = Some(key_id.to_string());
-        self.append(e)
+        self.append(e).await
     }
 
-    pub fn list(&self, q: &AuditQuery) -> Result<Vec<AuditEntry>, RecordsError> {
-        self.records.list_audit(q)
+    pub async fn list(&self, q: &AuditQuery) -> Result<Vec<AuditEntry>, RecordsError> {
+        self.records.list_audit(q).await
     }
 }

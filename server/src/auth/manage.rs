@@ -55,7 +55,11 @@ impl Tokens {
     }
 
     /// Makes a token; the answer holds its secret, which is not kept anywhere.
-    pub fn create(&self, req: CreateTokenRequest, by: &Caller) -> Result<CreatedToken, TokenError> {
+    pub async fn create(
+        &self,
+        req: CreateTokenRequest,
+        by: &Caller,
+    ) -> Result<CreatedToken, TokenError> {
         req.validate()?;
         let minted = token::mint()?;
         let info = TokenInfo {
@@ -71,7 +75,7 @@ impl Tokens {
             hash: minted.hash,
             info: info.clone(),
         };
-        if !self.records.insert_token(&row)? {
+        if !self.records.insert_token(&row).await? {
             return Err(TokenError::Exists(info.name));
         }
         let patterns: Vec<&str> = info.modules.iter().map(|p| p.as_str()).collect();
@@ -80,35 +84,38 @@ impl Tokens {
         } else {
             format!(" limited to {}", patterns.join(", "))
         };
-        self.audit.token(
-            by,
-            AuditAction::TokenCreate,
-            &info.name,
-            format!(
-                "created token {} with scope {}{limit}",
-                info.name, info.scope
-            ),
-        )?;
+        self.audit
+            .token(
+                by,
+                AuditAction::TokenCreate,
+                &info.name,
+                format!(
+                    "created token {} with scope {}{limit}",
+                    info.name, info.scope
+                ),
+            )
+            .await?;
         Ok(CreatedToken {
             token: minted.token,
             info,
         })
     }
 
-    pub fn list(&self) -> Result<Vec<TokenInfo>, TokenError> {
-        Ok(self.records.list_tokens()?)
+    pub async fn list(&self) -> Result<Vec<TokenInfo>, TokenError> {
+        Ok(self.records.list_tokens().await?)
     }
 
     /// Revokes `name`: refused from the next request on. Revoking a revoked token
     /// answers it again.
-    pub fn revoke(&self, name: &TokenName, by: &Caller) -> Result<TokenInfo, TokenError> {
-        match self.records.revoke_token(name, &now_rfc3339())? {
+    pub async fn revoke(&self, name: &TokenName, by: &Caller) -> Result<TokenInfo, TokenError> {
+        match self.records.revoke_token(name, &now_rfc3339()).await? {
             Revoked::Unknown => Err(TokenError::Unknown(name.clone())),
             Revoked::Already(info) => Ok(info),
             Revoked::Now(info) => {
                 let detail = format!("revoked token {name} (scope {})", info.scope);
                 self.audit
-                    .token(by, AuditAction::TokenRevoke, name, detail)?;
+                    .token(by, AuditAction::TokenRevoke, name, detail)
+                    .await?;
                 Ok(info)
             }
         }
@@ -119,11 +126,11 @@ impl Tokens {
 /// writes it to `<data_dir>/admin.token` (mode 0600). Returns the file's path when
 /// it did. The record goes first: among replicas starting together, the one whose
 /// insert wins writes the file.
-pub fn bootstrap_admin(
+pub async fn bootstrap_admin(
     records: Arc<dyn Records>,
     data_dir: &Path,
 ) -> Result<Option<PathBuf>, TokenError> {
-    if records.any_tokens()? {
+    if records.any_tokens().await? {
         return Ok(None);
     }
     let name = TokenName::parse(ADMIN_TOKEN_NAME).map_err(|e| TokenError::File {
@@ -137,7 +144,7 @@ pub fn bootstrap_admin(
         scope: Scope::Admin,
         modules: Vec::new(),
     };
-    let created = match tokens.create(req, &server) {
+    let created = match tokens.create(req, &server).await {
         Ok(c) => c,
         Err(TokenError::Exists(_)) => return Ok(None),
         Err(e) => return Err(e),
@@ -145,7 +152,7 @@ pub fn bootstrap_admin(
     let path = data_dir.join(ADMIN_TOKEN_FILE);
     if let Err(source) = write_secret(&path, format!("{}\n", created.token).as_bytes()) {
         // Nobody could use a token whose only copy was not written.
-        let _ = records.forget_token(&name);
+        let _ = records.forget_token(&name).await;
         return Err(TokenError::File { path, source });
     }
     Ok(Some(path))

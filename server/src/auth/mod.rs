@@ -153,7 +153,11 @@ impl Auth {
 
     /// The caller of a request with this `Authorization` header, if it may do
     /// `needed` at all (module limits are checked later, by the handler).
-    pub fn authenticate(&self, header: Option<&[u8]>, needed: Scope) -> Result<Caller, AuthError> {
+    pub async fn authenticate(
+        &self,
+        header: Option<&[u8]>,
+        needed: Scope,
+    ) -> Result<Caller, AuthError> {
         let Some(header) = header else {
             if self.anonymous_read && needed == Scope::Read {
                 return Ok(Caller {
@@ -168,7 +172,7 @@ impl Auth {
         let presented = presented.as_str();
         let bad = || AuthError::Denied(Denied::BadToken { needed });
         let id = token::id_of(presented).ok_or_else(bad)?;
-        let row = self.records.token_by_id(id)?.ok_or_else(bad)?;
+        let row = self.records.token_by_id(id).await?.ok_or_else(bad)?;
         // Compare before looking at revocation, so both refusals cost the same.
         if !token::matches(presented, &row.hash) || row.info.revoked_at.is_some() {
             return Err(bad());

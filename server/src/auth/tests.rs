@@ -21,7 +21,7 @@ fn world() -> World {
     }
 }
 
-fn create(w: &World, name: &str, scope: Scope, modules: &[&str]) -> String {
+async fn create(w: &World, name: &str, scope: Scope, modules: &[&str]) -> String {
     let req = CreateTokenRequest {
         name: TokenName::parse(name).unwrap(),
         scope,
@@ -32,6 +32,7 @@ fn create(w: &World, name: &str, scope: Scope, modules: &[&str]) -> String {
     };
     w.tokens
         .create(req, &Caller::local("cli:test".into()))
+        .await
         .unwrap()
         .token
 }
@@ -47,20 +48,25 @@ fn denied(r: Result<Caller, AuthError>) -> Denied {
     }
 }
 
-#[test]
-fn scopes_and_refusals() {
+#[tokio::test]
+async fn scopes_and_refusals() {
     let w = world();
     let auth = Auth::new(w.records.clone(), false);
-    let build = create(&w, "ci", Scope::Build, &[]);
+    let build = create(&w, "ci", Scope::Build, &[]).await;
     let caller = auth
         .authenticate(Some(&header(&build)), Scope::Read)
+        .await
         .unwrap();
     assert_eq!((caller.actor.as_str(), caller.scope), ("ci", Scope::Build));
     assert!(auth
         .authenticate(Some(&header(&build)), Scope::Build)
+        .await
         .is_ok());
     assert_eq!(
-        denied(auth.authenticate(Some(&header(&build)), Scope::Publish)),
+        denied(
+            auth.authenticate(Some(&header(&build)), Scope::Publish)
+                .await
+        ),
         Denied::Scope {
             actor: "ci".into(),
             has: Scope::Build,
@@ -68,7 +74,7 @@ fn scopes_and_refusals() {
         }
     );
     assert_eq!(
-        denied(auth.authenticate(None, Scope::Read)),
+        denied(auth.authenticate(None, Scope::Read).await),
         Denied::Missing {
             needed: Scope::Read
         }
@@ -83,14 +89,18 @@ fn scopes_and_refusals() {
         .into_bytes()
     };
     assert!(matches!(
-        denied(auth.authenticate(Some(&basic("admin:admin")), Scope::Read)),
+        denied(
+            auth.authenticate(Some(&basic("admin:admin")), Scope::Read)
+                .await
+        ),
         Denied::BadToken { .. }
     ));
     assert!(auth
         .authenticate(Some(&basic(&format!("apt:{build}"))), Scope::Read)
+        .await
         .is_ok());
     assert!(matches!(
-        denied(auth.authenticate(Some(b"Digest x"), Scope::Read)),
+        denied(auth.authenticate(Some(b"Digest x"), Scope::Read).await),
         Denied::Malformed { .. }
     ));
     // Same id, other secret: a forged token.
@@ -100,31 +110,39 @@ fn scopes_and_refusals() {
         if build.ends_with('0') { '1' } else { '0' }
     );
     assert!(matches!(
-        denied(auth.authenticate(Some(&header(&forged)), Scope::Read)),
+        denied(auth.authenticate(Some(&header(&forged)), Scope::Read).await),
         Denied::BadToken { .. }
     ));
     assert!(matches!(
-        denied(auth.authenticate(Some(&header("kmf_nonsense")), Scope::Read)),
+        denied(
+            auth.authenticate(Some(&header("kmf_nonsense")), Scope::Read)
+                .await
+        ),
         Denied::BadToken { .. }
     ));
     // Lower-case scheme and extra spaces are still a bearer token.
     assert!(auth
         .authenticate(Some(format!("bearer  {build} ").as_bytes()), Scope::Read)
+        .await
         .is_ok());
 }
 
-#[test]
-fn a_revoked_token_is_refused_at_once() {
+#[tokio::test]
+async fn a_revoked_token_is_refused_at_once() {
     let w = world();
     let auth = Auth::new(w.records.clone(), false);
-    let t = create(&w, "fleet", Scope::Read, &[]);
-    assert!(auth.authenticate(Some(&header(&t)), Scope::Read).is_ok());
+    let t = create(&w, "fleet", Scope::Read, &[]).await;
+    assert!(auth
+        .authenticate(Some(&header(&t)), Scope::Read)
+        .await
+        .is_ok());
     let name = TokenName::parse("fleet").unwrap();
     w.tokens
         .revoke(&name, &Caller::local("cli:test".into()))
+        .await
         .unwrap();
     assert!(matches!(
-        denied(auth.authenticate(Some(&header(&t)), Scope::Read)),
+        denied(auth.authenticate(Some(&header(&t)), Scope::Read).await),
         Denied::BadToken { .. }
     ));
     let log = Audit::new(w.records.clone())
@@ -132,6 +150,7 @@ fn a_revoked_token_is_refused_at_once() {
             limit: 10,
             ..Default::default()
         })
+        .await
         .unwrap();
     let actions: Vec<_> = log.iter().map(|e| e.action).collect();
     assert_eq!(
@@ -141,13 +160,14 @@ fn a_revoked_token_is_refused_at_once() {
     assert!(log.iter().all(|e| e.actor == "cli:test"));
 }
 
-#[test]
-fn module_limits_apply_to_build_and_publish_only() {
+#[tokio::test]
+async fn module_limits_apply_to_build_and_publish_only() {
     let w = world();
     let auth = Auth::new(w.records.clone(), false);
-    let t = create(&w, "hello-ci", Scope::Publish, &["kmfhello*"]);
+    let t = create(&w, "hello-ci", Scope::Publish, &["kmfhello*"]).await;
     let caller = auth
         .authenticate(Some(&header(&t)), Scope::Publish)
+        .await
         .unwrap();
     let m = |s: &str| ModuleName::parse(s).unwrap();
     assert!(caller
@@ -166,33 +186,34 @@ fn module_limits_apply_to_build_and_publish_only() {
     assert!(caller.require_module(Scope::Admin, &m("kmfhello")).is_err());
 }
 
-#[test]
-fn anonymous_reads_only_when_asked_for() {
+#[tokio::test]
+async fn anonymous_reads_only_when_asked_for() {
     let w = world();
     let open = Auth::new(w.records.clone(), true);
     assert_eq!(
-        open.authenticate(None, Scope::Read).unwrap().scope,
+        open.authenticate(None, Scope::Read).await.unwrap().scope,
         Scope::Read
     );
     assert!(matches!(
-        denied(open.authenticate(None, Scope::Build)),
+        denied(open.authenticate(None, Scope::Build).await),
         Denied::Missing {
             needed: Scope::Build
         }
     ));
     // A wrong token is never downgraded to anonymous.
     assert!(matches!(
-        denied(open.authenticate(Some(b"Bearer kmf_x"), Scope::Read)),
+        denied(open.authenticate(Some(b"Bearer kmf_x"), Scope::Read).await),
         Denied::BadToken { .. }
     ));
 }
 
-#[test]
-fn the_first_admin_token_is_written_once_with_mode_0600() {
+#[tokio::test]
+async fn the_first_admin_token_is_written_once_with_mode_0600() {
     use std::os::unix::fs::PermissionsExt;
     let w = world();
     let dir = tempfile::tempdir().unwrap();
     let path = bootstrap_admin(w.records.clone(), dir.path())
+        .await
         .unwrap()
         .unwrap();
     let meta = std::fs::metadata(&path).unwrap();
@@ -201,10 +222,13 @@ fn the_first_admin_token_is_written_once_with_mode_0600() {
     let auth = Auth::new(w.records.clone(), false);
     let caller = auth
         .authenticate(Some(&header(token.trim())), Scope::Admin)
+        .await
         .unwrap();
     assert_eq!(caller.actor, "admin");
     assert_eq!(
-        bootstrap_admin(w.records.clone(), dir.path()).unwrap(),
+        bootstrap_admin(w.records.clone(), dir.path())
+            .await
+            .unwrap(),
         None,
         "only once"
     );
@@ -215,10 +239,10 @@ fn the_first_admin_token_is_written_once_with_mode_0600() {
     );
 }
 
-#[test]
-fn token_names_stay_unique_and_limits_are_checked() {
+#[tokio::test]
+async fn token_names_stay_unique_and_limits_are_checked() {
     let w = world();
-    create(&w, "ci", Scope::Build, &[]);
+    create(&w, "ci", Scope::Build, &[]).await;
     let again = CreateTokenRequest {
         name: TokenName::parse("ci").unwrap(),
         scope: Scope::Read,
@@ -226,7 +250,7 @@ fn token_names_stay_unique_and_limits_are_checked() {
     };
     let local = Caller::local("cli:test".into());
     assert!(matches!(
-        w.tokens.create(again, &local),
+        w.tokens.create(again, &local).await,
         Err(TokenError::Exists(_))
     ));
     let limited_admin = CreateTokenRequest {
@@ -235,12 +259,12 @@ fn token_names_stay_unique_and_limits_are_checked() {
         modules: vec![ModulePattern::parse("a").unwrap()],
     };
     assert!(matches!(
-        w.tokens.create(limited_admin, &local),
+        w.tokens.create(limited_admin, &local).await,
         Err(TokenError::Invalid(_))
     ));
     let nope = TokenName::parse("nope").unwrap();
     assert!(matches!(
-        w.tokens.revoke(&nope, &local),
+        w.tokens.revoke(&nope, &local).await,
         Err(TokenError::Unknown(_))
     ));
 }

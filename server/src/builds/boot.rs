@@ -93,7 +93,7 @@ impl Builds {
             )
         };
         // Another job may have checked it while this one waited.
-        match self.store.records.get_artifact(&manifest.key) {
+        match self.store.records.get_artifact(&manifest.key).await {
             Ok(Some(current)) if current.boot_check.is_some() => {
                 job.log
                     .note("boot check recorded meanwhile by another build");
@@ -102,8 +102,8 @@ impl Builds {
             Ok(_) => {}
             Err(e) => return Err(infra(e.to_string())),
         }
-        let modules = self.modules_to_load(&manifest).map_err(infra)?;
-        let enforce = self.enforcement(&manifest, &modules).map_err(infra)?;
+        let modules = self.modules_to_load(&manifest).await.map_err(infra)?;
+        let enforce = self.enforcement(&manifest, &modules).await.map_err(infra)?;
         let permit = match self.slot(job).await {
             Ok(p) => p,
             Err(Outcome::Failed(f)) => return Err(f),
@@ -136,7 +136,7 @@ impl Builds {
         self.keys
             .attest(&mut manifest)
             .map_err(|e| infra(format!("signing the manifest: {e}")))?;
-        match self.store.records.update_manifest(&manifest) {
+        match self.store.records.update_manifest(&manifest).await {
             Ok(true) => Ok(manifest),
             Ok(false) => Err(infra("the artifact was deleted during the check".into())),
             Err(e) => Err(infra(e.to_string())),
@@ -145,7 +145,7 @@ impl Builds {
 
     /// Signature enforcement for a signed artifact (unless turned off): its
     /// certificate, and an unsigned and a foreign-signed copy of its first module.
-    fn enforcement(
+    async fn enforcement(
         &self,
         manifest: &Manifest,
         modules: &[(String, Vec<u8>)],
@@ -161,7 +161,7 @@ impl Builds {
         if !self.checker.enforce_signed() {
             return Ok(None);
         }
-        let (cert_der, cert_cn) = self.keys.certificate(sha, &*self.store.records)?;
+        let (cert_der, cert_cn) = self.keys.certificate(sha, &*self.store.records).await?;
         let Some((file, signed)) = modules.first() else {
             return Ok(None);
         };
@@ -192,14 +192,14 @@ impl Builds {
 
     /// The artifact's `.ko` files and those of its BUILD_DEPENDS artifacts (all
     /// the way down), which a host would have installed before it.
-    fn modules_to_load(&self, manifest: &Manifest) -> Result<Vec<(String, Vec<u8>)>, String> {
+    async fn modules_to_load(&self, manifest: &Manifest) -> Result<Vec<(String, Vec<u8>)>, String> {
         let mut modules = Vec::new();
         let mut seen = vec![manifest.key.clone()];
         let mut todo = vec![manifest.clone()];
         while let Some(m) = todo.pop() {
             for f in &m.files {
-                match self.store.blobs.get(&f.sha256) {
-                    Ok(Some(bytes)) => modules.push((f.file.clone(), bytes)),
+                match self.store.objects.get_blob(&f.sha256).await {
+                    Ok(Some(bytes)) => modules.push((f.file.clone(), bytes.to_vec())),
                     Ok(None) => return Err(format!("blob {} of {} is missing", f.sha256, f.file)),
                     Err(e) => return Err(e.to_string()),
                 }
@@ -209,7 +209,7 @@ impl Builds {
                     continue;
                 }
                 seen.push(d.key.clone());
-                match self.store.records.get_artifact(&d.key) {
+                match self.store.records.get_artifact(&d.key).await {
                     Ok(Some(dm)) => todo.push(dm),
                     Ok(None) => {
                         return Err(format!(

@@ -131,7 +131,7 @@ fn read_tar(
 }
 
 /// Verifies and stores the modules; records and returns the manifest.
-pub fn collect_artifact(
+pub async fn collect_artifact(
     store: &Store,
     input: &CollectInput<'_>,
     tar: &[u8],
@@ -175,14 +175,22 @@ pub fn collect_artifact(
     };
     let symvers = match files.remove(SYMVERS) {
         Some(data) => Some(BlobRef {
-            sha256: store.blobs.put(&data).map_err(|e| store_err(SYMVERS, e))?,
+            sha256: store
+                .objects
+                .put_blob(&data)
+                .await
+                .map_err(|e| store_err(SYMVERS, e))?,
             size: data.len() as u64,
         }),
         None => None,
     };
     let mut artifact_files = Vec::new();
     for (file, dest_location, data, modinfo) in out {
-        let sha256 = store.blobs.put(&data).map_err(|e| store_err(&file, e))?;
+        let sha256 = store
+            .objects
+            .put_blob(&data)
+            .await
+            .map_err(|e| store_err(&file, e))?;
         artifact_files.push(ArtifactFile {
             file,
             dest_location,
@@ -223,6 +231,7 @@ pub fn collect_artifact(
     store
         .records
         .put_artifact(&manifest)
+        .await
         .map_err(|e| CollectError::Store {
             what: input.what(),
             file: "manifest".into(),

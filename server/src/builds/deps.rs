@@ -117,8 +117,8 @@ impl Extras {
 
 impl Builds {
     /// The module's settings (empty when none were set).
-    pub(super) fn settings_of(&self, name: &ModuleName) -> Result<ModuleSettings, String> {
-        match self.store.records.get_settings(name) {
+    pub(super) async fn settings_of(&self, name: &ModuleName) -> Result<ModuleSettings, String> {
+        match self.store.records.get_settings(name).await {
             Ok(Some(r)) => Ok(r.settings),
             Ok(None) => Ok(ModuleSettings::default()),
             Err(e) => Err(format!("reading the settings of {name}: {e}")),
@@ -145,6 +145,7 @@ impl Builds {
             .store
             .records
             .list_modules()
+            .await
             .map_err(|e| failure(FailureKind::Infrastructure, e.to_string(), &job.log))?;
         let mut out = Vec::new();
         for name in names {
@@ -274,9 +275,12 @@ impl Builds {
             let env = super::run::base_env(&dep_req, self.jobs());
             let source = self
                 .store
+                .objects
                 .get_source(&dep.module.digest)
-                .map_err(|e| format!("source of {}: {e}", dep.module.name))?;
-            let built = self.dependency_tar(&dep.manifest)?;
+                .await
+                .map_err(|e| format!("source of {}: {e}", dep.module.name))?
+                .to_vec();
+            let built = self.dependency_tar(&dep.manifest).await?;
             for (sub, stdin) in [("unpack", source), ("put-built", built)] {
                 let out = container
                     .exec(crate::sandbox::Exec {
@@ -301,7 +305,7 @@ impl Builds {
     }
 
     /// A flat tar of a dependency's modules and Module.symvers, from the blobs.
-    fn dependency_tar(&self, m: &Manifest) -> Result<Vec<u8>, String> {
+    async fn dependency_tar(&self, m: &Manifest) -> Result<Vec<u8>, String> {
         let mut files: Vec<(String, String)> = m
             .files
             .iter()
@@ -314,8 +318,9 @@ impl Builds {
         for (name, sha256) in files {
             let data = self
                 .store
-                .blobs
-                .get(&sha256)
+                .objects
+                .get_blob(&sha256)
+                .await
                 .map_err(|e| format!("blob {sha256} of {}/{}: {e}", m.name, m.version))?
                 .ok_or_else(|| format!("blob {sha256} of {}/{} is missing", m.name, m.version))?;
             blobs.push((name, data));
@@ -323,7 +328,7 @@ impl Builds {
         flat_tar(
             blobs
                 .iter()
-                .map(|(name, data)| (name.as_str(), 0o644, data.as_slice())),
+                .map(|(name, data)| (name.as_str(), 0o644, &data[..])),
         )
         .map_err(|e| e.to_string())
     }

@@ -24,13 +24,13 @@ pub(super) enum CachedEval {
 pub(super) const MAX_DUMP: usize = 4 << 20;
 
 impl Builds {
-    pub(super) fn cached_eval(&self, ekey: &str) -> Option<CachedEval> {
-        let text = self.store.records.get_eval(ekey).ok()??;
+    pub(super) async fn cached_eval(&self, ekey: &str) -> Option<CachedEval> {
+        let text = self.store.records.get_eval(ekey).await.ok()??;
         serde_json::from_str(&text).ok()
     }
 
     /// Validates the dump of `kmf prepare` in Rust and caches the result.
-    pub(super) fn interpret_eval(
+    pub(super) async fn interpret_eval(
         &self,
         job: &Job,
         out: Option<ExecOutcome>,
@@ -75,7 +75,7 @@ impl Builds {
             }
         };
         if let Ok(text) = serde_json::to_string(&eval) {
-            if let Err(e) = self.store.records.put_eval(ekey, &text) {
+            if let Err(e) = self.store.records.put_eval(ekey, &text).await {
                 tracing::warn!(error = %e, "cannot cache dkms.conf evaluation");
             }
         }

@@ -133,7 +133,7 @@ impl Builds {
         let build_seconds = started.elapsed().as_secs_f64();
         job.log
             .note(&format!("build step took {build_seconds:.2} s"));
-        self.collect(ctx, &out.stdout, build_seconds)
+        self.collect(ctx, &out.stdout, build_seconds).await
     }
 
     /// Names the `BUILT_MODULE_NAME` files that make did not produce.
@@ -166,7 +166,7 @@ impl Builds {
     }
 
     /// Verifies and stores the module tar that `kmf build-collect` wrote to stdout.
-    fn collect(&self, ctx: &BuildCtx<'_>, tar: &[u8], build_seconds: f64) -> Outcome {
+    async fn collect(&self, ctx: &BuildCtx<'_>, tar: &[u8], build_seconds: f64) -> Outcome {
         let job = ctx.job;
         let input = CollectInput {
             build_id: &job.id,
@@ -185,7 +185,7 @@ impl Builds {
             signer: self.keys.module_signer(ctx.req.sign),
             keys: &self.keys,
         };
-        match collect_artifact(&self.store, &input, tar) {
+        match collect_artifact(&self.store, &input, tar).await {
             Ok(manifest) => {
                 for f in &manifest.files {
                     job.log

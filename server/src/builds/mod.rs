@@ -181,18 +181,22 @@ impl Builds {
         req: BuildRequest,
         priority: Priority,
     ) -> Result<Submitted, BuildError> {
-        self.note_requested(&req.kernel);
+        self.note_requested(&req.kernel).await;
         let module = self
             .store
             .records
-            .get_module(&req.name, &req.version)?
+            .get_module(&req.name, &req.version)
+            .await?
             .ok_or_else(|| BuildError::UnknownModule {
                 name: req.name.clone(),
                 version: req.version.clone(),
             })?;
         let arch = check_arch(&req)?;
         // Read once: the request key, the cache lookup and the job all use this snapshot.
-        let settings = self.settings_of(&req.name).map_err(BuildError::Settings)?;
+        let settings = self
+            .settings_of(&req.name)
+            .await
+            .map_err(BuildError::Settings)?;
         if let Some(hit) = self.cache_hit(&module, &req, &arch, &settings).await? {
             return Ok(Submitted {
                 response: hit,
@@ -230,7 +234,7 @@ impl Builds {
             inflight.by_id.insert(job.id.clone(), job.clone());
             job
         };
-        if let Err(e) = self.store.records.put_build(&job.snapshot().build) {
+        if let Err(e) = self.store.records.put_build(&job.snapshot().build).await {
             // Nothing will run this job: take it back out so that later requests start afresh.
             let mut inflight = self.inflight();
             inflight.by_request.remove(&key);
@@ -297,9 +301,9 @@ impl Builds {
     }
 
     /// Records that a build was asked for `kernel` (the matrix lists it).
-    fn note_requested(&self, kernel: &kmodforge_api::names::KernelRelease) {
+    async fn note_requested(&self, kernel: &kmodforge_api::names::KernelRelease) {
         let records = &self.store.records;
-        let known = records.get_kernel(kernel).ok().flatten();
+        let known = records.get_kernel(kernel).await.ok().flatten();
         if known.as_ref().is_some_and(|k| k.requested) {
             return;
         }
@@ -318,7 +322,7 @@ impl Builds {
                 prebuild: None,
             },
         };
-        if let Err(e) = records.put_kernel(&record) {
+        if let Err(e) = records.put_kernel(&record).await {
             tracing::warn!(%kernel, error = %e, "could not record the requested kernel");
         }
     }
@@ -334,14 +338,15 @@ impl Builds {
     }
 
     /// Current state of a build, live or from the records.
-    pub fn get(&self, id: &str) -> Result<BuildResponse, BuildError> {
+    pub async fn get(&self, id: &str) -> Result<BuildResponse, BuildError> {
         if let Some(job) = self.live(id) {
             return Ok(job.snapshot());
         }
         let build = self
             .store
             .records
-            .get_build(id)?
+            .get_build(id)
+            .await?
             .ok_or_else(|| BuildError::NotFound(id.to_string()))?;
         // A build whose boot check failed made its modules: they are shown with the check.
         let check_failed = build
@@ -349,9 +354,9 @@ impl Builds {
             .as_ref()
             .is_some_and(|f| f.kind == FailureKind::BootCheckFailed);
         let artifact = match (&build.state, &build.artifact_key) {
-            (BuildState::Succeeded, Some(key)) => self.store.records.get_artifact(key)?,
+            (BuildState::Succeeded, Some(key)) => self.store.records.get_artifact(key).await?,
             (BuildState::Failed, Some(key)) if check_failed => {
-                self.store.records.get_artifact(key)?
+                self.store.records.get_artifact(key).await?
             }
             _ => None,
         };
@@ -364,8 +369,8 @@ impl Builds {
         })
     }
 
-    pub fn list(&self, limit: u32) -> Result<Vec<BuildRecord>, BuildError> {
-        Ok(self.store.records.list_builds(limit)?)
+    pub async fn list(&self, limit: u32) -> Result<Vec<BuildRecord>, BuildError> {
+        Ok(self.store.records.list_builds(limit).await?)
     }
 
     /// True while any job of this module version is in flight.
@@ -381,7 +386,8 @@ impl Builds {
         let ids = self
             .store
             .records
-            .fail_unfinished("the server restarted while the build ran", &now_rfc3339())?;
+            .fail_unfinished("the server restarted while the build ran", &now_rfc3339())
+            .await?;
         if !ids.is_empty() {
             tracing::warn!(count = ids.len(), "marked interrupted builds as failed");
         }

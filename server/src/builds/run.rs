@@ -6,7 +6,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
 use kmodforge_api::cachekey::{cache_key, CacheKeyParts};
 use kmodforge_api::dkms::BuildPlan;
 use kmodforge_api::names::{Arch, ArtifactKey, ModuleName};
@@ -60,21 +59,21 @@ impl Builds {
         }
         let extras = Extras::new(settings, req, arch);
         let ekey = eval_key(module, req, arch, &image, self.jobs(), &extras);
-        let Some(CachedEval::Build(plan)) = self.cached_eval(&ekey) else {
+        let Some(CachedEval::Build(plan)) = self.cached_eval(&ekey).await else {
             return Ok(None);
         };
         if !plan.build_depends.is_empty() {
             return Ok(None);
         }
         let key = self.artifact_key(module, req, arch, &image, &plan, &extras);
-        let Some(manifest) = self.store.records.get_artifact(&key)? else {
+        let Some(manifest) = self.store.records.get_artifact(&key).await? else {
             return Ok(None);
         };
         // A wanted check that has not passed (never ran, or failed) is a job's work.
         if self.wants_check(req) && !manifest.boot_check.as_ref().is_some_and(|c| c.passed) {
             return Ok(None);
         }
-        let build = match self.store.records.get_build(&manifest.build_id)? {
+        let build = match self.store.records.get_build(&manifest.build_id).await? {
             // The build that made it failed its boot check: a request without a check
             // gets a succeeded record of its own from a (container-less) job.
             Some(b) if b.state != BuildState::Succeeded => return Ok(None),
@@ -131,7 +130,8 @@ impl Builds {
             let started = Instant::now();
             let outcome = self.pipeline(&job, &module, &req, &settings).await;
             let outcome = self.with_boot_check(&job, &req, outcome).await;
-            self.finish(&job, outcome, started.elapsed().as_secs_f64());
+            self.finish(&job, outcome, started.elapsed().as_secs_f64())
+                .await;
             let mut inflight = self.inflight();
             inflight.by_request.remove(&request_key);
             inflight.by_id.remove(&job.id);
@@ -140,13 +140,13 @@ impl Builds {
         })
     }
 
-    fn persist(&self, job: &Job) {
-        if let Err(e) = self.store.records.put_build(&job.snapshot().build) {
+    async fn persist(&self, job: &Job) {
+        if let Err(e) = self.store.records.put_build(&job.snapshot().build).await {
             tracing::error!(build = %job.id, error = %e, "cannot persist build record");
         }
     }
 
-    fn finish(&self, job: &Job, outcome: Outcome, seconds: f64) {
+    async fn finish(&self, job: &Job, outcome: Outcome, seconds: f64) {
         let (state, failure, manifest, cached) = match outcome {
             Outcome::Built(m) => (BuildState::Succeeded, None, Some(m), false),
             Outcome::Cached(m) => (BuildState::Succeeded, None, Some(m), true),
@@ -164,7 +164,12 @@ impl Builds {
                 .note(&format!("build {}: {}", state.as_str(), f.message)),
             None => job.log.note("build succeeded"),
         }
-        if let Err(e) = self.store.put_log(&job.id, &job.log.contents()) {
+        if let Err(e) = self
+            .store
+            .objects
+            .put_log(&job.id, job.log.contents().into())
+            .await
+        {
             tracing::error!(build = %job.id, error = %e, "cannot store build log");
         }
         job.update(|r| {
@@ -178,7 +183,7 @@ impl Builds {
             r.artifact = manifest;
             r.cached = cached;
         });
-        self.persist(job);
+        self.persist(job).await;
         // Only now end the live log: a follower that sees the stream end and then asks
         // for the build must find it final (else it polls once more for nothing).
         job.log.finish();
@@ -208,7 +213,7 @@ impl Builds {
                 Ok(permit) => {
                     if job.snapshot().build.state == BuildState::Queued {
                         job.update(|r| r.build.state = BuildState::Running);
-                        self.persist(job);
+                        self.persist(job).await;
                     }
                     return Ok(permit);
                 }
@@ -271,7 +276,7 @@ impl Builds {
                 }
             }
             let ekey = eval_key(module, req, &arch, &image, self.jobs(), &extras);
-            let eval = match self.cached_eval(&ekey) {
+            let eval = match self.cached_eval(&ekey).await {
                 Some(e) => e,
                 None => {
                     let permit = match self.slot(job).await {
@@ -285,7 +290,7 @@ impl Builds {
                         Ok(c) => c,
                         Err(f) => return Outcome::Failed(f),
                     };
-                    let e = self.interpret_eval(job, dump, req, &arch, &ekey);
+                    let e = self.interpret_eval(job, dump, req, &arch, &ekey).await;
                     container = Some((c, permit));
                     match e {
                         Ok(e) => e,
@@ -384,7 +389,7 @@ impl Builds {
         key: &ArtifactKey,
         container: &mut Option<(JobContainer, SemaphorePermit<'s>)>,
     ) -> Option<Outcome> {
-        if let Ok(Some(m)) = self.store.records.get_artifact(key) {
+        if let Ok(Some(m)) = self.store.records.get_artifact(key).await {
             job.log.note("artifact cache hit: nothing to build");
             return Some(Outcome::Cached(m));
         }
@@ -451,7 +456,9 @@ impl Builds {
         let infra = |msg: String| failure(FailureKind::Infrastructure, msg, &job.log);
         let source = self
             .store
+            .objects
             .get_source(&module.digest)
+            .await
             .map_err(|e| infra(format!("source of {}/{}: {e}", req.name, req.version)))?;
         let source_dirs = extras.source_dirs(req);
         let volumes = self.usr_volumes.for_image(image).await;
@@ -480,7 +487,7 @@ impl Builds {
             .exec(Exec {
                 cmd: kmf(if with_eval { "prepare" } else { "unpack" }),
                 env,
-                stdin: Some(Bytes::from(source)),
+                stdin: Some(source),
                 collect_stdout: with_eval.then_some(MAX_DUMP),
                 log: &job.log,
                 timeouts: Some((EVAL_TIMEOUT, EVAL_TIMEOUT)),

@@ -21,12 +21,12 @@ pub(super) async fn create_token(
     body: Bytes,
 ) -> Result<Response, AppError> {
     let req: CreateTokenRequest = json_body(&body)?;
-    let created = s.tokens.create(req, &caller)?;
+    let created = s.tokens.create(req, &caller).await?;
     Ok((StatusCode::CREATED, Json(created)).into_response())
 }
 
 pub(super) async fn list_tokens(State(s): State<AppState>) -> Result<Response, AppError> {
-    Ok(Json(s.tokens.list()?).into_response())
+    Ok(Json(s.tokens.list().await?).into_response())
 }
 
 /// `DELETE /v1/tokens/{token}`: revoked from the next request on; answers the
@@ -40,7 +40,7 @@ pub(super) async fn revoke_token(
         what: "token name",
         reason: e.to_string(),
     })?;
-    Ok(Json(s.tokens.revoke(&name, &caller)?).into_response())
+    Ok(Json(s.tokens.revoke(&name, &caller).await?).into_response())
 }
 
 #[derive(Deserialize)]
@@ -73,6 +73,7 @@ pub(super) async fn audit_log(
     let entries = s
         .audit
         .list(&q)
+        .await
         .map_err(|e| AppError::Internal(e.to_string()))?;
     Ok(Json(entries).into_response())
 }

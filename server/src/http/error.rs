@@ -48,12 +48,56 @@ pub enum AppError {
     TooLarge(u64),
     #[error("method {0} is not allowed on this route")]
     MethodNotAllowed(String),
+    /// The database or the object store cannot be reached: retry later (503).
+    #[error("{0}")]
+    StoreUnavailable(String),
+}
+
+impl From<crate::store::BlobError> for AppError {
+    fn from(e: crate::store::BlobError) -> Self {
+        match e {
+            crate::store::BlobError::BadAddress(a) => {
+                AppError::BadRequest(format!("invalid address {a:?}"))
+            }
+            e @ crate::store::BlobError::Unavailable { .. } => {
+                AppError::StoreUnavailable(e.to_string())
+            }
+        }
+    }
+}
+
+impl From<crate::store::RecordsError> for AppError {
+    fn from(e: crate::store::RecordsError) -> Self {
+        if e.is_unavailable() {
+            AppError::StoreUnavailable(e.to_string())
+        } else {
+            AppError::Internal(e.to_string())
+        }
+    }
+}
+
+/// The message of a store that cannot be reached, wherever it sits in `e`.
+fn unavailable(e: &AppError) -> Option<String> {
+    use crate::store::{BlobError, RecordsError};
+    let records = |r: &RecordsError| r.is_unavailable().then(|| r.to_string());
+    let blobs = |b: &BlobError| matches!(b, BlobError::Unavailable { .. }).then(|| b.to_string());
+    match e {
+        AppError::StoreUnavailable(m) => Some(m.clone()),
+        AppError::Build(BuildError::Records(r)) => records(r),
+        AppError::Source(SourceError::Records(r)) => records(r),
+        AppError::Source(SourceError::Blob(b)) => blobs(b),
+        AppError::Token(TokenError::Records(r)) => records(r),
+        _ => None,
+    }
 }
 
 impl AppError {
     fn status_and_kind(&self) -> (StatusCode, String) {
         use AppError as E;
         let s = |code, kind: &str| (code, kind.to_string());
+        if unavailable(self).is_some() {
+            return s(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable");
+        }
         match self {
             E::BadRequest(_) => s(StatusCode::BAD_REQUEST, "invalid_request"),
             E::InvalidName { .. } => s(StatusCode::BAD_REQUEST, "invalid_name"),
@@ -96,6 +140,7 @@ impl AppError {
             E::BadGateway(_) => s(StatusCode::BAD_GATEWAY, "upstream"),
             E::MethodNotAllowed(_) => s(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             E::Internal(_) => s(StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            E::StoreUnavailable(_) => s(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
         }
     }
 }
@@ -131,6 +176,9 @@ impl IntoResponse for AppError {
         }
         let message = if internal {
             "internal server error (see the server log)".to_string()
+        } else if let Some(m) = unavailable(&self) {
+            tracing::error!(error = %m, "request failed: store unavailable");
+            m
         } else {
             self.to_string()
         };

@@ -158,27 +158,27 @@ async fn guard(spec: RouteSpec, mut req: Request, next: Next) -> Response {
         (None, None)
     };
     if token_in_query(req.uri().query()) {
-        return refuse(&state, &spec, Denied::TokenInQuery, None, target);
+        return refuse(&state, &spec, Denied::TokenInQuery, None, target).await;
     }
     let header = req
         .headers()
         .get(header::AUTHORIZATION)
         .map(|v| v.as_bytes());
-    let caller = match state.auth.authenticate(header, needed) {
+    let caller = match state.auth.authenticate(header, needed).await {
         Ok(c) => c,
         Err(AuthError::Denied(d)) => {
             let who = match &d {
                 Denied::Scope { actor, .. } => Some(actor.clone()),
                 _ => None,
             };
-            return refuse(&state, &spec, d, who, target);
+            return refuse(&state, &spec, d, who, target).await;
         }
         Err(AuthError::Store(e)) => return AppError::Internal(e.to_string()).into_response(),
     };
     if let (Access::Module(scope), Some(module)) = (spec.access, &target.0) {
         // An invalid name is left to the handler's 400 (it decodes the same value).
         if let Err(d) = caller.require_module(scope, module) {
-            return refuse(&state, &spec, d, Some(caller.actor.clone()), target);
+            return refuse(&state, &spec, d, Some(caller.actor.clone()), target).await;
         }
     }
     req.extensions_mut().insert(caller);
@@ -204,7 +204,7 @@ async fn path_module(req: &mut Request) -> (Option<ModuleName>, Option<ModuleVer
 
 /// Answers a refusal; a token refused a change is recorded in the audit log (an
 /// unauthenticated request is only logged: anyone can send those).
-fn refuse(
+async fn refuse(
     state: &GuardState,
     spec: &RouteSpec,
     d: Denied,
@@ -225,18 +225,23 @@ fn refuse(
             modules: Vec::new(),
         };
         let result = match &module {
-            Some(m) => state.audit.module(
-                &by,
-                ModuleChange {
-                    action,
-                    outcome: AuditOutcome::Refused,
-                    module: m,
-                    version: version.as_ref(),
-                    digest: None,
-                    detail: d.to_string(),
-                },
-            ),
-            None => state.audit.refused(&by, action, d.to_string()),
+            Some(m) => {
+                state
+                    .audit
+                    .module(
+                        &by,
+                        ModuleChange {
+                            action,
+                            outcome: AuditOutcome::Refused,
+                            module: m,
+                            version: version.as_ref(),
+                            digest: None,
+                            detail: d.to_string(),
+                        },
+                    )
+                    .await
+            }
+            None => state.audit.refused(&by, action, d.to_string()).await,
         };
         if let Err(e) = result {
             return AppError::Internal(e.to_string()).into_response();

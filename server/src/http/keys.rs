@@ -14,6 +14,7 @@ pub(super) async fn list(State(s): State<AppState>) -> Result<Response, AppError
         .store
         .records
         .list_public_keys()
+        .await
         .map_err(|e| AppError::Internal(e.to_string()))?;
     Ok(Json(keys).into_response())
 }
@@ -67,6 +68,7 @@ pub(super) async fn module_by_sha(
     let (der, _) = s
         .keys
         .certificate(&sha256, &*s.store.records)
+        .await
         .map_err(AppError::NotFound)?;
     Ok(([(header::CONTENT_TYPE, "application/pkix-cert")], der).into_response())
 }

@@ -47,6 +47,8 @@ pub struct AppState {
     pub keys: Arc<crate::keys::Keys>,
     pub prebuilder: Arc<crate::prebuild::Prebuilder>,
     pub watcher: Arc<crate::archive::Watcher>,
+    /// Blob downloads redirect to presigned object-store URLs valid this long.
+    pub presign: Option<std::time::Duration>,
 }
 
 /// Every route with the access it needs; the router and [`route_table`] are both
@@ -308,7 +310,7 @@ async fn prepare_kernel(
 }
 
 async fn list_modules(State(s): State<AppState>) -> Result<Response, AppError> {
-    Ok(Json(s.sources.list()?).into_response())
+    Ok(Json(s.sources.list().await?).into_response())
 }
 
 #[derive(Deserialize)]
@@ -352,7 +354,7 @@ async fn get_module(
     Path((name, version)): Path<(String, String)>,
 ) -> Result<Response, AppError> {
     let (name, version) = module_id(&name, &version)?;
-    Ok(Json(s.sources.get(&name, &version)?).into_response())
+    Ok(Json(s.sources.get(&name, &version).await?).into_response())
 }
 
 async fn delete_module(
@@ -361,7 +363,9 @@ async fn delete_module(
     Path((name, version)): Path<(String, String)>,
 ) -> Result<Response, AppError> {
     let (name, version) = module_id(&name, &version)?;
-    s.sources.delete(&name, &version, &s.builds, &caller)?;
+    s.sources
+        .delete(&name, &version, &s.builds, &caller)
+        .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -403,14 +407,14 @@ async fn list_builds(
     Query(q): Query<ListQuery>,
 ) -> Result<Response, AppError> {
     let limit = q.limit.unwrap_or(100).min(1000);
-    Ok(Json(s.builds.list(limit)?).into_response())
+    Ok(Json(s.builds.list(limit).await?).into_response())
 }
 
 async fn get_build(
     State(s): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, AppError> {
-    Ok(Json(s.builds.get(&id)?).into_response())
+    Ok(Json(s.builds.get(&id).await?).into_response())
 }
 
 /// The build log: streamed live while the build runs (`curl -N` follows it).
@@ -420,8 +424,8 @@ async fn build_log(
 ) -> Result<Response, AppError> {
     let text_plain = [(header::CONTENT_TYPE, "text/plain; charset=utf-8")];
     let Some(job) = s.builds.live(&id) else {
-        s.builds.get(&id)?;
-        let log = s.store.get_log(&id).unwrap_or_default();
+        s.builds.get(&id).await?;
+        let log = s.store.objects.get_log(&id).await?.unwrap_or_default();
         return Ok((text_plain, log).into_response());
     };
     let chunks = stream::unfold((job, 0usize, false), |(job, offset, ended)| async move {

@@ -44,11 +44,11 @@ pub(super) async fn build(
     let kernel = kernel(krel)?;
     if let Some(n) = &q.name {
         let (name, _) = module_id(n, q.version.as_deref().unwrap_or("0"))?;
-        may_publish(&s, &caller, &name, None)?;
+        may_publish(&s, &caller, &name, None).await?;
     }
     let body = read_body(&s, body).await?;
     let (name, version) = name_and_version(&s, &q, &body).await?;
-    may_publish(&s, &caller, &name, Some(&version))?;
+    may_publish(&s, &caller, &name, Some(&version)).await?;
     let add = AddSource {
         name: name.clone(),
         version: version.clone(),
@@ -74,7 +74,7 @@ pub(super) async fn build(
     };
     match (done.build.state, done.artifact, done.build.failure) {
         (BuildState::Succeeded, Some(m), _) => {
-            let tar = modules_tar(&s.store, &m)?;
+            let tar = modules_tar(&s.store, &m).await?;
             Ok(tar_response(
                 tar,
                 &format!("{}-{}-{}.tar", m.name, m.version, m.kernel),
@@ -96,7 +96,7 @@ pub(super) async fn build(
 }
 
 /// Refuses (and audits) a one-shot for a module the token may not publish.
-fn may_publish(
+async fn may_publish(
     s: &AppState,
     caller: &Caller,
     name: &kmodforge_api::names::ModuleName,
@@ -115,6 +115,7 @@ fn may_publish(
     };
     s.audit
         .module(caller, change)
+        .await
         .map_err(|e| AppError::Internal(e.to_string()))?;
     Err(denied.into())
 }

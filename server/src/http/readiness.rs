@@ -14,12 +14,16 @@ use super::{kernel, AppError, AppState};
 use crate::matrix::matrix;
 
 pub(super) async fn matrix_json(State(s): State<AppState>) -> Result<Response, AppError> {
-    let m = matrix(&s.store).map_err(|e| AppError::Internal(e.to_string()))?;
+    let m = matrix(&s.store)
+        .await
+        .map_err(|e| AppError::Internal(e.to_string()))?;
     Ok(Json(m).into_response())
 }
 
 pub(super) async fn page(State(s): State<AppState>) -> Result<Response, AppError> {
-    let m = matrix(&s.store).map_err(|e| AppError::Internal(e.to_string()))?;
+    let m = matrix(&s.store)
+        .await
+        .map_err(|e| AppError::Internal(e.to_string()))?;
     Ok((
         [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
         render(&m),

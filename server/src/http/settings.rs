@@ -26,7 +26,7 @@ fn internal(e: impl std::fmt::Display) -> AppError {
     AppError::Internal(e.to_string())
 }
 
-fn audit(
+async fn audit(
     s: &AppState,
     by: &Caller,
     action: AuditAction,
@@ -41,7 +41,7 @@ fn audit(
         digest: None,
         detail,
     };
-    s.audit.module(by, change).map(drop).map_err(internal)
+    s.audit.module(by, change).await.map(drop).map_err(internal)
 }
 
 /// Replaces the module's settings; answers them in canonical form.
@@ -61,13 +61,17 @@ pub(super) async fn put(
         settings,
         updated_at: Some(now_rfc3339()),
     };
-    s.store.records.put_settings(&record).map_err(internal)?;
+    s.store
+        .records
+        .put_settings(&record)
+        .await
+        .map_err(internal)?;
     let detail = serde_json::to_string(&record.settings).unwrap_or_default();
     let detail = format!(
         "settings set to {}",
         detail.chars().take(400).collect::<String>()
     );
-    audit(&s, &caller, AuditAction::SettingsPut, &record.name, detail)?;
+    audit(&s, &caller, AuditAction::SettingsPut, &record.name, detail).await?;
     Ok(Json(record).into_response())
 }
 
@@ -77,7 +81,12 @@ pub(super) async fn get(
     Path(name): Path<String>,
 ) -> Result<Response, AppError> {
     let name = module_name(&name)?;
-    let record = s.store.records.get_settings(&name).map_err(internal)?;
+    let record = s
+        .store
+        .records
+        .get_settings(&name)
+        .await
+        .map_err(internal)?;
     Ok(Json(record.unwrap_or(SettingsRecord {
         name,
         settings: ModuleSettings::default(),
@@ -92,14 +101,20 @@ pub(super) async fn delete(
     Path(name): Path<String>,
 ) -> Result<Response, AppError> {
     let name = module_name(&name)?;
-    if s.store.records.delete_settings(&name).map_err(internal)? {
+    if s.store
+        .records
+        .delete_settings(&name)
+        .await
+        .map_err(internal)?
+    {
         audit(
             &s,
             &caller,
             AuditAction::SettingsDelete,
             &name,
             "settings deleted".into(),
-        )?;
+        )
+        .await?;
     }
     Ok(StatusCode::NO_CONTENT.into_response())
 }

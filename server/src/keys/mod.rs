@@ -91,7 +91,7 @@ fn bad_key(what: impl Into<String>) -> impl FnOnce(SignError) -> KeyError {
 
 impl Keys {
     /// Loads or makes both keys and records their public parts.
-    pub fn open(
+    pub async fn open(
         data_dir: &Path,
         s: &KeySettings,
         records: Arc<dyn Records>,
@@ -112,12 +112,13 @@ impl Keys {
             sign_default: s.sign_default,
             foreign: OnceLock::new(),
         };
-        keys.record_public(records, &module_origin, &manifest_origin)?;
+        keys.record_public(records, &module_origin, &manifest_origin)
+            .await?;
         Ok(Arc::new(keys))
     }
 
     /// Records the public parts; a key not seen before is audited.
-    fn record_public(
+    async fn record_public(
         &self,
         records: Arc<dyn Records>,
         module_origin: &str,
@@ -135,13 +136,13 @@ impl Keys {
             first_used: now_rfc3339(),
             current: true,
         };
-        if records.put_public_key(&module)? {
+        if records.put_public_key(&module).await? {
             let detail = format!(
                 "module-signing key {module_origin}: {} (serial {}, certificate sha256 {})",
                 info.signer, info.key_id, info.cert_sha256
             );
             tracing::info!(%detail, "new module-signing key");
-            audit.key(&server, &info.cert_sha256, detail)?;
+            audit.key(&server, &info.cert_sha256, detail).await?;
         }
         let manifest = PublicKey {
             purpose: KeyPurpose::Manifest,
@@ -152,10 +153,10 @@ impl Keys {
             first_used: now_rfc3339(),
             current: true,
         };
-        if records.put_public_key(&manifest)? {
+        if records.put_public_key(&manifest).await? {
             let detail = format!("manifest key {manifest_origin}: {}", self.manifest.public());
             tracing::info!(%detail, "new manifest key");
-            audit.key(&server, self.manifest.public(), detail)?;
+            audit.key(&server, self.manifest.public(), detail).await?;
         }
         Ok(())
     }
@@ -207,7 +208,7 @@ impl Keys {
 
     /// The DER and common name of the module-signing certificate whose sha256 is
     /// `sha256`: the current one, or an earlier one from the records.
-    pub fn certificate(
+    pub async fn certificate(
         &self,
         sha256: &str,
         records: &dyn Records,
@@ -216,7 +217,10 @@ impl Keys {
         if info.cert_sha256 == sha256 {
             return Ok((self.module_cert_der.clone(), info.signer.clone()));
         }
-        let keys = records.list_public_keys().map_err(|e| e.to_string())?;
+        let keys = records
+            .list_public_keys()
+            .await
+            .map_err(|e| e.to_string())?;
         let found = keys
             .iter()
             .find(|k| k.purpose == KeyPurpose::ModuleSigning && k.id == sha256)

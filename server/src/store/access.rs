@@ -61,54 +61,40 @@ pub struct AuditQuery {
     pub before: Option<u64>,
 }
 
-pub const ACCESS_SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS tokens (
-    name TEXT PRIMARY KEY, id TEXT NOT NULL UNIQUE, hash TEXT NOT NULL,
-    revoked INTEGER NOT NULL, json TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS audit (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT, module TEXT, json TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS audit_by_module ON audit (module, seq);
-CREATE TABLE IF NOT EXISTS public_keys (
-    purpose TEXT NOT NULL, id TEXT NOT NULL, seq INTEGER NOT NULL, json TEXT NOT NULL,
-    PRIMARY KEY (purpose, id));
-CREATE TABLE IF NOT EXISTS version_pins (
-    name TEXT NOT NULL, version TEXT NOT NULL, digest TEXT NOT NULL, pinned_at TEXT NOT NULL,
-    PRIMARY KEY (name, version));
-";
-
 /// Tokens, audit and version pins: part of the records seam.
+#[async_trait::async_trait]
 pub trait AccessRecords: Send + Sync {
     /// Stores a new token. False (nothing stored) when an unrevoked token already
     /// has this name; a revoked token of that name is replaced.
-    fn insert_token(&self, row: &TokenRow) -> Result<bool, RecordsError>;
+    async fn insert_token(&self, row: &TokenRow) -> Result<bool, RecordsError>;
     /// The token with this public id, revoked or not.
-    fn token_by_id(&self, id: &str) -> Result<Option<TokenRow>, RecordsError>;
-    fn list_tokens(&self) -> Result<Vec<TokenInfo>, RecordsError>;
+    async fn token_by_id(&self, id: &str) -> Result<Option<TokenRow>, RecordsError>;
+    async fn list_tokens(&self) -> Result<Vec<TokenInfo>, RecordsError>;
     /// Revokes by name, effective for the next request.
-    fn revoke_token(&self, name: &TokenName, at: &str) -> Result<Revoked, RecordsError>;
+    async fn revoke_token(&self, name: &TokenName, at: &str) -> Result<Revoked, RecordsError>;
     /// True when any token was ever stored (revoked ones count).
-    fn any_tokens(&self) -> Result<bool, RecordsError>;
+    async fn any_tokens(&self) -> Result<bool, RecordsError>;
     /// Removes a token record entirely (undoing a bootstrap that could not finish).
-    fn forget_token(&self, name: &TokenName) -> Result<(), RecordsError>;
+    async fn forget_token(&self, name: &TokenName) -> Result<(), RecordsError>;
 
     /// Appends an entry; returns its `seq`.
-    fn append_audit(&self, entry: &AuditEntry) -> Result<u64, RecordsError>;
-    fn list_audit(&self, q: &AuditQuery) -> Result<Vec<AuditEntry>, RecordsError>;
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<u64, RecordsError>;
+    async fn list_audit(&self, q: &AuditQuery) -> Result<Vec<AuditEntry>, RecordsError>;
 
     /// Records a public key the server signs with; makes it the current one of its
     /// purpose. True when it was not known before (a key change).
-    fn put_public_key(&self, key: &PublicKey) -> Result<bool, RecordsError>;
+    async fn put_public_key(&self, key: &PublicKey) -> Result<bool, RecordsError>;
     /// Every public key ever used, the current one of each purpose marked.
-    fn list_public_keys(&self) -> Result<Vec<PublicKey>, RecordsError>;
+    async fn list_public_keys(&self) -> Result<Vec<PublicKey>, RecordsError>;
 
     /// The source digest this module version is pinned to (it had artifacts).
-    fn pinned_digest(
+    async fn pinned_digest(
         &self,
         name: &ModuleName,
         version: &ModuleVersion,
     ) -> Result<Option<String>, RecordsError>;
     /// Pins (or, with an admin's explicit consent, re-pins) a module version.
-    fn pin_digest(
+    async fn pin_digest(
         &self,
         name: &ModuleName,
         version: &ModuleVersion,
@@ -117,8 +103,8 @@ pub trait AccessRecords: Send + Sync {
     ) -> Result<(), RecordsError>;
 }
 
-impl AccessRecords for SqliteRecords {
-    fn insert_token(&self, row: &TokenRow) -> Result<bool, RecordsError> {
+impl SqliteRecords {
+    pub(crate) fn insert_token(&self, row: &TokenRow) -> Result<bool, RecordsError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let active: Option<i64> = tx
@@ -141,7 +127,7 @@ impl AccessRecords for SqliteRecords {
         Ok(true)
     }
 
-    fn token_by_id(&self, id: &str) -> Result<Option<TokenRow>, RecordsError> {
+    pub(crate) fn token_by_id(&self, id: &str) -> Result<Option<TokenRow>, RecordsError> {
         let conn = self.conn();
         let version: i64 = conn
             .prepare_cached("PRAGMA data_version")?
@@ -177,11 +163,11 @@ impl AccessRecords for SqliteRecords {
         Ok(row)
     }
 
-    fn list_tokens(&self) -> Result<Vec<TokenInfo>, RecordsError> {
+    pub(crate) fn list_tokens(&self) -> Result<Vec<TokenInfo>, RecordsError> {
         self.query_json("tokens", "SELECT json FROM tokens ORDER BY name", [])
     }
 
-    fn revoke_token(&self, name: &TokenName, at: &str) -> Result<Revoked, RecordsError> {
+    pub(crate) fn revoke_token(&self, name: &TokenName, at: &str) -> Result<Revoked, RecordsError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let json: Option<String> = tx
@@ -209,20 +195,20 @@ impl AccessRecords for SqliteRecords {
         Ok(Revoked::Now(info))
     }
 
-    fn any_tokens(&self) -> Result<bool, RecordsError> {
+    pub(crate) fn any_tokens(&self) -> Result<bool, RecordsError> {
         let conn = self.conn();
         let n: i64 = conn.query_row("SELECT COUNT(*) FROM tokens", [], |r| r.get(0))?;
         Ok(n > 0)
     }
 
-    fn forget_token(&self, name: &TokenName) -> Result<(), RecordsError> {
+    pub(crate) fn forget_token(&self, name: &TokenName) -> Result<(), RecordsError> {
         let conn = self.conn();
         conn.execute("DELETE FROM tokens WHERE name = ?1", [name.as_str()])?;
         self.forget_cached_tokens();
         Ok(())
     }
 
-    fn append_audit(&self, entry: &AuditEntry) -> Result<u64, RecordsError> {
+    pub(crate) fn append_audit(&self, entry: &AuditEntry) -> Result<u64, RecordsError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         tx.execute(
@@ -240,7 +226,7 @@ impl AccessRecords for SqliteRecords {
         Ok(stored.seq)
     }
 
-    fn list_audit(&self, q: &AuditQuery) -> Result<Vec<AuditEntry>, RecordsError> {
+    pub(crate) fn list_audit(&self, q: &AuditQuery) -> Result<Vec<AuditEntry>, RecordsError> {
         let before = q
             .before
             .map_or(i64::MAX, |b| i64::try_from(b).unwrap_or(i64::MAX));
@@ -258,7 +244,7 @@ impl AccessRecords for SqliteRecords {
         }
     }
 
-    fn put_public_key(&self, key: &PublicKey) -> Result<bool, RecordsError> {
+    pub(crate) fn put_public_key(&self, key: &PublicKey) -> Result<bool, RecordsError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let seq: i64 = tx.query_row(
@@ -290,7 +276,7 @@ impl AccessRecords for SqliteRecords {
         Ok(known.is_none())
     }
 
-    fn list_public_keys(&self) -> Result<Vec<PublicKey>, RecordsError> {
+    pub(crate) fn list_public_keys(&self) -> Result<Vec<PublicKey>, RecordsError> {
         let mut keys: Vec<PublicKey> = self.query_json(
             "public_keys",
             "SELECT json FROM public_keys ORDER BY purpose, seq DESC",
@@ -304,7 +290,7 @@ impl AccessRecords for SqliteRecords {
         Ok(keys)
     }
 
-    fn pinned_digest(
+    pub(crate) fn pinned_digest(
         &self,
         name: &ModuleName,
         version: &ModuleVersion,
@@ -319,7 +305,7 @@ impl AccessRecords for SqliteRecords {
             .optional()?)
     }
 
-    fn pin_digest(
+    pub(crate) fn pin_digest(
         &self,
         name: &ModuleName,
         version: &ModuleVersion,

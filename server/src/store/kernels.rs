@@ -8,21 +8,19 @@ use rusqlite::params;
 
 use super::records::{to_json, RecordsError, SqliteRecords};
 
-pub const KERNELS_SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS kernels (kernel TEXT PRIMARY KEY, json TEXT NOT NULL);
-";
-
 /// The kernels the server knows.
+#[async_trait::async_trait]
 pub trait KernelRecords: Send + Sync {
     /// Stores (replaces) a kernel's record.
-    fn put_kernel(&self, k: &KnownKernel) -> Result<(), RecordsError>;
-    fn get_kernel(&self, kernel: &KernelRelease) -> Result<Option<KnownKernel>, RecordsError>;
+    async fn put_kernel(&self, k: &KnownKernel) -> Result<(), RecordsError>;
+    async fn get_kernel(&self, kernel: &KernelRelease)
+        -> Result<Option<KnownKernel>, RecordsError>;
     /// Every known kernel, in kernel order.
-    fn list_kernels(&self) -> Result<Vec<KnownKernel>, RecordsError>;
+    async fn list_kernels(&self) -> Result<Vec<KnownKernel>, RecordsError>;
 }
 
-impl KernelRecords for SqliteRecords {
-    fn put_kernel(&self, k: &KnownKernel) -> Result<(), RecordsError> {
+impl SqliteRecords {
+    pub(crate) fn put_kernel(&self, k: &KnownKernel) -> Result<(), RecordsError> {
         self.conn().execute(
             "INSERT OR REPLACE INTO kernels (kernel, json) VALUES (?1, ?2)",
             params![k.kernel.as_str(), to_json(k)],
@@ -30,7 +28,10 @@ impl KernelRecords for SqliteRecords {
         Ok(())
     }
 
-    fn get_kernel(&self, kernel: &KernelRelease) -> Result<Option<KnownKernel>, RecordsError> {
+    pub(crate) fn get_kernel(
+        &self,
+        kernel: &KernelRelease,
+    ) -> Result<Option<KnownKernel>, RecordsError> {
         Ok(self
             .query_json(
                 "kernels",
@@ -40,7 +41,7 @@ impl KernelRecords for SqliteRecords {
             .pop())
     }
 
-    fn list_kernels(&self) -> Result<Vec<KnownKernel>, RecordsError> {
+    pub(crate) fn list_kernels(&self) -> Result<Vec<KnownKernel>, RecordsError> {
         self.query_json("kernels", "SELECT json FROM kernels ORDER BY kernel", [])
     }
 }

@@ -1,88 +1,79 @@
-//! Persistence: records (SQLite), content-addressed blobs, source trees, build logs;
-//! tokens, the audit log and version pins are records too (`access`).
+//! Persistence, behind two seams: [`Records`] (SQLite embedded, or PostgreSQL)
+//! and [`Objects`] (a local directory, or an S3-compatible bucket).
 //!
-//! Layout under the data directory:
-//! `kmodforge.db`, `blobs/sha256/..`, `sources/<source digest>.tar` (the
-//! normalized tar), `logs/<build id>.log`, and `tmp/` for atomic writes.
+//! Records: modules, builds, artifacts (manifests), dkms.conf evaluations,
+//! settings, known kernels; tokens, the audit log, public keys and version pins
+//! (`access`). Objects: `.ko` blobs, source tars, build logs.
+//!
+//! Embedded layout under the data directory: `kmodforge.db`, `blobs/sha256/..`,
+//! `sources/<source digest>.tar`, `logs/<build id>.log`.
 
 pub mod access;
-pub mod blobs;
+pub mod files;
 pub mod kernels;
+pub mod migrate;
+pub mod objects;
+pub mod postgres;
 pub mod records;
+pub mod sqlite;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
-use kmodforge_api::names::SourceDigest;
-
 pub use access::{AccessRecords, AuditQuery, Revoked, TokenRow};
-pub use blobs::{write_atomic, write_secret, BlobError, BlobStore, FsBlobStore};
+pub use files::write_secret;
 pub use kernels::KernelRecords;
+pub use objects::{BlobError, Objects, ObjectsConfig, S3Config};
 pub use records::{PutModule, Records, RecordsError, SqliteRecords};
+
+/// Where the records live.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RecordsConfig {
+    /// `kmodforge.db` in the data directory.
+    Sqlite,
+    /// A PostgreSQL connection URL (`postgres://user:password@host:port/db`).
+    Postgres(String),
+}
 
 /// Everything the server persists, behind its seams.
 #[derive(Clone)]
 pub struct Store {
     pub records: Arc<dyn Records>,
-    pub blobs: Arc<dyn BlobStore>,
-    root: PathBuf,
+    pub objects: Objects,
 }
 
 impl Store {
-    /// Opens (creating if needed) the store under `data_dir`.
+    /// The embedded default: SQLite and a local directory under `data_dir`.
     pub fn open(data_dir: &Path) -> Result<Self, StoreOpenError> {
-        for sub in ["sources", "logs", "tmp"] {
-            let dir = data_dir.join(sub);
-            std::fs::create_dir_all(&dir).map_err(|source| StoreOpenError::Dir { dir, source })?;
-        }
+        std::fs::create_dir_all(data_dir).map_err(|source| StoreOpenError::Dir {
+            dir: data_dir.to_path_buf(),
+            source,
+        })?;
         let records = SqliteRecords::open(&data_dir.join("kmodforge.db"))?;
-        let blobs = FsBlobStore::open(data_dir.join("blobs"))?;
+        let objects = Objects::open(&ObjectsConfig::Local(data_dir.to_path_buf()))
+            .map_err(StoreOpenError::Objects)?;
         Ok(Store {
             records: Arc::new(records),
-            blobs: Arc::new(blobs),
-            root: data_dir.to_path_buf(),
+            objects,
         })
     }
 
-    fn source_path(&self, digest: &SourceDigest) -> PathBuf {
-        self.root.join("sources").join(format!("{digest}.tar"))
-    }
-
-    /// Stores a normalized source tar under its digest (idempotent, atomic).
-    pub fn put_source(&self, digest: &SourceDigest, tar: &[u8]) -> Result<(), BlobError> {
-        let path = self.source_path(digest);
-        if path.exists() {
-            return Ok(());
-        }
-        write_atomic(&self.root.join("tmp"), &path, tar)
-    }
-
-    pub fn get_source(&self, digest: &SourceDigest) -> Result<Vec<u8>, BlobError> {
-        let path = self.source_path(digest);
-        std::fs::read(&path).map_err(|source| BlobError::Io { path, source })
-    }
-
-    pub fn delete_source(&self, digest: &SourceDigest) -> Result<(), BlobError> {
-        let path = self.source_path(digest);
-        match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(BlobError::Io { path, source: e })
-            }
-            _ => Ok(()),
-        }
-    }
-
-    fn log_path(&self, build_id: &str) -> PathBuf {
-        self.root.join("logs").join(format!("{build_id}.log"))
-    }
-
-    pub fn put_log(&self, build_id: &str, log: &[u8]) -> Result<(), BlobError> {
-        write_atomic(&self.root.join("tmp"), &self.log_path(build_id), log)
-    }
-
-    /// A finished build's stored log, `None` when there is none.
-    pub fn get_log(&self, build_id: &str) -> Option<Vec<u8>> {
-        std::fs::read(self.log_path(build_id)).ok()
+    /// Opens the configured records and object store (creating and migrating as needed).
+    pub async fn connect(
+        data_dir: &Path,
+        records: &RecordsConfig,
+        objects: &ObjectsConfig,
+    ) -> Result<Self, StoreOpenError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| StoreOpenError::Dir {
+            dir: data_dir.to_path_buf(),
+            source,
+        })?;
+        let records: Arc<dyn Records> = match records {
+            RecordsConfig::Sqlite => Arc::new(SqliteRecords::open(&data_dir.join("kmodforge.db"))?),
+            RecordsConfig::Postgres(url) => Arc::new(postgres::PgRecords::connect(url).await?),
+        };
+        let objects = Objects::open(objects).map_err(StoreOpenError::Objects)?;
+        Ok(Store { records, objects })
     }
 }
 
@@ -90,12 +81,12 @@ impl Store {
 pub enum StoreOpenError {
     #[error("cannot create data directory {dir}: {source}")]
     Dir {
-        dir: PathBuf,
+        dir: std::path::PathBuf,
         #[source]
         source: std::io::Error,
     },
     #[error(transparent)]
     Records(#[from] RecordsError),
-    #[error(transparent)]
-    Blobs(#[from] BlobError),
+    #[error("object store: {0}")]
+    Objects(String),
 }

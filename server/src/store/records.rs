@@ -20,12 +20,37 @@ use super::kernels::KernelRecords;
 pub enum RecordsError {
     #[error("database error: {0}")]
     Sql(#[from] rusqlite::Error),
+    #[error("PostgreSQL: {0}")]
+    Pg(#[from] tokio_postgres::Error),
+    #[error("PostgreSQL is unavailable: {0}")]
+    PgUnavailable(String),
+    #[error("the database schema is version {found}, newer than this server knows ({known}): upgrade the server")]
+    SchemaTooNew { found: i64, known: i64 },
     #[error("corrupt record in table {table}: {source}")]
     Corrupt {
         table: &'static str,
         #[source]
         source: serde_json::Error,
     },
+}
+
+impl RecordsError {
+    /// The database cannot be reached (down, restarting, pool exhausted): the
+    /// request may succeed later, and is answered 503 meanwhile.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            RecordsError::PgUnavailable(_) => true,
+            RecordsError::Pg(e) => e.is_closed() || e.code().is_none(),
+            RecordsError::Sql(rusqlite::Error::SqliteFailure(f, _)) => matches!(
+                f.code,
+                rusqlite::ErrorCode::DatabaseBusy
+                    | rusqlite::ErrorCode::DatabaseLocked
+                    | rusqlite::ErrorCode::DiskFull
+                    | rusqlite::ErrorCode::CannotOpen
+            ),
+            _ => false,
+        }
+    }
 }
 
 /// Outcome of registering a module source.
@@ -39,35 +64,36 @@ pub enum PutModule {
 }
 
 /// The persistence seam (tokens, audit and version pins are in [`AccessRecords`]).
+#[async_trait::async_trait]
 pub trait Records: AccessRecords + KernelRecords + Send + Sync {
-    fn put_module(&self, m: &ModuleSource) -> Result<PutModule, RecordsError>;
-    fn get_module(
+    async fn put_module(&self, m: &ModuleSource) -> Result<PutModule, RecordsError>;
+    async fn get_module(
         &self,
         name: &ModuleName,
         version: &ModuleVersion,
     ) -> Result<Option<ModuleSource>, RecordsError>;
-    fn list_modules(&self) -> Result<Vec<ModuleSource>, RecordsError>;
-    fn delete_module(
+    async fn list_modules(&self) -> Result<Vec<ModuleSource>, RecordsError>;
+    async fn delete_module(
         &self,
         name: &ModuleName,
         version: &ModuleVersion,
     ) -> Result<bool, RecordsError>;
     /// True when any module record still uses this source digest.
-    fn digest_in_use(&self, digest: &str) -> Result<bool, RecordsError>;
+    async fn digest_in_use(&self, digest: &str) -> Result<bool, RecordsError>;
 
-    fn put_build(&self, b: &BuildRecord) -> Result<(), RecordsError>;
-    fn get_build(&self, id: &str) -> Result<Option<BuildRecord>, RecordsError>;
-    fn list_builds(&self, limit: u32) -> Result<Vec<BuildRecord>, RecordsError>;
+    async fn put_build(&self, b: &BuildRecord) -> Result<(), RecordsError>;
+    async fn get_build(&self, id: &str) -> Result<Option<BuildRecord>, RecordsError>;
+    async fn list_builds(&self, limit: u32) -> Result<Vec<BuildRecord>, RecordsError>;
     /// Marks builds left queued/running by a previous process as failed; returns their ids.
-    fn fail_unfinished(&self, message: &str, now: &str) -> Result<Vec<String>, RecordsError>;
+    async fn fail_unfinished(&self, message: &str, now: &str) -> Result<Vec<String>, RecordsError>;
 
-    fn put_artifact(&self, m: &Manifest) -> Result<(), RecordsError>;
-    fn get_artifact(&self, key: &ArtifactKey) -> Result<Option<Manifest>, RecordsError>;
+    async fn put_artifact(&self, m: &Manifest) -> Result<(), RecordsError>;
+    async fn get_artifact(&self, key: &ArtifactKey) -> Result<Option<Manifest>, RecordsError>;
     /// Replaces the manifest of an existing artifact (same key and blobs, e.g. a
     /// boot check added), keeping its place in the "latest" order. False when
     /// there is no such artifact.
-    fn update_manifest(&self, m: &Manifest) -> Result<bool, RecordsError>;
-    fn latest_artifact(
+    async fn update_manifest(&self, m: &Manifest) -> Result<bool, RecordsError>;
+    async fn latest_artifact(
         &self,
         name: &ModuleName,
         version: &ModuleVersion,
@@ -75,22 +101,23 @@ pub trait Records: AccessRecords + KernelRecords + Send + Sync {
         arch: &Arch,
     ) -> Result<Option<Manifest>, RecordsError>;
     /// Deletes the artifacts of a module version; returns them (for blob clean-up).
-    fn delete_artifacts(
+    async fn delete_artifacts(
         &self,
         name: &ModuleName,
         version: &ModuleVersion,
     ) -> Result<Vec<Manifest>, RecordsError>;
     /// True when some artifact still references the blob.
-    fn blob_in_use(&self, sha256: &str) -> Result<bool, RecordsError>;
+    async fn blob_in_use(&self, sha256: &str) -> Result<bool, RecordsError>;
 
-    fn put_eval(&self, key: &str, value: &str) -> Result<(), RecordsError>;
-    fn get_eval(&self, key: &str) -> Result<Option<String>, RecordsError>;
+    async fn put_eval(&self, key: &str, value: &str) -> Result<(), RecordsError>;
+    async fn get_eval(&self, key: &str) -> Result<Option<String>, RecordsError>;
 
     /// Stores (replaces) a module's settings.
-    fn put_settings(&self, s: &SettingsRecord) -> Result<(), RecordsError>;
-    fn get_settings(&self, name: &ModuleName) -> Result<Option<SettingsRecord>, RecordsError>;
+    async fn put_settings(&self, s: &SettingsRecord) -> Result<(), RecordsError>;
+    async fn get_settings(&self, name: &ModuleName)
+        -> Result<Option<SettingsRecord>, RecordsError>;
     /// True when there were settings to delete.
-    fn delete_settings(&self, name: &ModuleName) -> Result<bool, RecordsError>;
+    async fn delete_settings(&self, name: &ModuleName) -> Result<bool, RecordsError>;
 }
 
 /// SQLite-backed records (one connection, serialized; calls are sub-millisecond).
@@ -100,24 +127,6 @@ pub struct SqliteRecords {
     /// at (see `access.rs`): a bearer check then costs no query of the tokens table.
     pub(super) token_cache: Mutex<super::access::TokenCache>,
 }
-
-const SCHEMA: &str = "
-PRAGMA journal_mode = WAL;
-PRAGMA synchronous = NORMAL;
-CREATE TABLE IF NOT EXISTS modules (
-    name TEXT NOT NULL, version TEXT NOT NULL, digest TEXT NOT NULL, json TEXT NOT NULL,
-    PRIMARY KEY (name, version));
-CREATE TABLE IF NOT EXISTS builds (
-    id TEXT PRIMARY KEY, state TEXT NOT NULL, created_at TEXT NOT NULL, json TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS artifacts (
-    key TEXT PRIMARY KEY, name TEXT NOT NULL, version TEXT NOT NULL, kernel TEXT NOT NULL,
-    arch TEXT NOT NULL, seq INTEGER NOT NULL, json TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS artifacts_by_module ON artifacts (name, version, kernel, arch, seq);
-CREATE TABLE IF NOT EXISTS artifact_blobs (key TEXT NOT NULL, sha256 TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS artifact_blobs_sha ON artifact_blobs (sha256);
-CREATE TABLE IF NOT EXISTS evals (key TEXT PRIMARY KEY, json TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS module_settings (name TEXT PRIMARY KEY, json TEXT NOT NULL);
-";
 
 pub(super) fn from_json<T: serde::de::DeserializeOwned>(
     table: &'static str,
@@ -133,11 +142,10 @@ pub(super) fn to_json<T: serde::Serialize>(value: &T) -> String {
 
 impl SqliteRecords {
     pub fn open(path: &Path) -> Result<Self, RecordsError> {
-        let conn = Connection::open(path)?;
+        let mut conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        conn.execute_batch(SCHEMA)?;
-        conn.execute_batch(super::access::ACCESS_SCHEMA)?;
-        conn.execute_batch(super::kernels::KERNELS_SCHEMA)?;
+        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")?;
+        super::migrate::sqlite(&mut conn)?;
         Ok(SqliteRecords {
             conn: Mutex::new(conn),
             token_cache: Mutex::new(Default::default()),
@@ -172,8 +180,8 @@ impl SqliteRecords {
     }
 }
 
-impl Records for SqliteRecords {
-    fn put_module(&self, m: &ModuleSource) -> Result<PutModule, RecordsError> {
+impl SqliteRecords {
+    pub(crate) fn put_module(&self, m: &ModuleSource) -> Result<PutModule, RecordsError> {
         if let Some(existing) = self.get_module(&m.name, &m.version)? {
             return Ok(if existing.digest == m.digest {
                 PutModule::Unchanged(existing)
@@ -193,7 +201,7 @@ impl Records for SqliteRecords {
         Ok(PutModule::Created)
     }
 
-    fn get_module(
+    pub(crate) fn get_module(
         &self,
         name: &ModuleName,
         version: &ModuleVersion,
@@ -204,7 +212,7 @@ impl Records for SqliteRecords {
             .pop())
     }
 
-    fn list_modules(&self) -> Result<Vec<ModuleSource>, RecordsError> {
+    pub(crate) fn list_modules(&self) -> Result<Vec<ModuleSource>, RecordsError> {
         self.query_json(
             "modules",
             "SELECT json FROM modules ORDER BY name, version",
@@ -212,7 +220,7 @@ impl Records for SqliteRecords {
         )
     }
 
-    fn delete_module(
+    pub(crate) fn delete_module(
         &self,
         name: &ModuleName,
         version: &ModuleVersion,
@@ -224,11 +232,11 @@ impl Records for SqliteRecords {
         Ok(n > 0)
     }
 
-    fn digest_in_use(&self, digest: &str) -> Result<bool, RecordsError> {
+    pub(crate) fn digest_in_use(&self, digest: &str) -> Result<bool, RecordsError> {
         self.exists("SELECT 1 FROM modules WHERE digest = ?1 LIMIT 1", digest)
     }
 
-    fn put_build(&self, b: &BuildRecord) -> Result<(), RecordsError> {
+    pub(crate) fn put_build(&self, b: &BuildRecord) -> Result<(), RecordsError> {
         self.conn().execute(
             "INSERT INTO builds (id, state, created_at, json) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT(id) DO UPDATE SET state = excluded.state, json = excluded.json",
@@ -237,18 +245,22 @@ impl Records for SqliteRecords {
         Ok(())
     }
 
-    fn get_build(&self, id: &str) -> Result<Option<BuildRecord>, RecordsError> {
+    pub(crate) fn get_build(&self, id: &str) -> Result<Option<BuildRecord>, RecordsError> {
         Ok(self
             .query_json("builds", "SELECT json FROM builds WHERE id = ?1", [id])?
             .pop())
     }
 
-    fn list_builds(&self, limit: u32) -> Result<Vec<BuildRecord>, RecordsError> {
+    pub(crate) fn list_builds(&self, limit: u32) -> Result<Vec<BuildRecord>, RecordsError> {
         let sql = "SELECT json FROM builds ORDER BY created_at DESC, rowid DESC LIMIT ?1";
         self.query_json("builds", sql, [limit])
     }
 
-    fn fail_unfinished(&self, message: &str, now: &str) -> Result<Vec<String>, RecordsError> {
+    pub(crate) fn fail_unfinished(
+        &self,
+        message: &str,
+        now: &str,
+    ) -> Result<Vec<String>, RecordsError> {
         let sql = "SELECT json FROM builds WHERE state IN ('queued', 'running')";
         let stale: Vec<BuildRecord> = self.query_json("builds", sql, [])?;
         let mut ids = Vec::new();
@@ -266,7 +278,7 @@ impl Records for SqliteRecords {
         Ok(ids)
     }
 
-    fn put_artifact(&self, m: &Manifest) -> Result<(), RecordsError> {
+    pub(crate) fn put_artifact(&self, m: &Manifest) -> Result<(), RecordsError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let seq: i64 =
@@ -312,7 +324,7 @@ impl Records for SqliteRecords {
         Ok(())
     }
 
-    fn update_manifest(&self, m: &Manifest) -> Result<bool, RecordsError> {
+    pub(crate) fn update_manifest(&self, m: &Manifest) -> Result<bool, RecordsError> {
         let n = self.conn().execute(
             "UPDATE artifacts SET json = ?2 WHERE key = ?1",
             params![m.key.as_str(), to_json(m)],
@@ -320,12 +332,12 @@ impl Records for SqliteRecords {
         Ok(n == 1)
     }
 
-    fn get_artifact(&self, key: &ArtifactKey) -> Result<Option<Manifest>, RecordsError> {
+    pub(crate) fn get_artifact(&self, key: &ArtifactKey) -> Result<Option<Manifest>, RecordsError> {
         let sql = "SELECT json FROM artifacts WHERE key = ?1";
         Ok(self.query_json("artifacts", sql, [key.as_str()])?.pop())
     }
 
-    fn latest_artifact(
+    pub(crate) fn latest_artifact(
         &self,
         name: &ModuleName,
         version: &ModuleVersion,
@@ -343,7 +355,7 @@ impl Records for SqliteRecords {
         Ok(self.query_json("artifacts", sql, args)?.pop())
     }
 
-    fn delete_artifacts(
+    pub(crate) fn delete_artifacts(
         &self,
         name: &ModuleName,
         version: &ModuleVersion,
@@ -364,14 +376,14 @@ impl Records for SqliteRecords {
         Ok(gone)
     }
 
-    fn blob_in_use(&self, sha256: &str) -> Result<bool, RecordsError> {
+    pub(crate) fn blob_in_use(&self, sha256: &str) -> Result<bool, RecordsError> {
         self.exists(
             "SELECT 1 FROM artifact_blobs WHERE sha256 = ?1 LIMIT 1",
             sha256,
         )
     }
 
-    fn put_eval(&self, key: &str, value: &str) -> Result<(), RecordsError> {
+    pub(crate) fn put_eval(&self, key: &str, value: &str) -> Result<(), RecordsError> {
         self.conn().execute(
             "INSERT OR REPLACE INTO evals (key, json) VALUES (?1, ?2)",
             params![key, value],
@@ -379,14 +391,14 @@ impl Records for SqliteRecords {
         Ok(())
     }
 
-    fn get_eval(&self, key: &str) -> Result<Option<String>, RecordsError> {
+    pub(crate) fn get_eval(&self, key: &str) -> Result<Option<String>, RecordsError> {
         let conn = self.conn();
         Ok(conn
             .query_row("SELECT json FROM evals WHERE key = ?1", [key], |r| r.get(0))
             .optional()?)
     }
 
-    fn put_settings(&self, s: &SettingsRecord) -> Result<(), RecordsError> {
+    pub(crate) fn put_settings(&self, s: &SettingsRecord) -> Result<(), RecordsError> {
         self.conn().execute(
             "INSERT OR REPLACE INTO module_settings (name, json) VALUES (?1, ?2)",
             params![s.name.as_str(), to_json(s)],
@@ -394,14 +406,17 @@ impl Records for SqliteRecords {
         Ok(())
     }
 
-    fn get_settings(&self, name: &ModuleName) -> Result<Option<SettingsRecord>, RecordsError> {
+    pub(crate) fn get_settings(
+        &self,
+        name: &ModuleName,
+    ) -> Result<Option<SettingsRecord>, RecordsError> {
         let sql = "SELECT json FROM module_settings WHERE name = ?1";
         Ok(self
             .query_json("module_settings", sql, [name.as_str()])?
             .pop())
     }
 
-    fn delete_settings(&self, name: &ModuleName) -> Result<bool, RecordsError> {
+    pub(crate) fn delete_settings(&self, name: &ModuleName) -> Result<bool, RecordsError> {
         let n = self.conn().execute(
             "DELETE FROM module_settings WHERE name = ?1",
             [name.as_str()],

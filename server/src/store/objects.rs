@@ -1,0 +1,324 @@
+//! Everything stored as bytes: content-addressed `.ko` blobs, normalized source
+//! tars and build logs, in one object store behind the `object_store` crate's
+//! interface: a local directory (the embedded default) or an S3-compatible bucket
+//! shared by every replica.
+//!
+//! Keys: `blobs/sha256/<first two hex>/<hex>`, `sources/<source digest>.tar`,
+//! `logs/<build id>.log` (with a local directory, the same paths under the data
+//! directory as before this seam existed). An object appears whole or not at all:
+//! the local store writes a staging file and renames it, S3 makes an object
+//! visible when its PUT completes. So nothing half-written is ever served.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use kmodforge_api::names::SourceDigest;
+use object_store::path::Path as ObjectPath;
+use object_store::signer::Signer;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use sha2::{Digest, Sha256};
+
+/// Errors of the object store, naming the store and what was asked of it.
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    /// The store could not be reached or failed: the request may succeed later.
+    #[error("object store {store} is unavailable ({op} {key}): {source}")]
+    Unavailable {
+        store: String,
+        op: &'static str,
+        key: String,
+        #[source]
+        source: Box<object_store::Error>,
+    },
+    #[error("invalid blob address {0:?}")]
+    BadAddress(String),
+}
+
+impl BlobError {
+    /// The store's name, for a 503 that tells an operator where to look.
+    pub fn store(&self) -> Option<&str> {
+        match self {
+            BlobError::Unavailable { store, .. } => Some(store),
+            BlobError::BadAddress(_) => None,
+        }
+    }
+}
+
+/// Where objects live.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ObjectsConfig {
+    /// A directory (created if needed).
+    Local(std::path::PathBuf),
+    S3(S3Config),
+}
+
+/// An S3-compatible bucket.
+#[derive(Clone, PartialEq, Eq)]
+pub struct S3Config {
+    pub bucket: String,
+    /// `http(s)://host:port` of an S3-compatible server; `None`: AWS.
+    pub endpoint: Option<String>,
+    pub region: String,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+}
+
+impl std::fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Config")
+            .field("bucket", &self.bucket)
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"<redacted>")
+            .finish()
+    }
+}
+
+/// The object store with kmodforge's key layout.
+#[derive(Clone)]
+pub struct Objects {
+    inner: Arc<dyn ObjectStore>,
+    /// Set for S3: presigns download URLs.
+    signer: Option<Arc<dyn Signer>>,
+    /// `local /var/lib/kmodforge` or `s3://bucket at http://host:port`: named in errors.
+    name: String,
+}
+
+impl std::fmt::Debug for Objects {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
+/// Requests to the store give up after this long (the store is down, not slow).
+const STORE_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Objects {
+    pub fn open(config: &ObjectsConfig) -> Result<Self, String> {
+        match config {
+            ObjectsConfig::Local(dir) => {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+                let fs = object_store::local::LocalFileSystem::new_with_prefix(dir)
+                    .map_err(|e| format!("local object store {}: {e}", dir.display()))?
+                    .with_automatic_cleanup(true);
+                Ok(Objects {
+                    inner: Arc::new(fs),
+                    signer: None,
+                    name: format!("local {}", dir.display()),
+                })
+            }
+            ObjectsConfig::S3(s3) => {
+                let mut b = object_store::aws::AmazonS3Builder::new()
+                    .with_bucket_name(&s3.bucket)
+                    .with_region(&s3.region)
+                    .with_access_key_id(&s3.access_key_id)
+                    .with_secret_access_key(&s3.secret_access_key)
+                    .with_retry(object_store::RetryConfig {
+                        max_retries: 2,
+                        retry_timeout: Duration::from_secs(10),
+                        ..Default::default()
+                    })
+                    .with_client_options(
+                        object_store::ClientOptions::new()
+                            .with_timeout(STORE_TIMEOUT)
+                            .with_connect_timeout(Duration::from_secs(5)),
+                    );
+                let mut name = format!("s3://{}", s3.bucket);
+                if let Some(endpoint) = &s3.endpoint {
+                    b = b
+                        .with_endpoint(endpoint)
+                        .with_allow_http(endpoint.starts_with("http://"))
+                        .with_virtual_hosted_style_request(false);
+                    name = format!("{name} at {endpoint}");
+                }
+                let s3store = Arc::new(b.build().map_err(|e| format!("{name}: {e}"))?);
+                Ok(Objects {
+                    inner: s3store.clone(),
+                    signer: Some(s3store),
+                    name,
+                })
+            }
+        }
+    }
+
+    /// The store's name for logs and errors.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn unavailable(
+        &self,
+        op: &'static str,
+        key: &ObjectPath,
+    ) -> impl FnOnce(object_store::Error) -> BlobError + '_ {
+        let key = key.to_string();
+        move |source| BlobError::Unavailable {
+            store: self.name.clone(),
+            op,
+            key,
+            source: Box::new(source),
+        }
+    }
+
+    async fn put(&self, key: &ObjectPath, bytes: Bytes) -> Result<(), BlobError> {
+        self.inner
+            .put(key, PutPayload::from_bytes(bytes))
+            .await
+            .map(|_| ())
+            .map_err(self.unavailable("put", key))
+    }
+
+    async fn get(&self, key: &ObjectPath) -> Result<Option<Bytes>, BlobError> {
+        let got = match self.inner.get(key).await {
+            Ok(got) => got,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(self.unavailable("get", key)(e)),
+        };
+        got.bytes()
+            .await
+            .map(Some)
+            .map_err(self.unavailable("get", key))
+    }
+
+    async fn exists(&self, key: &ObjectPath) -> Result<bool, BlobError> {
+        match self.inner.head(key).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(self.unavailable("head", key)(e)),
+        }
+    }
+
+    async fn delete(&self, key: &ObjectPath) -> Result<(), BlobError> {
+        match self.inner.delete(key).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.unavailable("delete", key)(e)),
+        }
+    }
+
+    /// Stores `bytes` under their sha256 (once); returns the lowercase hex digest.
+    pub async fn put_blob(&self, bytes: &[u8]) -> Result<String, BlobError> {
+        let sha = hex::encode(Sha256::digest(bytes));
+        let key = blob_key(&sha)?;
+        if !self.exists(&key).await? {
+            self.put(&key, Bytes::copy_from_slice(bytes)).await?;
+        }
+        Ok(sha)
+    }
+
+    /// A blob's bytes, `None` when absent. The bytes are checked against their
+    /// address: a blob altered in the store is an error, never served.
+    pub async fn get_blob(&self, sha256: &str) -> Result<Option<Bytes>, BlobError> {
+        let key = blob_key(sha256)?;
+        let Some(bytes) = self.get(&key).await? else {
+            return Ok(None);
+        };
+        if hex::encode(Sha256::digest(&bytes)) != sha256 {
+            return Err(BlobError::Unavailable {
+                store: self.name.clone(),
+                op: "get",
+                key: key.to_string(),
+                source: Box::new(object_store::Error::Generic {
+                    store: "kmodforge",
+                    source: "the object's content does not match its sha256 address".into(),
+                }),
+            });
+        }
+        Ok(Some(bytes))
+    }
+
+    pub async fn contains_blob(&self, sha256: &str) -> Result<bool, BlobError> {
+        self.exists(&blob_key(sha256)?).await
+    }
+
+    pub async fn delete_blob(&self, sha256: &str) -> Result<(), BlobError> {
+        self.delete(&blob_key(sha256)?).await
+    }
+
+    /// A short-lived URL that lets anyone holding it GET the blob from the object
+    /// store directly; `None` when the store cannot presign (a local directory).
+    pub async fn presigned_blob_url(
+        &self,
+        sha256: &str,
+        valid_for: Duration,
+    ) -> Result<Option<String>, BlobError> {
+        let Some(signer) = &self.signer else {
+            return Ok(None);
+        };
+        let key = blob_key(sha256)?;
+        let url = signer
+            .signed_url(axum::http::Method::GET, &key, valid_for)
+            .await
+            .map_err(self.unavailable("presign", &key))?;
+        Ok(Some(url.to_string()))
+    }
+
+    /// Stores a normalized source tar under its digest (idempotent).
+    pub async fn put_source(&self, digest: &SourceDigest, tar: Bytes) -> Result<(), BlobError> {
+        let key = source_key(digest);
+        if self.exists(&key).await? {
+            return Ok(());
+        }
+        self.put(&key, tar).await
+    }
+
+    /// A stored source tar; a missing one is an error (its module record refers to it).
+    pub async fn get_source(&self, digest: &SourceDigest) -> Result<Bytes, BlobError> {
+        let key = source_key(digest);
+        self.get(&key).await?.ok_or_else(|| BlobError::Unavailable {
+            store: self.name.clone(),
+            op: "get",
+            key: key.to_string(),
+            source: Box::new(object_store::Error::NotFound {
+                path: key.to_string(),
+                source: "the source archive of a registered module is missing".into(),
+            }),
+        })
+    }
+
+    pub async fn delete_source(&self, digest: &SourceDigest) -> Result<(), BlobError> {
+        self.delete(&source_key(digest)).await
+    }
+
+    pub async fn put_log(&self, build_id: &str, log: Bytes) -> Result<(), BlobError> {
+        self.put(&log_key(build_id)?, log).await
+    }
+
+    /// A finished build's stored log, `None` when there is none.
+    pub async fn get_log(&self, build_id: &str) -> Result<Option<Bytes>, BlobError> {
+        self.get(&log_key(build_id)?).await
+    }
+}
+
+fn blob_key(sha256: &str) -> Result<ObjectPath, BlobError> {
+    let valid = sha256.len() == 64
+        && sha256
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if !valid {
+        return Err(BlobError::BadAddress(sha256.to_string()));
+    }
+    Ok(ObjectPath::from(format!(
+        "blobs/sha256/{}/{sha256}",
+        &sha256[..2]
+    )))
+}
+
+fn source_key(digest: &SourceDigest) -> ObjectPath {
+    ObjectPath::from(format!("sources/{digest}.tar"))
+}
+
+fn log_key(build_id: &str) -> Result<ObjectPath, BlobError> {
+    // Build ids are 16 hex digits; anything else never names a key.
+    let valid = !build_id.is_empty()
+        && build_id.len() <= 64
+        && build_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    if !valid {
+        return Err(BlobError::BadAddress(build_id.to_string()));
+    }
+    Ok(ObjectPath::from(format!("logs/{build_id}.log")))
+}

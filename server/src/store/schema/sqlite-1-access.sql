@@ -1,0 +1,12 @@
+CREATE TABLE IF NOT EXISTS tokens (
+    name TEXT PRIMARY KEY, id TEXT NOT NULL UNIQUE, hash TEXT NOT NULL,
+    revoked INTEGER NOT NULL, json TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS audit (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, module TEXT, json TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS audit_by_module ON audit (module, seq);
+CREATE TABLE IF NOT EXISTS public_keys (
+    purpose TEXT NOT NULL, id TEXT NOT NULL, seq INTEGER NOT NULL, json TEXT NOT NULL,
+    PRIMARY KEY (purpose, id));
+CREATE TABLE IF NOT EXISTS version_pins (
+    name TEXT NOT NULL, version TEXT NOT NULL, digest TEXT NOT NULL, pinned_at TEXT NOT NULL,
+    PRIMARY KEY (name, version));
