@@ -3,7 +3,8 @@
 # image bootstrap), kmod (modinfo/depmod used by tests), curl, openssl and
 # mokutil (signature tests), libssl-dev and pkg-config (the server links OpenSSL),
 # grub-common, grub-pc-bin and xorriso (the boot guard: grub-editenv, a GRUB boot under qemu),
-# chromium (the readiness page),
+# chromium (the readiness page), postgresql and Garage (the real database and S3 server
+# that scripts/services.sh runs for the tests),
 # and a running Docker engine check. Idempotent.
 set -euo pipefail
 need=()
@@ -24,6 +25,22 @@ command -v grub-editenv >/dev/null || need+=(grub-common)
 command -v xorriso >/dev/null || need+=(xorriso)
 # The readiness page is checked in a real headless browser.
 command -v chromium >/dev/null || need+=(chromium fonts-dejavu-core)
+# The tests talk to a real PostgreSQL server (scripts/services.sh): Debian's server
+# binaries live in /usr/lib/postgresql/<major>/bin, off PATH. The package also creates
+# the `postgres` system user, which runs the server when the services are started as root.
+have_pg=""
+for d in /usr/lib/postgresql/*/bin; do [[ -x $d/initdb && -x $d/postgres ]] && have_pg=1; done
+[[ -n $have_pg ]] || need+=(postgresql)
+# ...and a real S3 server: Garage, built from crates.io once and kept in the tools cache
+# (reused between CI runs on the same machine). Building it needs a C compiler and make.
+tools=${KMODFORGE_TOOLS:-$HOME/.cache/kmodforge/tools}
+garage_version=2.5.0
+# (`garage --version` says e.g. "garage cargo:2.5.0 [features: ...]".)
+garage_ok() { [[ -x $tools/bin/garage && " $("$tools/bin/garage" --version 2>/dev/null) " == *[!0-9.]"$garage_version"[!0-9.]* ]]; }
+if ! garage_ok; then
+  command -v cc >/dev/null || need+=(gcc libc6-dev)
+  command -v make >/dev/null || need+=(make)
+fi
 SUDO=""; [[ $(id -u) -eq 0 ]] || SUDO=sudo
 # The tests fetch real DKMS sources with `apt-get download`: the index must know them.
 if ((${#need[@]})) || ! apt-cache show v4l2loopback-dkms >/dev/null 2>&1; then
@@ -31,5 +48,15 @@ if ((${#need[@]})) || ! apt-cache show v4l2loopback-dkms >/dev/null 2>&1; then
 fi
 if ((${#need[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+if [[ $(id -u) -eq 0 ]] && ! getent passwd postgres >/dev/null; then
+  # The server binaries are there but not their user (initdb refuses to run as root).
+  useradd --system --user-group --home-dir /var/lib/postgresql --shell /bin/bash postgres
+fi
+if ! garage_ok; then
+  command -v cargo >/dev/null || { echo "install-deps: cargo is needed to build Garage $garage_version" >&2; exit 1; }
+  cargo install garage --version "$garage_version" --locked --no-default-features \
+    --features bundled-libs,lmdb,sqlite --root "$tools"
+  garage_ok || { echo "install-deps: $tools/bin/garage is not Garage $garage_version after cargo install" >&2; exit 1; }
 fi
 docker info >/dev/null 2>&1 || { echo "install-deps: the Docker engine is not reachable (docker info failed)" >&2; exit 1; }
