@@ -182,6 +182,21 @@ pub struct Config {
     #[arg(long, env = "KMODFORGE_MAX_IMAGE_BUILDS", default_value_t = 2)]
     pub max_image_builds: usize,
 
+    /// This replica's name in a cluster: labels its containers and owns its job
+    /// leases (default: derived from the data directory). Unique per replica.
+    #[arg(long, env = "KMODFORGE_REPLICA_ID")]
+    pub replica_id: Option<String>,
+
+    /// What this replica does: `api` (answers requests, queues builds), `builder`
+    /// (runs queued builds on its Docker engine), or `both`.
+    #[arg(long, env = "KMODFORGE_ROLE", value_enum, default_value_t = Role::Both)]
+    pub role: Role,
+
+    /// A builder's lease on a job, in seconds: renewed while the build runs; a
+    /// replica that dies loses its jobs to another builder this long after.
+    #[arg(long, env = "KMODFORGE_LEASE_SECS", default_value_t = 30)]
+    pub lease_secs: u64,
+
     /// PostgreSQL URL for the records (`postgres://user:password@host:5432/db`),
     /// shared by every replica; without it, SQLite in the data directory.
     #[arg(long, env = "KMODFORGE_DATABASE_URL", hide_env_values = true)]
@@ -210,6 +225,20 @@ pub struct Config {
     /// this many seconds (S3 only; 0: serve the bytes through the server).
     #[arg(long, env = "KMODFORGE_PRESIGN_DOWNLOADS_SECS", default_value_t = 0)]
     pub presign_downloads_secs: u64,
+}
+
+/// A replica's part in a cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    Api,
+    Builder,
+    Both,
+}
+
+impl Role {
+    pub fn builds(self) -> bool {
+        matches!(self, Role::Builder | Role::Both)
+    }
 }
 
 fn default_jobs() -> u32 {
@@ -350,6 +379,30 @@ impl Config {
                     "KMODFORGE_S3_ENDPOINT must be an http(s) URL, got {endpoint:?}"
                 ));
             }
+        }
+        if let Some(id) = &self.replica_id {
+            let ok = !id.is_empty()
+                && id.len() <= 63
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !ok {
+                return Err(format!(
+                    "KMODFORGE_REPLICA_ID must be 1-63 of [A-Za-z0-9_-], got {id:?}"
+                ));
+            }
+        }
+        if !(5..=3600).contains(&self.lease_secs) {
+            return Err(format!(
+                "KMODFORGE_LEASE_SECS must be 5..=3600, got {}",
+                self.lease_secs
+            ));
+        }
+        if self.role != Role::Both && self.database_url.is_none() {
+            return Err(
+                "KMODFORGE_ROLE api or builder needs KMODFORGE_DATABASE_URL (the shared job queue)"
+                    .into(),
+            );
         }
         if self.presign_downloads_secs > 0 && self.s3_bucket.is_none() {
             return Err("KMODFORGE_PRESIGN_DOWNLOADS_SECS needs KMODFORGE_S3_BUCKET (a local directory cannot presign)".into());

@@ -88,8 +88,11 @@ pub async fn init(config: &Config) -> Result<AppState, StartError> {
         sign_by_default = config.sign_modules,
         "signing keys ready"
     );
-    let mut sandbox =
-        sandbox::Sandbox::connect(config.sandbox_limits(), owner_id(&config.data_dir)).await?;
+    let replica = config
+        .replica_id
+        .clone()
+        .unwrap_or_else(|| owner_id(&config.data_dir));
+    let mut sandbox = sandbox::Sandbox::connect(config.sandbox_limits(), replica.clone()).await?;
     if let Some(dir) = &config.trace_container_input {
         sandbox = sandbox.with_input_trace(dir.clone()).map_err(|e| {
             StartError::Config(format!("--trace-container-input {}: {e}", dir.display()))

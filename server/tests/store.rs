@@ -673,7 +673,10 @@ async fn s3_presigned_urls_serve_the_blob_without_credentials_until_they_expire(
     tokio::time::sleep(Duration::from_secs(4)).await;
     // Garage answers an expired signature 400 (AWS: 403): refused either way.
     let expired = reqwest::get(&url).await.unwrap().status();
-    assert!(expired == 400 || expired == 403, "expired URL answered {expired}");
+    assert!(
+        expired == 400 || expired == 403,
+        "expired URL answered {expired}"
+    );
 }
 
 #[tokio::test]
