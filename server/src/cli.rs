@@ -4,7 +4,7 @@
 //! the server anyway; these commands are the way back in when no admin token is at
 //! hand. Each change is audited as `cli:<user>`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 use kmodforge_api::auth::{CreateTokenRequest, Scope, TokenInfo};
@@ -13,11 +13,15 @@ use kmodforge_api::names::{ModulePattern, TokenName};
 use crate::auth::{Caller, TokenError, Tokens};
 use crate::store::{Store, StoreOpenError};
 
-/// The data directory of the server whose tokens to manage.
+/// The records of the server whose tokens to manage: its data directory's SQLite,
+/// or the cluster's PostgreSQL database.
 #[derive(Clone, Debug, Args)]
 pub struct DataDirArg {
     #[arg(long, env = "KMODFORGE_DATA_DIR", default_value = "/var/lib/kmodforge")]
     pub data_dir: PathBuf,
+    /// The cluster's database (as the server's `--database-url`).
+    #[arg(long, env = "KMODFORGE_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
 }
 
 #[derive(Clone, Debug, Subcommand)]
@@ -73,7 +77,7 @@ pub async fn run_token(cmd: TokenCommand) -> Result<String, CliError> {
             modules,
             dir,
         } => {
-            let tokens = open(&dir.data_dir)?;
+            let tokens = open(&dir).await?;
             let req = CreateTokenRequest {
                 name,
                 scope,
@@ -82,7 +86,7 @@ pub async fn run_token(cmd: TokenCommand) -> Result<String, CliError> {
             Ok(format!("{}\n", tokens.create(req, &by).await?.token))
         }
         TokenCommand::List { json, dir } => {
-            let list = open(&dir.data_dir)?.list().await?;
+            let list = open(&dir).await?.list().await?;
             if json {
                 return Ok(format!(
                     "{}\n",
@@ -92,18 +96,24 @@ pub async fn run_token(cmd: TokenCommand) -> Result<String, CliError> {
             Ok(table(&list))
         }
         TokenCommand::Revoke { name, dir } => {
-            let info = open(&dir.data_dir)?.revoke(&name, &by).await?;
+            let info = open(&dir).await?.revoke(&name, &by).await?;
             let at = info.revoked_at.unwrap_or_default();
             Ok(format!("revoked {name} ({} token) at {at}\n", info.scope))
         }
     }
 }
 
-fn open(data_dir: &Path) -> Result<Tokens, CliError> {
-    if !data_dir.is_dir() {
-        return Err(CliError::NoDataDir(data_dir.to_path_buf()));
+async fn open(dir: &DataDirArg) -> Result<Tokens, CliError> {
+    if let Some(url) = &dir.database_url {
+        let records = crate::store::postgres::PgRecords::connect(url)
+            .await
+            .map_err(StoreOpenError::Records)?;
+        return Ok(Tokens::new(std::sync::Arc::new(records)));
     }
-    Ok(Tokens::new(Store::open(data_dir)?.records))
+    if !dir.data_dir.is_dir() {
+        return Err(CliError::NoDataDir(dir.data_dir.clone()));
+    }
+    Ok(Tokens::new(Store::open(&dir.data_dir)?.records))
 }
 
 /// `cli:<user>`, the audit log's name for the local command line.

@@ -133,9 +133,18 @@ pub async fn init(config: &Config) -> Result<AppState, StartError> {
         builds::BuildSettings {
             max_builds: config.max_builds,
             usr_volumes: config.usr_volumes,
+            cluster: config
+                .database_url
+                .is_some()
+                .then(|| builds::ClusterSettings {
+                    replica: replica.clone(),
+                    builds: config.role.builds(),
+                    lease: std::time::Duration::from_secs(config.lease_secs),
+                }),
         },
     );
     builds.recover().await?;
+    builds.spawn_claimer();
     let prebuilder = prebuild::Prebuilder::new(
         builds.clone(),
         store.clone(),

@@ -328,7 +328,63 @@ impl Sandbox {
         self.closed.store(true, Ordering::SeqCst);
     }
 
-    fn is_closed(&self) -> bool {
+    /// This sandbox's owner (the replica id on its containers' labels).
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// Removes the job containers of other replicas on this engine whose build no
+    /// longer has a live lease held by that replica (the replica died), once they
+    /// are older than `min_age`. `live` holds (build id, owner) pairs. Returns how many.
+    pub async fn sweep_orphans(
+        &self,
+        live: &std::collections::HashSet<(String, String)>,
+        min_age: std::time::Duration,
+    ) -> Result<usize, SandboxError> {
+        let filters = HashMap::from([("label".to_string(), vec![JOB_LABEL.to_string()])]);
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let list = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(|source| SandboxError::Docker {
+                op: "list",
+                container: "*".into(),
+                source,
+            })?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs() as i64;
+        let mut removed = 0;
+        for c in list {
+            let labels = c.labels.unwrap_or_default();
+            let (Some(id), Some(job), Some(owner)) =
+                (c.id, labels.get(JOB_LABEL), labels.get(OWNER_LABEL))
+            else {
+                continue;
+            };
+            let old = now - c.created.unwrap_or(now) >= min_age.as_secs() as i64;
+            if owner == &self.owner || !old || live.contains(&(job.clone(), owner.clone())) {
+                continue;
+            }
+            tracing::warn!(container = %id, build = %job, replica = %owner, "removing the container of a build whose replica lost its lease");
+            JobContainer {
+                docker: self.docker.clone(),
+                id,
+                trace: None,
+            }
+            .remove()
+            .await;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
+    pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::SeqCst)
     }
 

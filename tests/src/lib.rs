@@ -21,6 +21,7 @@ pub mod agent;
 pub mod archive;
 mod bins;
 mod client;
+pub mod cluster;
 mod docker;
 mod fixtures;
 pub mod grubvm;

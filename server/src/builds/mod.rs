@@ -7,6 +7,7 @@
 //! that end up with the same cache key share one build as well.
 
 mod boot;
+mod cluster;
 pub mod collect;
 mod deps;
 mod evaluate;
@@ -32,6 +33,8 @@ use crate::sandbox::Sandbox;
 use crate::store::{RecordsError, Store};
 use crate::usr_volumes::UsrVolumeCache;
 use log::LogBuffer;
+
+pub use cluster::ClusterSettings;
 
 /// Errors of build submission and lookup (not build failures: those are records).
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +62,8 @@ pub struct Job {
     /// Nobody waits for it yet (a prebuild): it yields build slots to jobs that
     /// clients wait for. Cleared when a client's request joins it.
     background: std::sync::atomic::AtomicBool,
+    /// This replica runs it (not a follower of a build on another replica).
+    runner: std::sync::atomic::AtomicBool,
 }
 
 /// How urgently a job wants a build slot.
@@ -71,6 +76,15 @@ pub enum Priority {
 }
 
 impl Job {
+    pub fn is_runner(&self) -> bool {
+        self.runner.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn mark_runner(&self) {
+        self.runner
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
     pub fn is_background(&self) -> bool {
         self.background.load(std::sync::atomic::Ordering::Relaxed)
     }
@@ -109,6 +123,8 @@ pub struct BuildSettings {
     pub max_builds: usize,
     /// Mount builder images' /usr from read-only volumes (see `usr_volumes`).
     pub usr_volumes: bool,
+    /// Set in a cluster (shared PostgreSQL): the shared job queue is used.
+    pub cluster: Option<ClusterSettings>,
 }
 
 /// The build service: shared by the HTTP handlers.
@@ -126,6 +142,10 @@ pub struct Builds {
     /// Foreground jobs waiting for a build slot (background jobs yield to them).
     waiting_foreground: std::sync::atomic::AtomicUsize,
     inflight: Mutex<Inflight>,
+    /// Jobs this replica runs now (builders claim more while below `max_builds`).
+    runners: std::sync::atomic::AtomicUsize,
+    max_builds: usize,
+    cluster: Option<ClusterSettings>,
 }
 
 /// The answer to a submission.
@@ -155,6 +175,9 @@ impl Builds {
             permits: Semaphore::new(settings.max_builds),
             waiting_foreground: std::sync::atomic::AtomicUsize::new(0),
             inflight: Mutex::new(Inflight::default()),
+            runners: std::sync::atomic::AtomicUsize::new(0),
+            max_builds: settings.max_builds,
+            cluster: settings.cluster,
         })
     }
 
@@ -214,6 +237,22 @@ impl Builds {
             self.wants_check(&req),
             signing,
         );
+        if self.cluster().is_some() {
+            let joined = self.inflight().by_request.get(&key).cloned();
+            if let Some(job) = joined {
+                if priority == Priority::Foreground {
+                    job.background
+                        .store(false, std::sync::atomic::Ordering::Relaxed);
+                }
+                return Ok(Submitted {
+                    response: job.snapshot(),
+                    job: Some(job),
+                });
+            }
+            return self
+                .submit_clustered(module, req, arch, settings, key, priority)
+                .await;
+        }
         let job = {
             let mut inflight = self.inflight();
             if let Some(job) = inflight.by_request.get(&key) {
@@ -229,7 +268,10 @@ impl Builds {
                     job: Some(job),
                 });
             }
-            let job = self.new_job(&module, &req, arch, priority);
+            let job = self.new_job(&new_build_id(), &module, &req, arch, priority);
+            job.mark_runner();
+            self.runners
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             inflight.by_request.insert(key.clone(), job.clone());
             inflight.by_id.insert(job.id.clone(), job.clone());
             job
@@ -240,6 +282,8 @@ impl Builds {
             inflight.by_request.remove(&key);
             inflight.by_id.remove(&job.id);
             drop(inflight);
+            self.runners
+                .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
             // A request that joined meanwhile must not wait forever.
             let f = failure(
                 FailureKind::Infrastructure,
@@ -264,12 +308,13 @@ impl Builds {
 
     fn new_job(
         &self,
+        id: &str,
         module: &ModuleSource,
         req: &BuildRequest,
         arch: Arch,
         priority: Priority,
     ) -> Arc<Job> {
-        let id = new_build_id();
+        let id = id.to_string();
         let record = BuildRecord {
             id: id.clone(),
             name: req.name.clone(),
@@ -297,6 +342,7 @@ impl Builds {
             log: LogBuffer::new(cap),
             state: watch::channel(response).0,
             background: std::sync::atomic::AtomicBool::new(priority == Priority::Background),
+            runner: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -342,6 +388,11 @@ impl Builds {
         if let Some(job) = self.live(id) {
             return Ok(job.snapshot());
         }
+        self.recorded(id).await
+    }
+
+    /// A build's state as the records hold it (written by whichever replica runs it).
+    pub(crate) async fn recorded(&self, id: &str) -> Result<BuildResponse, BuildError> {
         let build = self
             .store
             .records
@@ -383,6 +434,15 @@ impl Builds {
 
     /// Marks builds interrupted by a restart as failed and removes leftover containers.
     pub async fn recover(&self) -> Result<(), BuildError> {
+        if self.cluster().is_some() {
+            // Other replicas' builds are in flight: leases, not restarts, end them.
+            match self.sandbox.sweep().await {
+                Ok(0) => {}
+                Ok(n) => tracing::warn!(count = n, "removed leftover job containers"),
+                Err(e) => tracing::error!(error = %e, "cannot sweep leftover containers"),
+            }
+            return Ok(());
+        }
         let ids = self
             .store
             .records
@@ -404,6 +464,7 @@ impl Builds {
     /// on this data directory) leaves none behind. Its unfinished builds are marked failed by the next start's [`Self::recover`].
     pub async fn release_containers(&self) {
         self.sandbox.close();
+        self.release_jobs().await;
         match tokio::time::timeout(std::time::Duration::from_secs(20), self.sandbox.sweep()).await {
             Ok(Ok(0)) => {}
             Ok(Ok(n)) => tracing::warn!(count = n, "shutdown: removed running job containers"),

@@ -130,13 +130,27 @@ impl Builds {
             let started = Instant::now();
             let outcome = self.pipeline(&job, &module, &req, &settings).await;
             let outcome = self.with_boot_check(&job, &req, outcome).await;
-            self.finish(&job, outcome, started.elapsed().as_secs_f64())
-                .await;
-            let mut inflight = self.inflight();
-            inflight.by_request.remove(&request_key);
-            inflight.by_id.remove(&job.id);
-            inflight.by_cache_key.retain(|_, j| j.id != job.id);
-            inflight.waits.remove(&job.id);
+            let clustered = self.cluster();
+            if clustered.is_some() && self.sandbox.is_closed() {
+                // Stopping: the job goes back to the queue (`release_jobs`), unfinished,
+                // for another builder; this replica writes no final state for it.
+                job.log
+                    .note("this replica is stopping: the build goes back to the queue");
+                job.log.finish();
+            } else {
+                self.finish(&job, outcome, started.elapsed().as_secs_f64())
+                    .await;
+                if let Some((_, queue)) = clustered {
+                    if let Err(e) = queue.complete(&request_key, &job.id).await {
+                        tracing::warn!(build = %job.id, error = %e, "cannot remove the finished job from the queue");
+                    }
+                }
+            }
+            if job.is_runner() {
+                self.runners
+                    .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            self.unregister(&request_key, &job);
         })
     }
 

@@ -10,6 +10,7 @@
 
 pub mod access;
 pub mod files;
+pub mod jobs;
 pub mod kernels;
 pub mod migrate;
 pub mod objects;
@@ -22,6 +23,7 @@ use std::sync::Arc;
 
 pub use access::{AccessRecords, AuditQuery, Revoked, TokenRow};
 pub use files::write_secret;
+pub use jobs::{ClaimedJob, Enqueued, JobQueue};
 pub use kernels::KernelRecords;
 pub use objects::{BlobError, Objects, ObjectsConfig, S3Config};
 pub use records::{PutModule, Records, RecordsError, SqliteRecords};

@@ -18,12 +18,18 @@ use kmodforge_api::wire::{
 };
 use tokio_postgres::types::ToSql;
 
+use std::time::Duration;
+
 use super::access::{AccessRecords, AuditQuery, Revoked, TokenRow};
+use super::jobs::{ClaimedJob, Enqueued, JobQueue};
 use super::kernels::KernelRecords;
 use super::records::{from_json, to_json, PutModule, Records, RecordsError};
 
 /// PostgreSQL migrations; index 0 is version 1.
-pub const MIGRATIONS: &[&str] = &[include_str!("schema/postgres-1.sql")];
+pub const MIGRATIONS: &[&str] = &[
+    include_str!("schema/postgres-1.sql"),
+    include_str!("schema/postgres-2-jobs.sql"),
+];
 
 /// Serialises migrations of replicas that start together (any constant of ours).
 const MIGRATION_LOCK: i64 = 0x6b6d_6f64_6667;
@@ -442,6 +448,137 @@ impl Records for PgRecords {
             )
             .await?;
         Ok(n > 0)
+    }
+
+    fn jobs(&self) -> Option<&dyn JobQueue> {
+        Some(self)
+    }
+}
+
+fn seconds(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+#[async_trait::async_trait]
+impl JobQueue for PgRecords {
+    async fn enqueue_or_join(
+        &self,
+        request_key: &str,
+        build_id: &str,
+        payload: &str,
+        owner: Option<&str>,
+        lease: Duration,
+        background: bool,
+    ) -> Result<Enqueued, RecordsError> {
+        loop {
+            let client = self.client().await?;
+            let inserted = client
+                .query_opt(
+                    "INSERT INTO jobs (request_key, build_id, payload, owner, lease_until, attempts, background)
+                     VALUES ($1, $2, $3, $4::TEXT,
+                       CASE WHEN $4::TEXT IS NULL THEN NULL
+                            ELSE now() + make_interval(secs => $5) END,
+                       CASE WHEN $4::TEXT IS NULL THEN 0 ELSE 1 END, $6)
+                     ON CONFLICT (request_key) DO NOTHING RETURNING build_id",
+                    &[&request_key, &build_id, &payload, &owner, &seconds(lease), &background],
+                )
+                .await?;
+            if inserted.is_some() {
+                return Ok(Enqueued::New);
+            }
+            let existing = client
+                .query_opt(
+                    "SELECT build_id FROM jobs WHERE request_key = $1",
+                    &[&request_key],
+                )
+                .await?;
+            // Completed between the two statements: try again.
+            if let Some(row) = existing {
+                return Ok(Enqueued::Joined {
+                    build_id: row.get(0),
+                });
+            }
+        }
+    }
+
+    async fn renew(
+        &self,
+        build_id: &str,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<bool, RecordsError> {
+        let n = self
+            .execute(
+                "UPDATE jobs SET lease_until = now() + make_interval(secs => $3)
+                 WHERE build_id = $1 AND owner = $2",
+                &[&build_id, &owner, &seconds(lease)],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn claim_next(
+        &self,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Option<ClaimedJob>, RecordsError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "UPDATE jobs SET owner = $1, lease_until = now() + make_interval(secs => $2),
+                   attempts = attempts + 1
+                 WHERE request_key = (
+                   SELECT request_key FROM jobs
+                   WHERE owner IS NULL OR lease_until < now()
+                   ORDER BY background, created_at
+                   LIMIT 1 FOR UPDATE SKIP LOCKED)
+                 RETURNING request_key, build_id, payload, attempts",
+                &[&owner, &seconds(lease)],
+            )
+            .await?;
+        Ok(row.map(|r| ClaimedJob {
+            request_key: r.get(0),
+            build_id: r.get(1),
+            payload: r.get(2),
+            attempts: r.get(3),
+        }))
+    }
+
+    async fn make_foreground(&self, build_id: &str) -> Result<(), RecordsError> {
+        self.execute(
+            "UPDATE jobs SET background = false WHERE build_id = $1 AND background",
+            &[&build_id],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn complete(&self, request_key: &str, build_id: &str) -> Result<(), RecordsError> {
+        self.execute(
+            "DELETE FROM jobs WHERE request_key = $1 AND build_id = $2",
+            &[&request_key, &build_id],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn release(&self, owner: &str) -> Result<u64, RecordsError> {
+        self.execute(
+            "UPDATE jobs SET owner = NULL, lease_until = NULL WHERE owner = $1",
+            &[&owner],
+        )
+        .await
+    }
+
+    async fn live_builds(&self) -> Result<Vec<(String, String)>, RecordsError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT build_id, owner FROM jobs WHERE lease_until > now() AND owner IS NOT NULL",
+                &[],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 }
 

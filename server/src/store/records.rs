@@ -118,6 +118,11 @@ pub trait Records: AccessRecords + KernelRecords + Send + Sync {
         -> Result<Option<SettingsRecord>, RecordsError>;
     /// True when there were settings to delete.
     async fn delete_settings(&self, name: &ModuleName) -> Result<bool, RecordsError>;
+
+    /// The cluster's shared job queue, when these records are shared by replicas.
+    fn jobs(&self) -> Option<&dyn super::jobs::JobQueue> {
+        None
+    }
 }
 
 /// SQLite-backed records (one connection, serialized; calls are sub-millisecond).

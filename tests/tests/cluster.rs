@@ -1,0 +1,218 @@
+//! Several replicas on one PostgreSQL database and one S3 bucket (real servers:
+//! `scripts/services.sh`), one Docker engine: single-flight across replicas, a
+//! replica killed mid-build, read-after-write between replicas.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use futures_util::future::join_all;
+use kmodforge_api::wire::{BuildResponse, BuildState};
+use kmodforge_e2e::cluster::{Cluster, TEST_LEASE};
+use kmodforge_e2e::{fixture, request, serial, DockerProbe, ServerOpts, StopMode, KERNEL_A};
+
+fn cluster_opts() -> ServerOpts {
+    ServerOpts::default().env("KMODFORGE_LEASE_SECS", TEST_LEASE.as_secs())
+}
+
+fn count(cluster: &Cluster, sql: &str) -> Result<u64> {
+    cluster.db.query(sql)?.parse().context("a count")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn identical_requests_spread_over_three_replicas_build_once() -> Result<()> {
+    let _serial = serial().await;
+    let docker = DockerProbe::connect().await?;
+    let cluster = Cluster::start(3, cluster_opts()).await?;
+    let clients = (0..3)
+        .map(|i| cluster.client(i))
+        .collect::<Result<Vec<_>>>()?;
+    clients[0]
+        .add_module("kmf-hello", "1.0", &fixture("hello"))
+        .await?;
+    // Written through r1, seen by r2 and r3 at once.
+    for c in &clients[1..] {
+        let names: Vec<String> = c
+            .modules()
+            .await?
+            .iter()
+            .map(|m| m.name.to_string())
+            .collect();
+        ensure!(
+            names == ["kmf-hello"],
+            "a module written through r1 is listed by every replica: {names:?}"
+        );
+    }
+    let req = request("kmf-hello", "1.0", KERNEL_A)?;
+    let work = async {
+        let posts = (0..100).map(|i| {
+            let c = clients[i % 3].clone();
+            let req = req.clone();
+            async move {
+                let (_, r) = c.build(&req).await?;
+                let done = if r.build.state.is_final() {
+                    r
+                } else {
+                    c.wait(&r.build.id).await?
+                };
+                anyhow::Ok(done)
+            }
+        });
+        join_all(posts).await
+    };
+    let (answers, created) = docker.count_created(work).await?;
+    let finals: Vec<BuildResponse> = answers.into_iter().collect::<Result<_>>()?;
+
+    let ids: HashSet<&str> = finals.iter().map(|r| r.build.id.as_str()).collect();
+    ensure!(
+        ids.len() == 1,
+        "every request must get the one build: {ids:?}"
+    );
+    let id = *ids.iter().next().context("no build")?;
+    let mut keys = HashSet::new();
+    for done in &finals {
+        ensure!(
+            done.build.state == BuildState::Succeeded,
+            "{:?}",
+            done.build.failure
+        );
+        keys.insert(
+            done.artifact
+                .as_ref()
+                .context("succeeded without manifest")?
+                .key
+                .clone(),
+        );
+    }
+    ensure!(keys.len() == 1, "one artifact for all: {keys:?}");
+    let containers: Vec<_> = created
+        .iter()
+        .filter(|c| c.job.as_deref() == Some(id))
+        .collect();
+    ensure!(
+        containers.len() == 1,
+        "exactly one container fleet-wide, saw {containers:?}"
+    );
+    ensure!(
+        count(&cluster, "SELECT count(*) FROM builds")? == 1,
+        "one build record"
+    );
+    ensure!(
+        count(&cluster, "SELECT count(*) FROM artifacts")? == 1,
+        "one artifact record"
+    );
+    ensure!(
+        count(&cluster, "SELECT count(*) FROM jobs")? == 0,
+        "the queue is empty"
+    );
+    // Every replica serves the same module bytes, from the shared bucket.
+    let mut kos = HashSet::new();
+    for c in &clients {
+        kos.insert(
+            c.bytes(&format!(
+                "/v1/artifacts/kmf-hello/1.0/{KERNEL_A}/files/kmf_hello.ko"
+            ))
+            .await?,
+        );
+    }
+    ensure!(kos.len() == 1, "the replicas serve different bytes");
+    // And the log of the build, wherever it ran, from every replica.
+    for c in &clients {
+        let log = c.build_log(id).await?;
+        ensure!(
+            log.contains("build succeeded"),
+            "log of {id} from a replica:\n{log}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_killed_mid_build_loses_nothing() -> Result<()> {
+    let _serial = serial().await;
+    let docker = DockerProbe::connect().await?;
+    let mut cluster = Cluster::start(2, cluster_opts().stop_mode(StopMode::Kill)).await?;
+    let (r1, r2) = (cluster.client(0)?, cluster.client(1)?);
+    r1.add_module("kmf-slow-hello", "1.0", &fixture("slow-hello"))
+        .await?;
+    let req = request("kmf-slow-hello", "1.0", KERNEL_A)?;
+    // r1 takes the build (its row first); a client of r2 joins it.
+    let (_, first) = r1.build(&req).await?;
+    let id = first.build.id.clone();
+    let (_, joined) = r2.build(&req).await?;
+    ensure!(
+        joined.build.id == id,
+        "r2 must join r1's build: {} vs {id}",
+        joined.build.id
+    );
+    // Wait until the build runs in r1's container, then kill r1 (no clean-up at all).
+    r2.wait_for(&id, Duration::from_secs(600), |r| {
+        r.build.state == BuildState::Running
+    })
+    .await?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let live = docker.containers_of_job(&id).await?;
+        if !live.is_empty() {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "build {id} never got a container"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let killed_at = Instant::now();
+    cluster.replicas[0].kill9();
+
+    // The client on r2 gets the result: r2 claims the build when r1's lease ends
+    // and runs it again under the same id.
+    let done = r2.wait(&id).await?;
+    let took = killed_at.elapsed();
+    ensure!(
+        done.build.state == BuildState::Succeeded,
+        "{:?}",
+        done.build.failure
+    );
+    ensure!(
+        took < TEST_LEASE + Duration::from_secs(120),
+        "the build finished {took:?} after the kill"
+    );
+    eprintln!("replica death to build finished elsewhere: {took:?}");
+    let log = r2.build_log(&id).await?;
+    ensure!(
+        log.contains("replica r2 claimed the build (attempt 2)"),
+        "log:\n{log}"
+    );
+    ensure!(
+        count(&cluster, "SELECT count(*) FROM builds")? == 1,
+        "one final record"
+    );
+    ensure!(
+        count(&cluster, "SELECT count(*) FROM artifacts")? == 1,
+        "one artifact"
+    );
+    ensure!(
+        count(&cluster, "SELECT count(*) FROM jobs")? == 0,
+        "the queue is empty"
+    );
+    // r1's orphaned container is removed by r2, which shares the engine.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = docker.containers_of_job(&id).await?;
+        if left.is_empty() {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "containers left behind: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // A replica started again with the same id serves the result too.
+    let r1_again = cluster.start_replica("r1").await?;
+    let again = r1_again.client_with(Some(&cluster.admin_token()?))?;
+    ensure!(again.get_build(&id).await?.build.state == BuildState::Succeeded);
+    cluster.replicas[0] = r1_again;
+    Ok(())
+}
