@@ -9,7 +9,10 @@ use anyhow::{ensure, Context, Result};
 use futures_util::future::join_all;
 use kmodforge_api::wire::{BuildResponse, BuildState};
 use kmodforge_e2e::cluster::{Cluster, TEST_LEASE};
-use kmodforge_e2e::{fixture, request, serial, DockerProbe, ServerOpts, StopMode, KERNEL_A};
+use kmodforge_e2e::{
+    error_body, fixture, request, serial, tar_gz_dir, DockerProbe, ServerOpts, StopMode, KERNEL_A,
+};
+use reqwest::StatusCode;
 
 fn cluster_opts() -> ServerOpts {
     ServerOpts::default().env("KMODFORGE_LEASE_SECS", TEST_LEASE.as_secs())
@@ -214,5 +217,110 @@ async fn a_replica_killed_mid_build_loses_nothing() -> Result<()> {
     let again = r1_again.client_with(Some(&cluster.admin_token()?))?;
     ensure!(again.get_build(&id).await?.build.state == BuildState::Succeeded);
     cluster.replicas[0] = r1_again;
+    Ok(())
+}
+
+/// `scripts/services.sh CMD` (the test services: PostgreSQL and Garage).
+fn services(cmd: &str) -> Result<()> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/services.sh");
+    let out = std::process::Command::new(script).arg(cmd).output()?;
+    ensure!(
+        out.status.success(),
+        "scripts/services.sh {cmd}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// Brings Garage back however the test ends.
+struct ResumeS3;
+
+impl Drop for ResumeS3 {
+    fn drop(&mut self) {
+        let _ = services("resume-s3");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_object_store_outage_and_a_database_restart_lose_nothing() -> Result<()> {
+    let _serial = serial().await;
+    let cluster = Cluster::start(2, cluster_opts()).await?;
+    let (r1, r2) = (cluster.client(0)?, cluster.client(1)?);
+    r1.add_module("kmf-hello", "1.0", &fixture("hello")).await?;
+    let (_, b) = r1.build(&request("kmf-hello", "1.0", KERNEL_A)?).await?;
+    let id = b.build.id.clone();
+    ensure!(r1.wait(&id).await?.build.state == BuildState::Succeeded);
+    let ko = format!("/v1/artifacts/kmf-hello/1.0/{KERNEL_A}/files/kmf_hello.ko");
+    let before = r2.bytes(&ko).await?;
+
+    // The object store goes away for 30 s.
+    services("pause-s3")?;
+    let resume = ResumeS3;
+    let outage = Instant::now();
+    for c in [&r1, &r2] {
+        let (status, body) = error_body(c.get(&ko).await?).await?;
+        ensure!(
+            status == StatusCode::SERVICE_UNAVAILABLE
+                && body.error.kind == "store_unavailable"
+                && body.error.message.contains("s3://"),
+            "a download while the store is down: {status} {body:?}"
+        );
+    }
+    let upload = tar_gz_dir(&fixture("uname-makefile"))?;
+    let (status, body) =
+        error_body(r1.put_module("kmf-uname", "0.1", upload.clone()).await?).await?;
+    ensure!(
+        status == StatusCode::SERVICE_UNAVAILABLE && body.error.message.contains("s3://"),
+        "an upload while the store is down: {status} {body:?}"
+    );
+    ensure!(
+        r2.modules().await?.len() == 1,
+        "the refused upload left a record"
+    );
+    // The records still answer.
+    ensure!(r2.get_build(&id).await?.build.state == BuildState::Succeeded);
+    tokio::time::sleep(Duration::from_secs(30).saturating_sub(outage.elapsed())).await;
+    drop(resume);
+
+    // Back: the same bytes, uploads and builds work again.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let after = loop {
+        match r2.bytes(&ko).await {
+            Ok(b) => break b,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("store not back yet: {e:#}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    ensure!(after == before, "the module changed across the outage");
+    r1.add_module("kmf-uname", "0.1", &fixture("uname-makefile"))
+        .await?;
+    let (_, b) = r2.build(&request("kmf-uname", "0.1", KERNEL_A)?).await?;
+    let done = r2.wait(&b.build.id).await?;
+    ensure!(
+        done.build.state == BuildState::Succeeded,
+        "{:?}",
+        done.build.failure
+    );
+
+    // PostgreSQL restarts: the replicas reconnect by themselves.
+    services("restart-pg")?;
+    for c in [&r1, &r2] {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match c.modules().await {
+                Ok(m) if m.len() == 2 => break,
+                Ok(m) => anyhow::bail!("after the restart: {} modules", m.len()),
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("database not back yet: {e:#}");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(e.context("the replica did not reconnect to PostgreSQL")),
+            }
+        }
+    }
+    ensure!(r1.get_build(&id).await?.build.state == BuildState::Succeeded);
     Ok(())
 }

@@ -70,10 +70,6 @@ pub(super) async fn audit_log(
         module,
         before: p.before,
     };
-    let entries = s
-        .audit
-        .list(&q)
-        .await
-        .map_err(|e| AppError::Internal(e.to_string()))?;
+    let entries = s.audit.list(&q).await.map_err(AppError::from)?;
     Ok(Json(entries).into_response())
 }

@@ -43,7 +43,7 @@ async fn find(
         .records
         .latest_artifact(&name, &version, &kernel, &arch)
         .await
-        .map_err(|e| AppError::Internal(e.to_string()))?;
+        .map_err(AppError::from)?;
     found.ok_or_else(|| {
         AppError::NotFound(format!(
             "no artifact for {name}/{version} on kernel {kernel} ({arch}); POST /v1/builds to build it"

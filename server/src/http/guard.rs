@@ -173,7 +173,7 @@ async fn guard(spec: RouteSpec, mut req: Request, next: Next) -> Response {
             };
             return refuse(&state, &spec, d, who, target).await;
         }
-        Err(AuthError::Store(e)) => return AppError::Internal(e.to_string()).into_response(),
+        Err(AuthError::Store(e)) => return AppError::from(e).into_response(),
     };
     if let (Access::Module(scope), Some(module)) = (spec.access, &target.0) {
         // An invalid name is left to the handler's 400 (it decodes the same value).
@@ -244,7 +244,7 @@ async fn refuse(
             None => state.audit.refused(&by, action, d.to_string()).await,
         };
         if let Err(e) = result {
-            return AppError::Internal(e.to_string()).into_response();
+            return AppError::from(e).into_response();
         }
     }
     AppError::Denied(d).into_response()

@@ -15,7 +15,7 @@ pub(super) async fn list(State(s): State<AppState>) -> Result<Response, AppError
         .records
         .list_public_keys()
         .await
-        .map_err(|e| AppError::Internal(e.to_string()))?;
+        .map_err(AppError::from)?;
     Ok(Json(keys).into_response())
 }
 

@@ -116,7 +116,7 @@ async fn may_publish(
     s.audit
         .module(caller, change)
         .await
-        .map_err(|e| AppError::Internal(e.to_string()))?;
+        .map_err(AppError::from)?;
     Err(denied.into())
 }
 

@@ -14,16 +14,12 @@ use super::{kernel, AppError, AppState};
 use crate::matrix::matrix;
 
 pub(super) async fn matrix_json(State(s): State<AppState>) -> Result<Response, AppError> {
-    let m = matrix(&s.store)
-        .await
-        .map_err(|e| AppError::Internal(e.to_string()))?;
+    let m = matrix(&s.store).await.map_err(AppError::from)?;
     Ok(Json(m).into_response())
 }
 
 pub(super) async fn page(State(s): State<AppState>) -> Result<Response, AppError> {
-    let m = matrix(&s.store)
-        .await
-        .map_err(|e| AppError::Internal(e.to_string()))?;
+    let m = matrix(&s.store).await.map_err(AppError::from)?;
     Ok((
         [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
         render(&m),
@@ -47,7 +43,7 @@ pub(super) async fn prebuild(
         .prebuilder
         .prebuild(&k, "requested")
         .await
-        .map_err(|e| AppError::Internal(e.to_string()))?;
+        .map_err(AppError::from)?;
     Ok((StatusCode::ACCEPTED, Json(p)).into_response())
 }
 

@@ -22,10 +22,6 @@ fn module_name(name: &str) -> Result<ModuleName, AppError> {
     })
 }
 
-fn internal(e: impl std::fmt::Display) -> AppError {
-    AppError::Internal(e.to_string())
-}
-
 async fn audit(
     s: &AppState,
     by: &Caller,
@@ -41,7 +37,11 @@ async fn audit(
         digest: None,
         detail,
     };
-    s.audit.module(by, change).await.map(drop).map_err(internal)
+    s.audit
+        .module(by, change)
+        .await
+        .map(drop)
+        .map_err(AppError::from)
 }
 
 /// Replaces the module's settings; answers them in canonical form.
@@ -65,7 +65,7 @@ pub(super) async fn put(
         .records
         .put_settings(&record)
         .await
-        .map_err(internal)?;
+        .map_err(AppError::from)?;
     let detail = serde_json::to_string(&record.settings).unwrap_or_default();
     let detail = format!(
         "settings set to {}",
@@ -86,7 +86,7 @@ pub(super) async fn get(
         .records
         .get_settings(&name)
         .await
-        .map_err(internal)?;
+        .map_err(AppError::from)?;
     Ok(Json(record.unwrap_or(SettingsRecord {
         name,
         settings: ModuleSettings::default(),
@@ -105,7 +105,7 @@ pub(super) async fn delete(
         .records
         .delete_settings(&name)
         .await
-        .map_err(internal)?
+        .map_err(AppError::from)?
     {
         audit(
             &s,
