@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use crate::server::{Server, ServerOpts};
+use crate::server::{DataDir, Server, ServerOpts};
 
 /// A variable of the backing services' environment: the process's, else the file
 /// `scripts/services.sh start` wrote. Missing services fail the test, naming the fix.
@@ -102,9 +102,13 @@ fn rand_u64() -> u64 {
 
 /// Replicas on one database and one bucket, signing with the first replica's keys.
 pub struct Cluster {
-    pub db: FreshDb,
+    /// Declared first: the replicas stop before their database is dropped.
     pub replicas: Vec<Server>,
+    pub db: FreshDb,
     base: ServerOpts,
+    /// r1's first data directory: the keys every replica signs with, and the admin
+    /// token; kept while the cluster lives, whichever replicas restart.
+    home: DataDir,
 }
 
 impl Cluster {
@@ -148,6 +152,7 @@ impl Cluster {
             );
         let mut cluster = Cluster {
             db,
+            home: first.data_dir(),
             replicas: vec![first],
             base,
         };
@@ -161,12 +166,24 @@ impl Cluster {
 
     /// Starts a replica with the cluster's settings (a restart: the same id again).
     pub async fn start_replica(&self, id: &str) -> Result<Server> {
-        Server::start(self.base.clone().env("KMODFORGE_REPLICA_ID", id)).await
+        self.start_replica_with(id, &[]).await
+    }
+
+    /// [`Cluster::start_replica`] with more settings (`KMODFORGE_ROLE`, say).
+    pub async fn start_replica_with(&self, id: &str, env: &[(&str, &str)]) -> Result<Server> {
+        let mut opts = self.base.clone().env("KMODFORGE_REPLICA_ID", id);
+        for (k, v) in env {
+            opts = opts.env(k, v);
+        }
+        Server::start(opts).await
     }
 
     /// The admin token (written by `r1` on the cluster's first start).
     pub fn admin_token(&self) -> Result<String> {
-        self.replicas[0].admin_token()
+        let path = self.home.data().join("admin.token");
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        Ok(text.trim().to_string())
     }
 
     /// A client of replica `i` (0-based) with the admin token.
@@ -178,3 +195,67 @@ impl Cluster {
 /// How long a lease lasts in the cluster tests (short, so a dead replica's build
 /// moves on quickly).
 pub const TEST_LEASE: Duration = Duration::from_secs(6);
+
+/// A TCP load balancer in front of the replicas: each connection goes to the next
+/// backend that accepts it (round robin), so a replica that is down or restarting
+/// is skipped, as any HTTP load balancer with health checks would.
+pub struct LoadBalancer {
+    pub addr: std::net::SocketAddr,
+    backends: std::sync::Arc<std::sync::Mutex<Vec<std::net::SocketAddr>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl LoadBalancer {
+    pub async fn start(backends: Vec<std::net::SocketAddr>) -> Result<LoadBalancer> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let backends = std::sync::Arc::new(std::sync::Mutex::new(backends));
+        let shared = backends.clone();
+        let task = tokio::spawn(async move {
+            let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            while let Ok((mut client, _)) = listener.accept().await {
+                let (shared, next) = (shared.clone(), next.clone());
+                tokio::spawn(async move {
+                    let list = shared.lock().map(|l| l.clone()).unwrap_or_default();
+                    for _ in 0..list.len() {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let backend = list[i % list.len()];
+                        let connect = tokio::net::TcpStream::connect(backend);
+                        if let Ok(Ok(mut server)) =
+                            tokio::time::timeout(Duration::from_secs(1), connect).await
+                        {
+                            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Ok(LoadBalancer {
+            addr,
+            backends,
+            task,
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Replaces backend `old` by `new` (a replica restarted on another port).
+    pub fn replace(&self, old: std::net::SocketAddr, new: std::net::SocketAddr) {
+        if let Ok(mut list) = self.backends.lock() {
+            for b in list.iter_mut() {
+                if *b == old {
+                    *b = new;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for LoadBalancer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -324,3 +324,156 @@ async fn an_object_store_outage_and_a_database_restart_lose_nothing() -> Result<
     ensure!(r1.get_build(&id).await?.build.state == BuildState::Succeeded);
     Ok(())
 }
+
+const AGENTS: usize = 50;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rolling_restart_of_every_replica_while_fifty_agents_sync() -> Result<()> {
+    use kmodforge_e2e::agent::{agent_binary, AgentRoot};
+    use kmodforge_e2e::cluster::LoadBalancer;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let _serial = serial().await;
+    let mut cluster = Cluster::start(3, cluster_opts()).await?;
+    let r1 = cluster.client(0)?;
+    r1.add_module("kmf-hello", "1.0", &fixture("hello")).await?;
+    let (_, b) = r1.build(&request("kmf-hello", "1.0", KERNEL_A)?).await?;
+    ensure!(r1.wait(&b.build.id).await?.build.state == BuildState::Succeeded);
+    let token = cluster.replicas[0].token("fleet", "read", &[]).await?;
+    let lb = LoadBalancer::start(cluster.replicas.iter().map(|r| r.addr()).collect()).await?;
+    let url = lb.url();
+    let bin = agent_binary()?;
+    let mut roots = Vec::new();
+    for _ in 0..AGENTS {
+        let root = AgentRoot::new(&[KERNEL_A])?;
+        root.write_config(
+            (url.as_str(), token.as_str()),
+            KERNEL_A,
+            &[("kmf-hello", "1.0")],
+        )?;
+        roots.push(root);
+    }
+    let done = Arc::new(AtomicBool::new(false));
+    let (syncs, retried) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let agents: Vec<_> = roots
+        .iter()
+        .map(|root| {
+            let (bin, config) = (bin.clone(), root.config.clone());
+            let (done, syncs, retried) = (done.clone(), syncs.clone(), retried.clone());
+            tokio::task::spawn_blocking(move || -> Result<()> {
+                // Sync again and again until the restart is over, then once more.
+                let mut last = false;
+                loop {
+                    last |= done.load(Ordering::SeqCst);
+                    let mut attempt = 0;
+                    loop {
+                        attempt += 1;
+                        let out = std::process::Command::new(&bin)
+                            .arg("--config")
+                            .arg(&config)
+                            .args(["sync", "--kernel", KERNEL_A])
+                            .env_remove("KMODFORGE_AGENT_CONFIG")
+                            .env_remove("KMODFORGE_SERVER")
+                            .output()?;
+                        if out.status.success() {
+                            break;
+                        }
+                        retried.fetch_add(1, Ordering::SeqCst);
+                        ensure!(
+                            attempt < 5,
+                            "an agent failed 5 times in a row: {}",
+                            String::from_utf8_lossy(&out.stderr)
+                        );
+                        std::thread::sleep(Duration::from_millis(300));
+                    }
+                    syncs.fetch_add(1, Ordering::SeqCst);
+                    if last {
+                        return Ok(());
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            })
+        })
+        .collect();
+
+    // One replica at a time: SIGTERM (drain), start again, back into the balancer.
+    let restarted = Instant::now();
+    for i in 0..3 {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let old = cluster.replicas[i].addr();
+        cluster.replicas[i].terminate();
+        let again = cluster.start_replica(&format!("r{}", i + 1)).await?;
+        lb.replace(old, again.addr());
+        cluster.replicas[i] = again;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    done.store(true, Ordering::SeqCst);
+    for a in futures_util::future::join_all(agents).await {
+        a??;
+    }
+    eprintln!(
+        "rolling restart of 3 replicas in {:.1} s: {} agent syncs succeeded, {} retried after a failure",
+        restarted.elapsed().as_secs_f64(),
+        syncs.load(Ordering::SeqCst),
+        retried.load(Ordering::SeqCst)
+    );
+    for root in &roots {
+        ensure!(
+            root.tree(KERNEL_A)
+                .join("updates/dkms/kmf_hello.ko")
+                .is_file(),
+            "every agent installed the module"
+        );
+    }
+    ensure!(
+        count(&cluster, "SELECT count(*) FROM builds")? == 1,
+        "no build during the restart"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_api_replica_queues_and_a_builder_replica_builds() -> Result<()> {
+    let _serial = serial().await;
+    let docker = DockerProbe::connect().await?;
+    let mut cluster = Cluster::start(1, cluster_opts()).await?;
+    let api = cluster
+        .start_replica_with("api1", &[("KMODFORGE_ROLE", "api")])
+        .await?;
+    cluster.replicas.push(api);
+    let (builder, api) = (cluster.client(0)?, cluster.client(1)?);
+    api.add_module("kmf-hello", "1.0", &fixture("hello"))
+        .await?;
+    let work = async {
+        let (_, b) = api.build(&request("kmf-hello", "1.0", KERNEL_A)?).await?;
+        api.wait(&b.build.id).await
+    };
+    let (done, created) = docker.count_created(work).await?;
+    let done = done?;
+    ensure!(
+        done.build.state == BuildState::Succeeded,
+        "{:?}",
+        done.build.failure
+    );
+    let id = done.build.id.as_str();
+    let ours: Vec<_> = created
+        .iter()
+        .filter(|c| c.job.as_deref() == Some(id))
+        .collect();
+    ensure!(ours.len() == 1, "one container: {ours:?}");
+    let log = builder.build_log(id).await?;
+    ensure!(
+        log.contains("replica r1 claimed the build (attempt 1)"),
+        "log:\n{log}"
+    );
+    ensure!(
+        api.build_log(id).await? == log,
+        "the same log through the api replica"
+    );
+    ensure!(
+        count(&cluster, "SELECT count(*) FROM jobs")? == 0,
+        "the queue is empty"
+    );
+    Ok(())
+}
