@@ -477,3 +477,85 @@ async fn an_api_replica_queues_and_a_builder_replica_builds() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn presigned_downloads_go_to_the_object_store_and_agents_follow_them() -> Result<()> {
+    use kmodforge_e2e::agent::{agent_binary, AgentRoot};
+
+    let _serial = serial().await;
+    let cluster = Cluster::start(
+        1,
+        cluster_opts().env("KMODFORGE_PRESIGN_DOWNLOADS_SECS", 60),
+    )
+    .await?;
+    let r1 = cluster.client(0)?;
+    r1.add_module("kmf-hello", "1.0", &fixture("hello")).await?;
+    let (_, b) = r1.build(&request("kmf-hello", "1.0", KERNEL_A)?).await?;
+    let done = r1.wait(&b.build.id).await?;
+    let manifest = done.artifact.context("no artifact")?;
+    // The server answers with a redirect to a presigned URL of the bucket...
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let ko = format!("/v1/artifacts/kmf-hello/1.0/{KERNEL_A}/files/kmf_hello.ko");
+    let resp = no_redirects
+        .get(r1.url(&ko))
+        .bearer_auth(cluster.admin_token()?)
+        .send()
+        .await?;
+    ensure!(
+        resp.status() == StatusCode::TEMPORARY_REDIRECT,
+        "{}",
+        resp.status()
+    );
+    let location = resp
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .context("no Location")?
+        .to_str()?
+        .to_string();
+    let endpoint = kmodforge_e2e::cluster::service_env("KMODFORGE_TEST_S3_ENDPOINT")?;
+    ensure!(
+        location.starts_with(&endpoint) && location.contains("X-Amz-Signature="),
+        "{location}"
+    );
+    // ...that serves the bytes without any credentials, which match the signed manifest.
+    let bytes = reqwest::get(&location).await?.bytes().await?;
+    let sha = hex_sha256(&bytes);
+    ensure!(
+        manifest.files[0].sha256 == sha,
+        "presigned bytes differ from the manifest"
+    );
+    // An agent installs through it.
+    let token = cluster.replicas[0].token("fleet", "read", &[]).await?;
+    let url = cluster.replicas[0].base_url();
+    let root = AgentRoot::new(&[KERNEL_A])?;
+    root.write_config(
+        (url.as_str(), token.as_str()),
+        KERNEL_A,
+        &[("kmf-hello", "1.0")],
+    )?;
+    let out = std::process::Command::new(agent_binary()?)
+        .arg("--config")
+        .arg(&root.config)
+        .args(["sync", "--kernel", KERNEL_A])
+        .env_remove("KMODFORGE_AGENT_CONFIG")
+        .env_remove("KMODFORGE_SERVER")
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "agent: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let installed = std::fs::read(root.tree(KERNEL_A).join("updates/dkms/kmf_hello.ko"))?;
+    ensure!(
+        hex_sha256(&installed) == sha,
+        "the agent installed other bytes"
+    );
+    Ok(())
+}
+
+fn hex_sha256(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
