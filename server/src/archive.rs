@@ -208,11 +208,14 @@ impl Watcher {
                 first_seen: before.map_or_else(now_rfc3339, |k| k.first_seen.clone()),
                 prebuild: before.and_then(|k| k.prebuild.clone()),
             };
-            if let Err(e) = records.put_kernel(&record).await {
-                tracing::warn!(%kernel, error = %e, "could not record a published kernel");
-                continue;
+            match records.publish_kernel(&record).await {
+                Ok(true) => new.push(kernel.clone()),
+                // Another replica saw it first: it prebuilds.
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(%kernel, error = %e, "could not record a published kernel")
+                }
             }
-            new.push(kernel.clone());
         }
         let to_build = if first_scan {
             newest_per_flavour(&new, &self.settings.flavours)

@@ -15,8 +15,8 @@ use kmodforge_api::wire::{
 };
 use kmodforge_server::store::postgres::{PgRecords, MIGRATIONS};
 use kmodforge_server::store::{
-    AccessRecords, AuditQuery, BlobError, Objects, ObjectsConfig, PutModule, Records, Revoked,
-    S3Config, SqliteRecords, TokenRow,
+    AccessRecords, AuditQuery, BlobError, KernelRecords, Objects, ObjectsConfig, PutModule,
+    Records, Revoked, S3Config, SqliteRecords, TokenRow,
 };
 use serde_json::json;
 
@@ -345,6 +345,23 @@ async fn records_contract(r: &dyn Records) {
             .unwrap()
             .published
     );
+    // Publishing: once per kernel, a kernel known only as requested included.
+    let k57 = |published: bool| -> KnownKernel {
+        serde_json::from_value(json!({
+            "kernel": "6.1.0-57-amd64", "published": published, "requested": true, "first_seen": "t"
+        }))
+        .unwrap()
+    };
+    r.put_kernel(&k57(false)).await.unwrap();
+    assert!(r.publish_kernel(&k57(true)).await.unwrap());
+    assert!(!r.publish_kernel(&k57(true)).await.unwrap());
+    assert!(
+        r.get_kernel(&krel("6.1.0-57-amd64"))
+            .await
+            .unwrap()
+            .unwrap()
+            .published
+    );
 
     // Tokens: a name is unique until revoked; a revocation is seen at once.
     assert!(!r.any_tokens().await.unwrap());
@@ -537,6 +554,25 @@ async fn postgresql_replicas_see_each_other_at_once_and_race_safely() {
         .filter(|p| *p.as_ref().unwrap() == PutModule::Created)
         .count();
     assert_eq!(created, 1, "one module record");
+    let publishes = (0..8).map(|i| {
+        let r = if i % 2 == 0 { a.clone() } else { b.clone() };
+        tokio::spawn(async move {
+            let k: KnownKernel = serde_json::from_value(json!({
+                "kernel": "6.1.0-99-amd64", "published": true, "first_seen": "t"
+            }))
+            .unwrap();
+            r.publish_kernel(&k).await.unwrap()
+        })
+    });
+    let first = futures_util::future::join_all(publishes)
+        .await
+        .into_iter()
+        .filter(|p| *p.as_ref().unwrap())
+        .count();
+    assert_eq!(
+        first, 1,
+        "one replica publishes a new kernel (and prebuilds it)"
+    );
     let audits = (0..20).map(|i| {
         let r = if i % 2 == 0 { a.clone() } else { b.clone() };
         tokio::spawn(async move { r.append_audit(&audit(None)).await.unwrap() })

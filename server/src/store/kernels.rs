@@ -4,9 +4,9 @@
 
 use kmodforge_api::names::KernelRelease;
 use kmodforge_api::wire::KnownKernel;
-use rusqlite::params;
+use rusqlite::{params, OptionalExtension};
 
-use super::records::{to_json, RecordsError, SqliteRecords};
+use super::records::{from_json, to_json, RecordsError, SqliteRecords};
 
 /// The kernels the server knows.
 #[async_trait::async_trait]
@@ -17,9 +17,37 @@ pub trait KernelRecords: Send + Sync {
         -> Result<Option<KnownKernel>, RecordsError>;
     /// Every known kernel, in kernel order.
     async fn list_kernels(&self) -> Result<Vec<KnownKernel>, RecordsError>;
+    /// Stores `k` (published) unless its kernel is recorded as published already;
+    /// true when this call published it. Atomic: of replicas that see a new kernel
+    /// at once, one prebuilds it.
+    async fn publish_kernel(&self, k: &KnownKernel) -> Result<bool, RecordsError>;
 }
 
 impl SqliteRecords {
+    pub(crate) fn publish_kernel(&self, k: &KnownKernel) -> Result<bool, RecordsError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let before: Option<String> = tx
+            .query_row(
+                "SELECT json FROM kernels WHERE kernel = ?1",
+                [k.kernel.as_str()],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(json) = before {
+            let known: KnownKernel = from_json("kernels", &json)?;
+            if known.published {
+                return Ok(false);
+            }
+        }
+        tx.execute(
+            "INSERT OR REPLACE INTO kernels (kernel, json) VALUES (?1, ?2)",
+            params![k.kernel.as_str(), to_json(k)],
+        )?;
+        tx.commit()?;
+        Ok(true)
+    }
+
     pub(crate) fn put_kernel(&self, k: &KnownKernel) -> Result<(), RecordsError> {
         self.conn().execute(
             "INSERT OR REPLACE INTO kernels (kernel, json) VALUES (?1, ?2)",

@@ -796,6 +796,18 @@ impl KernelRecords for PgRecords {
             .pop())
     }
 
+    async fn publish_kernel(&self, k: &KnownKernel) -> Result<bool, RecordsError> {
+        let n = self
+            .execute(
+                "INSERT INTO kernels (kernel, json) VALUES ($1, $2)
+                 ON CONFLICT (kernel) DO UPDATE SET json = excluded.json
+                 WHERE (kernels.json::jsonb ->> 'published') IS DISTINCT FROM 'true'",
+                &[&k.kernel.as_str(), &to_json(k)],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
     async fn list_kernels(&self) -> Result<Vec<KnownKernel>, RecordsError> {
         self.query_json("kernels", "SELECT json FROM kernels ORDER BY kernel", &[])
             .await

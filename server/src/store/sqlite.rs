@@ -174,4 +174,7 @@ impl KernelRecords for SqliteRecords {
     async fn list_kernels(&self) -> Result<Vec<KnownKernel>, RecordsError> {
         blocking(|| SqliteRecords::list_kernels(self))
     }
+    async fn publish_kernel(&self, k: &KnownKernel) -> Result<bool, RecordsError> {
+        blocking(|| SqliteRecords::publish_kernel(self, k))
+    }
 }
