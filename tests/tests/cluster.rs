@@ -22,6 +22,36 @@ fn count(cluster: &Cluster, sql: &str) -> Result<u64> {
     cluster.db.query(sql)?.parse().context("a count")
 }
 
+/// One build record, one artifact and an empty queue: nothing was built twice or left behind.
+fn one_build_one_artifact(cluster: &Cluster) -> Result<()> {
+    let (builds, artifacts, jobs) = (
+        count(cluster, "SELECT count(*) FROM builds")?,
+        count(cluster, "SELECT count(*) FROM artifacts")?,
+        count(cluster, "SELECT count(*) FROM jobs")?,
+    );
+    ensure!(
+        (builds, artifacts, jobs) == (1, 1, 0),
+        "expected one build record, one artifact and an empty queue: {builds}, {artifacts}, {jobs}"
+    );
+    Ok(())
+}
+
+/// The hello module built after a 25 s pause (a build to kill a replica in), as a
+/// source tree in a temp dir: the hello fixture with another dkms.conf.
+fn slow_hello() -> Result<tempfile::TempDir> {
+    let dir = tempfile::tempdir()?;
+    for f in ["Makefile", "kmf_hello.c"] {
+        std::fs::copy(fixture("hello").join(f), dir.path().join(f))?;
+    }
+    std::fs::write(
+        dir.path().join("dkms.conf"),
+        "PACKAGE_NAME=\"kmf-slow-hello\"\nPACKAGE_VERSION=\"1.0\"\n\
+         MAKE[0]=\"echo 'slow build: pausing 25 s'; sleep 25; make -C ${kernel_source_dir} M=${dkms_tree}/${PACKAGE_NAME}/${PACKAGE_VERSION}/build\"\n\
+         BUILT_MODULE_NAME[0]=\"kmf_hello\"\nDEST_MODULE_LOCATION[0]=\"/extra\"\n",
+    )?;
+    Ok(dir)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn identical_requests_spread_over_three_replicas_build_once() -> Result<()> {
     let _serial = serial().await;
@@ -96,18 +126,7 @@ async fn identical_requests_spread_over_three_replicas_build_once() -> Result<()
         containers.len() == 1,
         "exactly one container fleet-wide, saw {containers:?}"
     );
-    ensure!(
-        count(&cluster, "SELECT count(*) FROM builds")? == 1,
-        "one build record"
-    );
-    ensure!(
-        count(&cluster, "SELECT count(*) FROM artifacts")? == 1,
-        "one artifact record"
-    );
-    ensure!(
-        count(&cluster, "SELECT count(*) FROM jobs")? == 0,
-        "the queue is empty"
-    );
+    one_build_one_artifact(&cluster)?;
     // Every replica serves the same module bytes, from the shared bucket.
     let mut kos = HashSet::new();
     for c in &clients {
@@ -136,8 +155,8 @@ async fn a_replica_killed_mid_build_loses_nothing() -> Result<()> {
     let docker = DockerProbe::connect().await?;
     let mut cluster = Cluster::start(2, cluster_opts().stop_mode(StopMode::Kill)).await?;
     let (r1, r2) = (cluster.client(0)?, cluster.client(1)?);
-    r1.add_module("kmf-slow-hello", "1.0", &fixture("slow-hello"))
-        .await?;
+    let slow = slow_hello()?;
+    r1.add_module("kmf-slow-hello", "1.0", slow.path()).await?;
     let req = request("kmf-slow-hello", "1.0", KERNEL_A)?;
     // r1 takes the build (its row first); a client of r2 joins it.
     let (_, first) = r1.build(&req).await?;
@@ -187,18 +206,7 @@ async fn a_replica_killed_mid_build_loses_nothing() -> Result<()> {
         log.contains("replica r2 claimed the build (attempt 2)"),
         "log:\n{log}"
     );
-    ensure!(
-        count(&cluster, "SELECT count(*) FROM builds")? == 1,
-        "one final record"
-    );
-    ensure!(
-        count(&cluster, "SELECT count(*) FROM artifacts")? == 1,
-        "one artifact"
-    );
-    ensure!(
-        count(&cluster, "SELECT count(*) FROM jobs")? == 0,
-        "the queue is empty"
-    );
+    one_build_one_artifact(&cluster)?;
     // r1's orphaned container is removed by r2, which shares the engine.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {

@@ -240,14 +240,7 @@ impl Builds {
         if self.cluster().is_some() {
             let joined = self.inflight().by_request.get(&key).cloned();
             if let Some(job) = joined {
-                if priority == Priority::Foreground {
-                    job.background
-                        .store(false, std::sync::atomic::Ordering::Relaxed);
-                }
-                return Ok(Submitted {
-                    response: job.snapshot(),
-                    job: Some(job),
-                });
+                return Ok(join(job, priority));
             }
             return self
                 .submit_clustered(module, req, arch, settings, key, priority)
@@ -258,15 +251,7 @@ impl Builds {
             if let Some(job) = inflight.by_request.get(&key) {
                 let job = job.clone();
                 drop(inflight);
-                if priority == Priority::Foreground {
-                    // Somebody waits for it now: it competes for slots like any build.
-                    job.background
-                        .store(false, std::sync::atomic::Ordering::Relaxed);
-                }
-                return Ok(Submitted {
-                    response: job.snapshot(),
-                    job: Some(job),
-                });
+                return Ok(join(job, priority));
             }
             let job = self.new_job(&new_build_id(), &module, &req, arch, priority);
             job.mark_runner();
@@ -473,6 +458,19 @@ impl Builds {
                 "shutdown: removing job containers took over 20 s; the next start sweeps them"
             ),
         }
+    }
+}
+
+/// A request joins a job in flight here; a client that waits makes it compete for
+/// build slots like any build.
+fn join(job: Arc<Job>, priority: Priority) -> Submitted {
+    if priority == Priority::Foreground {
+        job.background
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+    Submitted {
+        response: job.snapshot(),
+        job: Some(job),
     }
 }
 
