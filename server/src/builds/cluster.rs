@@ -77,9 +77,23 @@ impl Builds {
         .map_err(|e| BuildError::Settings(e.to_string()))?;
         let owner = c.builds.then(|| c.replica.clone());
         let background = priority == Priority::Background;
-        let enqueued = queue
+        let mut enqueued = queue
             .enqueue_or_join(&key, &id, &payload, owner.as_deref(), c.lease, background)
             .await?;
+        if let Enqueued::Joined { build_id } = &enqueued {
+            // A row whose build is final is stale (its owner stopped between the final
+            // record and removing the row): remove it and queue afresh.
+            if self
+                .recorded(build_id)
+                .await
+                .is_ok_and(|r| r.build.state.is_final())
+            {
+                queue.complete(&key, build_id).await?;
+                enqueued = queue
+                    .enqueue_or_join(&key, &id, &payload, owner.as_deref(), c.lease, background)
+                    .await?;
+            }
+        }
         let build_id = match enqueued {
             Enqueued::New => {
                 let job = self.new_job(&id, &module, &req, arch, priority);
@@ -217,6 +231,9 @@ impl Builds {
         let mut tick = 0u64;
         loop {
             tokio::time::sleep(FOLLOW_POLL).await;
+            if self.sandbox.is_closed() {
+                break;
+            }
             tick += 1;
             let state = self.recorded(&job.id).await;
             let done = matches!(&state, Ok(r) if r.build.state.is_final());
@@ -329,6 +346,18 @@ impl Builds {
         };
         let replica = c.replica.clone();
         let key = claimed.request_key.clone();
+        if self
+            .recorded(&claimed.build_id)
+            .await
+            .is_ok_and(|r| r.build.state.is_final())
+        {
+            // Finished; its owner stopped before removing the row.
+            if let Err(e) = queue.complete(&key, &claimed.build_id).await {
+                tracing::warn!(build = %claimed.build_id, error = %e, "cannot remove a finished job");
+            }
+            self.runners.fetch_sub(1, Ordering::SeqCst);
+            return;
+        }
         let prepared = self.prepare_claimed(&claimed).await;
         let (module, req, arch, settings) = match prepared {
             Ok(p) => p,
