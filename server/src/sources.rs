@@ -281,7 +281,7 @@ impl Sources {
         by: &Caller,
     ) -> Result<(), SourceError> {
         let module = self.get(name, version).await?;
-        if builds.module_busy(name, version) {
+        if builds.module_busy(name, version).await? {
             return Err(SourceError::Busy {
                 name: name.clone(),
                 version: version.clone(),

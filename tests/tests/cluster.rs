@@ -184,6 +184,17 @@ async fn a_replica_killed_mid_build_loses_nothing() -> Result<()> {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // Another replica refuses to delete the module while the build runs on r1.
+    let resp = r2
+        .http()
+        .delete(r2.url("/v1/modules/kmf-slow-hello/1.0"))
+        .send()
+        .await?;
+    let (status, body) = error_body(resp).await?;
+    ensure!(
+        status == StatusCode::CONFLICT && body.error.kind == "busy",
+        "delete during a build on another replica: {status} {body:?}"
+    );
     let killed_at = Instant::now();
     cluster.replicas[0].kill9();
 

@@ -409,12 +409,24 @@ impl Builds {
         Ok(self.store.records.list_builds(limit).await?)
     }
 
-    /// True while any job of this module version is in flight.
-    pub fn module_busy(&self, name: &ModuleName, version: &ModuleVersion) -> bool {
-        self.inflight().by_id.values().any(|j| {
+    /// True while any job of this module version is in flight, here or (in a
+    /// cluster) on any replica.
+    pub async fn module_busy(
+        &self,
+        name: &ModuleName,
+        version: &ModuleVersion,
+    ) -> Result<bool, RecordsError> {
+        let here = self.inflight().by_id.values().any(|j| {
             let s = j.snapshot();
             &s.build.name == name && &s.build.version == version
-        })
+        });
+        if here {
+            return Ok(true);
+        }
+        match self.cluster() {
+            Some((_, queue)) => queue.module_busy(name.as_str(), version.as_str()).await,
+            None => Ok(false),
+        }
     }
 
     /// Marks builds interrupted by a restart as failed and removes leftover containers.

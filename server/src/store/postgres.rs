@@ -570,6 +570,15 @@ impl JobQueue for PgRecords {
         .await
     }
 
+    async fn module_busy(&self, name: &str, version: &str) -> Result<bool, RecordsError> {
+        self.exists(
+            "SELECT 1 FROM jobs WHERE payload::jsonb -> 'request' ->> 'name' = $1
+               AND payload::jsonb -> 'request' ->> 'version' = $2 LIMIT 1",
+            &[&name, &version],
+        )
+        .await
+    }
+
     async fn live_builds(&self) -> Result<Vec<(String, String)>, RecordsError> {
         let client = self.client().await?;
         let rows = client
