@@ -14,6 +14,7 @@ pub mod bootcheck;
 pub mod builds;
 pub mod cli;
 pub mod config;
+pub mod engine;
 pub mod flat_tar;
 pub mod http;
 pub mod images;
