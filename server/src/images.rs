@@ -14,18 +14,17 @@
 //! present nor pullable, `images/bootstrap-base.sh` makes it from Debian
 //! packages and imports it under the tag a normal machine would pull.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bollard::query_parameters::{BuildImageOptionsBuilder, CreateImageOptionsBuilder};
-use bollard::Docker;
 use futures_util::StreamExt;
 use kmodforge_api::names::KernelRelease;
 use kmodforge_api::wire::{ImageRef, KernelInfo};
 use sha2::{Digest, Sha256};
 
+use crate::engine::{BuildEvent, ContainerEngine, EngineError, ImageBuild, LabelSelector, Labels};
 use crate::flat_tar::flat_tar;
 use crate::sandbox::{ContainerSpec, Sandbox};
 
@@ -99,8 +98,9 @@ pub enum ImageError {
         message: String,
         log_tail: String,
     },
-    #[error("Docker: {0}")]
-    Docker(#[from] bollard::errors::Error),
+    /// The engine failed (it names the operation and the image).
+    #[error(transparent)]
+    Engine(#[from] EngineError),
 }
 
 /// A failed image build step.
@@ -156,16 +156,16 @@ impl ImageSettings {
 
 /// The suite's base images: present, pulled, or bootstrapped from Debian packages.
 pub struct BaseImages {
-    docker: Docker,
+    engine: Arc<dyn ContainerEngine>,
     settings: ImageSettings,
     /// One base-image bootstrap at a time.
     lock: tokio::sync::Mutex<()>,
 }
 
 impl BaseImages {
-    pub fn new(docker: Docker, settings: ImageSettings) -> Arc<Self> {
+    pub fn new(engine: Arc<dyn ContainerEngine>, settings: ImageSettings) -> Arc<Self> {
         Arc::new(BaseImages {
-            docker,
+            engine,
             settings,
             lock: tokio::sync::Mutex::new(()),
         })
@@ -175,7 +175,7 @@ impl BaseImages {
     async fn ensure(&self, suite: &str) -> Result<String, ImageError> {
         let image = self.settings.base_image.replace("{suite}", suite);
         let _guard = self.lock.lock().await;
-        if self.docker.inspect_image(&image).await.is_ok() {
+        if self.engine.inspect_image(&image).await.is_ok() {
             return Ok(image);
         }
         if self.try_pull(&image).await {
@@ -187,22 +187,11 @@ impl BaseImages {
     }
 
     async fn try_pull(&self, image: &str) -> bool {
-        let options = CreateImageOptionsBuilder::default()
-            .from_image(image)
-            .build();
-        let pull = async {
-            let mut stream = self.docker.create_image(Some(options), None, None);
-            while let Some(item) = stream.next().await {
-                if item.is_err() {
-                    return false;
-                }
-            }
-            true
-        };
+        let pull = self.engine.pull_image(image);
         let pulled = tokio::time::timeout(Duration::from_secs(60), pull)
             .await
-            .unwrap_or(false);
-        pulled && self.docker.inspect_image(image).await.is_ok()
+            .is_ok_and(|r| r.is_ok());
+        pulled && self.engine.inspect_image(image).await.is_ok()
     }
 
     async fn bootstrap(&self, suite: &str, image: &str) -> Result<(), ImageError> {
@@ -218,7 +207,7 @@ impl BaseImages {
                 image: image.to_string(),
                 message: format!("cannot run {}: {e}", script.display()),
             })?;
-        if !out.status.success() || self.docker.inspect_image(image).await.is_err() {
+        if !out.status.success() || self.engine.inspect_image(image).await.is_err() {
             let tail = crate::builds::log::tail_of(&out.stderr, 5);
             return Err(ImageError::BaseImage {
                 image: image.to_string(),
@@ -239,7 +228,7 @@ pub struct ReadyImage {
 
 /// The images of one recipe by kernel, single-flight per kernel.
 pub struct KernelImages {
-    docker: Docker,
+    engine: Arc<dyn ContainerEngine>,
     recipe: Recipe,
     settings: ImageSettings,
     base: Arc<BaseImages>,
@@ -250,13 +239,13 @@ pub struct KernelImages {
 
 impl KernelImages {
     pub fn new(
-        docker: Docker,
+        engine: Arc<dyn ContainerEngine>,
         recipe: Recipe,
         settings: ImageSettings,
         base: Arc<BaseImages>,
     ) -> Self {
         KernelImages {
-            docker,
+            engine,
             recipe,
             settings,
             base,
@@ -302,12 +291,11 @@ impl KernelImages {
     ) -> Result<Option<ReadyImage>, ImageError> {
         let tag = self.tag_for(suite, kernel);
         let recipe = self.recipe_hash()?;
-        let Ok(img) = self.docker.inspect_image(&tag).await else {
+        let Ok(img) = self.engine.inspect_image(&tag).await else {
             return Ok(None);
         };
-        let labels = img.config.and_then(|c| c.labels).unwrap_or_default();
-        match (labels.get("kmodforge.recipe") == Some(&recipe), img.id) {
-            (true, Some(id)) => Ok(Some(ReadyImage {
+        match (img.labels.get("kmodforge.recipe") == Some(&recipe), img.id) {
+            (true, id) if !id.is_empty() => Ok(Some(ReadyImage {
                 kernel: kernel.clone(),
                 suite: suite.to_string(),
                 image: ImageRef { id, tag },
@@ -359,35 +347,30 @@ impl KernelImages {
         tag: &str,
         recipe: &str,
     ) -> Result<ReadyImage, ImageError> {
-        let context = self.context_tar()?;
-        let args = HashMap::from([
-            ("BASE".to_string(), base.to_string()),
-            ("KREL".to_string(), kernel.to_string()),
-            ("SUITE".to_string(), suite.to_string()),
-        ]);
-        let labels = HashMap::from([
-            ("kmodforge.recipe".to_string(), recipe.to_string()),
-            ("kmodforge.suite".to_string(), suite.to_string()),
-        ]);
-        let options = BuildImageOptionsBuilder::default()
-            .dockerfile("Dockerfile")
-            .t(tag)
-            .rm(true)
-            .forcerm(true)
-            .buildargs(&args)
-            .labels(&labels)
-            .build();
+        let build = ImageBuild {
+            tag: tag.to_string(),
+            dockerfile: "Dockerfile".into(),
+            context: self.context_tar()?,
+            args: BTreeMap::from([
+                ("BASE".to_string(), base.to_string()),
+                ("KREL".to_string(), kernel.to_string()),
+                ("SUITE".to_string(), suite.to_string()),
+            ]),
+            labels: Labels::from([
+                ("kmodforge.recipe".to_string(), recipe.to_string()),
+                ("kmodforge.suite".to_string(), suite.to_string()),
+            ]),
+        };
         let role = self.recipe.role;
         tracing::info!(%kernel, %tag, role, "building image");
         let started = std::time::Instant::now();
         let permit = self.settings.permit().await?;
-        let built = run_build(&self.docker, options, context).await?;
+        let built = run_build(self.engine.as_ref(), build).await?;
         drop(permit);
         if let Err(f) = built {
             return Err(self.build_failure(kernel, suite, &f.message, f.code, &f.log));
         }
-        let img = self.docker.inspect_image(tag).await?;
-        let id = img.id.unwrap_or_default();
+        let id = self.engine.inspect_image(tag).await?.id;
         tracing::info!(%kernel, %id, role, secs = started.elapsed().as_secs_f64(), "image ready");
         Ok(ReadyImage {
             kernel: kernel.clone(),
@@ -485,29 +468,23 @@ pub struct BuilderImages {
 impl BuilderImages {
     pub fn new(sandbox: Sandbox, settings: ImageSettings, base: Arc<BaseImages>) -> Self {
         BuilderImages {
-            images: KernelImages::new(sandbox.docker().clone(), BUILDER, settings, base),
+            images: KernelImages::new(sandbox.engine().clone(), BUILDER, settings, base),
             sandbox,
             compilers: Mutex::new(HashMap::new()),
             package_locks: Mutex::new(HashMap::new()),
         }
     }
 
-    fn docker(&self) -> &Docker {
-        self.sandbox.docker()
+    fn engine(&self) -> &dyn ContainerEngine {
+        self.sandbox.engine().as_ref()
     }
 
     /// Kernels whose builder image is ready (checked against the engine).
     pub async fn list(&self) -> Result<Vec<KernelInfo>, ImageError> {
         let recipe = self.images.recipe_hash()?;
-        let filters = HashMap::from([(
-            "label".to_string(),
-            vec![format!("kmodforge.recipe={recipe}")],
-        )]);
-        let options = bollard::query_parameters::ListImagesOptionsBuilder::default()
-            .filters(&filters)
-            .build();
+        let selector = LabelSelector::default().eq("kmodforge.recipe", &recipe);
         let mut out = Vec::new();
-        for img in self.docker().list_images(Some(options)).await? {
+        for img in self.engine().list_images(&selector).await? {
             let Some(krel) = img.labels.get("kmodforge.kernel") else {
                 continue;
             };
@@ -604,12 +581,11 @@ impl BuilderImages {
             locks.entry(tag.clone()).or_default().clone()
         };
         let _guard = lock.lock().await;
-        if let Ok(img) = self.docker().inspect_image(&tag).await {
-            let labels = img.config.and_then(|c| c.labels).unwrap_or_default();
-            if labels.get("kmodforge.base").map(String::as_str) == Some(base.image.id.as_str()) {
-                if let Some(id) = img.id {
-                    return Ok(info(id));
-                }
+        if let Ok(img) = self.engine().inspect_image(&tag).await {
+            let from_base = img.labels.get("kmodforge.base").map(String::as_str)
+                == Some(base.image.id.as_str());
+            if from_base && !img.id.is_empty() {
+                return Ok(info(img.id));
             }
         }
         // Debian package names were validated (no spaces or shell characters).
@@ -627,23 +603,22 @@ impl BuilderImages {
                     source,
                 }
             })?;
-        let labels = HashMap::from([
-            // Not a kernel's builder image: keep it out of `GET /v1/kernels`.
-            ("kmodforge.recipe".to_string(), "packages".to_string()),
-            ("kmodforge.base".to_string(), base.image.id.clone()),
-            ("kmodforge.packages".to_string(), list.clone()),
-        ]);
-        let options = BuildImageOptionsBuilder::default()
-            .dockerfile("Dockerfile")
-            .t(&tag)
-            .rm(true)
-            .forcerm(true)
-            .labels(&labels)
-            .build();
+        let build = ImageBuild {
+            tag: tag.clone(),
+            dockerfile: "Dockerfile".into(),
+            context,
+            args: BTreeMap::new(),
+            labels: Labels::from([
+                // Not a kernel's builder image: keep it out of `GET /v1/kernels`.
+                ("kmodforge.recipe".to_string(), "packages".to_string()),
+                ("kmodforge.base".to_string(), base.image.id.clone()),
+                ("kmodforge.packages".to_string(), list.clone()),
+            ]),
+        };
         tracing::info!(kernel = %base.kernel, %tag, packages = %list, "building builder image with packages");
         let started = std::time::Instant::now();
         let permit = self.images.settings.permit().await?;
-        let built = run_build(self.docker(), options, context).await?;
+        let built = run_build(self.engine(), build).await?;
         drop(permit);
         if let Err(f) = built {
             return Err(ImageError::Packages {
@@ -653,44 +628,26 @@ impl BuilderImages {
                 log_tail: crate::builds::log::tail_of(&f.log, 20),
             });
         }
-        let img = self.docker().inspect_image(&tag).await?;
+        let img = self.engine().inspect_image(&tag).await?;
         tracing::info!(%tag, secs = started.elapsed().as_secs_f64(), "builder image with packages ready");
-        Ok(info(img.id.unwrap_or_default()))
+        Ok(info(img.id))
     }
 }
 
 /// Runs one image build; the inner error is the build's own failure (a step
 /// failed), the outer one the engine's.
 async fn run_build(
-    docker: &Docker,
-    options: bollard::query_parameters::BuildImageOptions,
-    context: Vec<u8>,
+    engine: &dyn ContainerEngine,
+    build: ImageBuild,
 ) -> Result<Result<(), StepFailure>, ImageError> {
-    let mut stream = docker.build_image(options, None, Some(bollard::body_full(context.into())));
+    let mut stream = engine.build_image(build);
     let mut log = Vec::<u8>::new();
-    while let Some(item) = stream.next().await {
-        let info = match item {
-            Ok(info) => info,
-            Err(bollard::errors::Error::DockerStreamError { error }) => {
-                return Ok(Err(StepFailure {
-                    message: error,
-                    code: None,
-                    log,
-                }))
+    while let Some(event) = stream.next().await {
+        match event? {
+            BuildEvent::Log(text) => log.extend_from_slice(text.as_bytes()),
+            BuildEvent::Failed { message, code } => {
+                return Ok(Err(StepFailure { message, code, log }))
             }
-            Err(e) => return Err(e.into()),
-        };
-        if let Some(s) = &info.stream {
-            // The classic builder wraps RUN's stderr in ANSI red; keep the text only.
-            let plain = s.replace("\u{1b}[91m", "").replace("\u{1b}[0m", "");
-            log.extend_from_slice(plain.as_bytes());
-        }
-        if let Some(detail) = info.error_detail {
-            return Ok(Err(StepFailure {
-                message: detail.message.unwrap_or_default(),
-                code: detail.code,
-                log,
-            }));
         }
     }
     Ok(Ok(()))
@@ -762,11 +719,10 @@ mod tests {
             base_image: "debian:{suite}-slim".into(),
             work: Arc::new(tokio::sync::Semaphore::new(1)),
         };
-        // Docker::connect_with_defaults only reads the environment; nothing is contacted.
-        let docker = Docker::connect_with_defaults().expect("client");
-        let base = BaseImages::new(docker.clone(), settings.clone());
-        let builder = KernelImages::new(docker.clone(), BUILDER, settings.clone(), base.clone());
-        let verifier = KernelImages::new(docker, VERIFIER, settings, base);
+        let engine: Arc<dyn ContainerEngine> = crate::engine::fake::FakeEngine::new();
+        let base = BaseImages::new(engine.clone(), settings.clone());
+        let builder = KernelImages::new(engine.clone(), BUILDER, settings.clone(), base.clone());
+        let verifier = KernelImages::new(engine, VERIFIER, settings, base);
         assert_eq!(
             builder.tag_for("bookworm", &k),
             "kmodforge-builder:debian-bookworm-6.1.0-47-amd64"

@@ -1,12 +1,14 @@
 //! `kmodforge-server`: DKMS as a service.
 //!
 //! Builds DKMS-style module sources inside sandboxed, per-kernel builder images
-//! (Docker through bollard), caches the `.ko` files by content and cache key,
-//! and serves them over HTTP (axum).
+//! (on a container engine, Docker today), caches the `.ko` files by
+//! content and cache key, and serves them over HTTP (axum).
 //!
 //! Layout: `http` (API), `builds` (jobs, single-flight, pipeline), `sandbox`
-//! (all Docker container work), `images` (builder images), `sources` (uploads),
-//! `store` (SQLite records + content-addressed blobs behind traits).
+//! (all job container work), `images` (builder images), `engine` (the
+//! `ContainerEngine` seam: every engine call, Docker's in `engine::docker`),
+//! `sources` (uploads), `store` (SQLite records + content-addressed blobs behind
+//! traits).
 
 pub mod archive;
 pub mod auth;
@@ -14,6 +16,7 @@ pub mod bootcheck;
 pub mod builds;
 pub mod cli;
 pub mod config;
+pub mod engine;
 pub mod flat_tar;
 pub mod http;
 pub mod images;
@@ -92,7 +95,13 @@ pub async fn init(config: &Config) -> Result<AppState, StartError> {
         .replica_id
         .clone()
         .unwrap_or_else(|| owner_id(&config.data_dir));
-    let mut sandbox = sandbox::Sandbox::connect(config.sandbox_limits(), replica.clone()).await?;
+    let engine: Arc<dyn engine::ContainerEngine> = Arc::new(
+        engine::docker::DockerEngine::connect()
+            .await
+            .map_err(sandbox::SandboxError::from)?,
+    );
+    let mut sandbox =
+        sandbox::Sandbox::new(engine.clone(), config.sandbox_limits(), replica.clone());
     if let Some(dir) = &config.trace_container_input {
         sandbox = sandbox.with_input_trace(dir.clone()).map_err(|e| {
             StartError::Config(format!("--trace-container-input {}: {e}", dir.display()))
@@ -104,19 +113,14 @@ pub async fn init(config: &Config) -> Result<AppState, StartError> {
         base_image: config.base_image.clone(),
         work: Arc::new(tokio::sync::Semaphore::new(config.max_image_builds)),
     };
-    let base = images::BaseImages::new(sandbox.docker().clone(), image_settings.clone());
+    let base = images::BaseImages::new(engine.clone(), image_settings.clone());
     let images = Arc::new(images::BuilderImages::new(
         sandbox.clone(),
         image_settings.clone(),
         base.clone(),
     ));
     let checker = bootcheck::BootChecker::new(
-        images::KernelImages::new(
-            sandbox.docker().clone(),
-            images::VERIFIER,
-            image_settings,
-            base,
-        ),
+        images::KernelImages::new(engine, images::VERIFIER, image_settings, base),
         sandbox.clone(),
         bootcheck::BootCheckSettings {
             default: config.boot_check,

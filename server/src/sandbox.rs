@@ -13,22 +13,23 @@
 //! inside a compose container or against a remote engine). The container's main
 //! process only sleeps; each step is an exec, so one container serves unpack,
 //! evaluation, build and collection, and is removed when the job ends.
+//!
+//! The engine is reached through [`ContainerEngine`] (Docker today, see
+//! `engine::docker`): this module decides the policy and the steps, the engine
+//! only carries them out.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
-use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType};
-use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, KillContainerOptionsBuilder, ListContainersOptionsBuilder,
-    RemoveContainerOptionsBuilder,
-};
-use bollard::Docker;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
+
+use crate::engine::{
+    ContainerConfig, ContainerEngine, ContainerSummary, EngineError, ExecOutput, ExecRequest,
+    Isolation, LabelSelector, Labels, ResourceLimits, Tmpfs, UserId, VolumeMount,
+};
 
 /// Label carried by every job container; the sweeper removes leftovers by it.
 pub const JOB_LABEL: &str = "kmodforge.job";
@@ -41,6 +42,14 @@ pub const DKMS_TREE: &str = "/var/lib/dkms";
 /// DKMS's source_tree. The directory itself stays read-only (it holds the kernel
 /// headers); each module source is a tmpfs of its own at `/usr/src/<m>-<v>`.
 pub const SOURCE_TREE: &str = "/usr/src";
+
+/// The non-root user every job container runs as (`builder` in the images).
+pub const JOB_USER: UserId = UserId {
+    uid: 1000,
+    gid: 1000,
+};
+/// Size of the `/tmp` tmpfs.
+const TMP_BYTES: u64 = 512 * 1024 * 1024;
 
 /// Resource limits of one build container. Defaults live in `Config`.
 #[derive(Clone, Debug)]
@@ -64,15 +73,9 @@ pub struct SandboxLimits {
 /// Failures of the sandbox itself (never of the module being built).
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
-    #[error("cannot reach the Docker engine: {0}")]
-    Connect(#[source] bollard::errors::Error),
-    #[error("Docker {op} failed for container {container}: {source}")]
-    Docker {
-        op: &'static str,
-        container: String,
-        #[source]
-        source: bollard::errors::Error,
-    },
+    /// The engine failed (it names the operation and the container).
+    #[error(transparent)]
+    Engine(#[from] EngineError),
     #[error("exec {cmd:?} in container {container} produced more than {limit} bytes on stdout")]
     OutputTooLarge {
         cmd: String,
@@ -127,10 +130,10 @@ pub struct Exec<'a> {
     pub timeouts: Option<(Duration, Duration)>,
 }
 
-/// The Docker engine, as the sandbox uses it.
+/// The container engine, as the sandbox uses it.
 #[derive(Clone)]
 pub struct Sandbox {
-    docker: Docker,
+    engine: Arc<dyn ContainerEngine>,
     limits: SandboxLimits,
     owner: String,
     trace: Option<Arc<InputTrace>>,
@@ -176,28 +179,22 @@ pub struct ContainerSpec<'a> {
 
 /// A running job container. Call [`JobContainer::remove`] when done.
 pub struct JobContainer {
-    docker: Docker,
+    engine: Arc<dyn ContainerEngine>,
     pub id: String,
     trace: Option<Arc<InputTrace>>,
 }
 
 impl Sandbox {
-    /// Connects to the local engine (`DOCKER_HOST` honoured) and negotiates the API version.
-    /// `owner` identifies this server instance (e.g. a hash of its data directory).
-    pub async fn connect(limits: SandboxLimits, owner: String) -> Result<Self, SandboxError> {
-        let docker = Docker::connect_with_defaults().map_err(SandboxError::Connect)?;
-        let docker = docker
-            .negotiate_version()
-            .await
-            .map_err(SandboxError::Connect)?;
-        docker.ping().await.map_err(SandboxError::Connect)?;
-        Ok(Sandbox {
-            docker,
+    /// The sandbox on `engine` (connected). `owner` identifies this server
+    /// instance (e.g. a hash of its data directory).
+    pub fn new(engine: Arc<dyn ContainerEngine>, limits: SandboxLimits, owner: String) -> Self {
+        Sandbox {
+            engine,
             limits,
             owner,
             trace: None,
             closed: Arc::default(),
-        })
+        }
     }
 
     /// Writes an audit copy of every container input under `dir` (see [`InputTrace`]).
@@ -210,8 +207,17 @@ impl Sandbox {
         Ok(self)
     }
 
-    pub fn docker(&self) -> &Docker {
-        &self.docker
+    /// The engine the sandbox runs its containers on.
+    pub fn engine(&self) -> &Arc<dyn ContainerEngine> {
+        &self.engine
+    }
+
+    fn container(&self, id: String, trace: Option<Arc<InputTrace>>) -> JobContainer {
+        JobContainer {
+            engine: self.engine.clone(),
+            id,
+            trace,
+        }
     }
 
     pub fn limits(&self) -> &SandboxLimits {
@@ -220,106 +226,86 @@ impl Sandbox {
 
     /// Creates and starts a fresh job container under the sandbox policy.
     pub async fn create(&self, spec: &ContainerSpec<'_>) -> Result<JobContainer, SandboxError> {
-        let name = format!("kmodforge-{}-{}", spec.role, spec.job_id);
-        let options = CreateContainerOptionsBuilder::default().name(&name).build();
-        let body = self.container_body(spec);
+        let config = self.container_config(spec);
         if let Some(t) = &self.trace {
             t.record(
-                &name,
+                &config.name,
                 "create.json",
-                &serde_json::to_vec_pretty(&body).unwrap_or_default(),
+                &self.engine.create_request_json(&config),
             );
         }
         if self.is_closed() {
             return Err(SandboxError::ShuttingDown);
         }
-        let created = self
-            .docker
-            .create_container(Some(options), body)
-            .await
-            .map_err(|source| SandboxError::Docker {
-                op: "create",
-                container: name.clone(),
-                source,
-            })?;
-        let container = JobContainer {
-            docker: self.docker.clone(),
-            id: created.id,
-            trace: self.trace.clone(),
-        };
+        let id = self.engine.create_container(&config).await?;
+        let container = self.container(id, self.trace.clone());
         // Closed while the engine created it: the shutdown sweep may have listed
         // the containers before this one existed.
         if self.is_closed() {
             container.remove().await;
             return Err(SandboxError::ShuttingDown);
         }
-        if let Err(source) = self.docker.start_container(&container.id, None).await {
+        if let Err(e) = self.engine.start_container(&container.id).await {
             container.remove().await;
-            return Err(SandboxError::Docker {
-                op: "start",
-                container: name,
-                source,
-            });
+            return Err(e.into());
         }
         Ok(container)
     }
 
-    fn container_body(&self, spec: &ContainerSpec<'_>) -> ContainerCreateBody {
+    /// The sandbox policy, applied to one job container.
+    fn container_config(&self, spec: &ContainerSpec<'_>) -> ContainerConfig {
         let l = &self.limits;
-        let tmpfs_opts =
-            |size: u64| format!("rw,exec,nosuid,nodev,size={size},uid=1000,gid=1000,mode=0755");
-        let mut tmpfs = HashMap::from([
-            (DKMS_TREE.to_string(), tmpfs_opts(l.tmpfs_bytes)),
-            (
-                "/tmp".to_string(),
-                "rw,exec,nosuid,nodev,size=536870912,mode=1777".to_string(),
-            ),
-        ]);
-        for dir in spec.source_dirs {
-            tmpfs.insert(
-                format!("{SOURCE_TREE}/{dir}"),
-                tmpfs_opts(l.tmpfs_bytes / 4),
-            );
-        }
-        let host_config = HostConfig {
-            network_mode: Some("none".into()),
-            readonly_rootfs: Some(true),
-            cap_drop: Some(vec!["ALL".into()]),
-            security_opt: Some(vec!["no-new-privileges".into()]),
-            pids_limit: Some(l.pids),
-            memory: Some(l.memory_bytes as i64),
-            memory_swap: Some(l.memory_bytes as i64),
-            nano_cpus: Some(i64::from(l.jobs) * 1_000_000_000),
-            tmpfs: Some(tmpfs),
-            mounts: Some(
-                spec.ro_volumes
-                    .iter()
-                    .map(|(name, target)| Mount {
-                        target: Some(target.clone()),
-                        source: Some(name.clone()),
-                        typ: Some(MountType::VOLUME),
-                        read_only: Some(true),
-                        ..Default::default()
-                    })
-                    .collect(),
-            ),
-            auto_remove: Some(false),
-            ..Default::default()
+        let job_tmpfs = |target: String, size_bytes: u64| Tmpfs {
+            target,
+            size_bytes,
+            mode: 0o755,
+            owner: Some(JOB_USER),
         };
-        ContainerCreateBody {
-            image: Some(spec.image_id.to_string()),
-            cmd: Some(vec!["sleep".into(), "infinity".into()]),
-            user: Some("1000:1000".into()),
-            working_dir: Some("/tmp".into()),
-            network_disabled: Some(true),
-            labels: Some(HashMap::from([
+        let mut tmpfs = vec![
+            job_tmpfs(DKMS_TREE.to_string(), l.tmpfs_bytes),
+            Tmpfs {
+                target: "/tmp".to_string(),
+                size_bytes: TMP_BYTES,
+                mode: 0o1777,
+                owner: None,
+            },
+        ];
+        for dir in spec.source_dirs {
+            tmpfs.push(job_tmpfs(format!("{SOURCE_TREE}/{dir}"), l.tmpfs_bytes / 4));
+        }
+        ContainerConfig {
+            name: format!("kmodforge-{}-{}", spec.role, spec.job_id),
+            image: spec.image_id.to_string(),
+            cmd: vec!["sleep".into(), "infinity".into()],
+            user: JOB_USER,
+            working_dir: "/tmp".into(),
+            labels: Labels::from([
                 (JOB_LABEL.to_string(), spec.job_id.to_string()),
                 ("kmodforge.role".to_string(), spec.role.to_string()),
                 (OWNER_LABEL.to_string(), self.owner.clone()),
                 ("kmodforge".to_string(), "1".to_string()),
-            ])),
-            host_config: Some(host_config),
-            ..Default::default()
+            ]),
+            tmpfs,
+            volumes: spec
+                .ro_volumes
+                .iter()
+                .map(|(name, target)| VolumeMount {
+                    volume: name.clone(),
+                    target: target.clone(),
+                    read_only: true,
+                })
+                .collect(),
+            limits: ResourceLimits {
+                memory_bytes: l.memory_bytes,
+                pids: l.pids,
+                cpus: l.jobs,
+            },
+            isolation: Isolation {
+                no_network: true,
+                read_only_root: true,
+                drop_all_capabilities: true,
+                no_new_privileges: true,
+            },
         }
     }
 
@@ -341,44 +327,30 @@ impl Sandbox {
         live: &std::collections::HashSet<(String, String)>,
         min_age: std::time::Duration,
     ) -> Result<usize, SandboxError> {
-        let filters = HashMap::from([("label".to_string(), vec![JOB_LABEL.to_string()])]);
-        let options = ListContainersOptionsBuilder::default()
-            .all(true)
-            .filters(&filters)
-            .build();
         let list = self
-            .docker
-            .list_containers(Some(options))
-            .await
-            .map_err(|source| SandboxError::Docker {
-                op: "list",
-                container: "*".into(),
-                source,
-            })?;
+            .engine
+            .list_containers(&LabelSelector::default().has(JOB_LABEL))
+            .await?;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs() as i64;
         let mut removed = 0;
-        for c in list {
-            let labels = c.labels.unwrap_or_default();
-            let (Some(id), Some(job), Some(owner)) =
-                (c.id, labels.get(JOB_LABEL), labels.get(OWNER_LABEL))
-            else {
+        for ContainerSummary {
+            id,
+            created,
+            labels,
+        } in list
+        {
+            let (Some(job), Some(owner)) = (labels.get(JOB_LABEL), labels.get(OWNER_LABEL)) else {
                 continue;
             };
-            let old = now - c.created.unwrap_or(now) >= min_age.as_secs() as i64;
+            let old = now - created.unwrap_or(now) >= min_age.as_secs() as i64;
             if owner == &self.owner || !old || live.contains(&(job.clone(), owner.clone())) {
                 continue;
             }
             tracing::warn!(container = %id, build = %job, replica = %owner, "removing the container of a build whose replica lost its lease");
-            JobContainer {
-                docker: self.docker.clone(),
-                id,
-                trace: None,
-            }
-            .remove()
-            .await;
+            self.container(id, None).remove().await;
             removed += 1;
         }
         Ok(removed)
@@ -390,33 +362,14 @@ impl Sandbox {
 
     /// Removes every container left by an earlier run of this server (by label). Returns how many.
     pub async fn sweep(&self) -> Result<usize, SandboxError> {
-        let owner = format!("{OWNER_LABEL}={}", self.owner);
-        let filters = HashMap::from([("label".to_string(), vec![JOB_LABEL.to_string(), owner])]);
-        let options = ListContainersOptionsBuilder::default()
-            .all(true)
-            .filters(&filters)
-            .build();
-        let list = self
-            .docker
-            .list_containers(Some(options))
-            .await
-            .map_err(|source| SandboxError::Docker {
-                op: "list",
-                container: "*".into(),
-                source,
-            })?;
+        let selector = LabelSelector::default()
+            .has(JOB_LABEL)
+            .eq(OWNER_LABEL, &self.owner);
+        let list = self.engine.list_containers(&selector).await?;
         let mut removed = 0;
         for c in list {
-            if let Some(id) = c.id {
-                JobContainer {
-                    docker: self.docker.clone(),
-                    id,
-                    trace: None,
-                }
-                .remove()
-                .await;
-                removed += 1;
-            }
+            self.container(c.id, None).remove().await;
+            removed += 1;
         }
         Ok(removed)
     }
@@ -434,38 +387,24 @@ impl JobContainer {
                 t.record(&self.id, "stdin", stdin);
             }
         }
-        let options = CreateExecOptions {
-            cmd: Some(exec.cmd.clone()),
-            env: Some(exec.env.clone()),
-            attach_stdin: Some(exec.stdin.is_some()),
-            attach_stdout: Some(true),
-            attach_stderr: Some(true),
-            ..Default::default()
+        let request = ExecRequest {
+            cmd: exec.cmd.clone(),
+            env: exec.env.clone(),
+            stdin: exec.stdin.is_some(),
         };
-        let created = self
-            .docker
-            .create_exec(&self.id, options)
-            .await
-            .map_err(|e| self.err("exec create", e))?;
-        let started_exec = self
-            .docker
-            .start_exec(&created.id, None::<StartExecOptions>)
-            .await
-            .map_err(|e| self.err("exec start", e))?;
-        let StartExecResults::Attached {
-            mut output,
-            mut input,
-        } = started_exec
-        else {
-            unreachable!("start_exec without detach always attaches")
-        };
-        let writer = exec.stdin.clone().map(|data| {
-            tokio::spawn(async move {
-                // A failed write means the process exited early; its exit code says why.
-                let _ = input.write_all(&data).await;
-                let _ = input.shutdown().await;
-            })
-        });
+        let session = self.engine.exec(&self.id, &request).await?;
+        let mut output = session.output;
+        let writer = exec
+            .stdin
+            .clone()
+            .zip(session.stdin)
+            .map(|(data, mut input)| {
+                tokio::spawn(async move {
+                    // A failed write means the process exited early; its exit code says why.
+                    let _ = input.write_all(&data).await;
+                    let _ = input.shutdown().await;
+                })
+            });
         let mut stdout = Vec::new();
         let mut stopped = None;
         loop {
@@ -488,26 +427,21 @@ impl JobContainer {
                 None => output.next().await,
             };
             let Some(item) = next else { break };
-            let item = item.map_err(|e| self.err("exec output", e))?;
-            use bollard::container::LogOutput;
-            match item {
-                LogOutput::StdOut { message } | LogOutput::Console { message } => {
-                    match exec.collect_stdout {
-                        Some(limit) => {
-                            if stdout.len() + message.len() > limit {
-                                return Err(SandboxError::OutputTooLarge {
-                                    cmd: cmd_text,
-                                    container: self.id.clone(),
-                                    limit,
-                                });
-                            }
-                            stdout.extend_from_slice(&message);
+            match item? {
+                ExecOutput::Stdout(message) => match exec.collect_stdout {
+                    Some(limit) => {
+                        if stdout.len() + message.len() > limit {
+                            return Err(SandboxError::OutputTooLarge {
+                                cmd: cmd_text,
+                                container: self.id.clone(),
+                                limit,
+                            });
                         }
-                        None => exec.log.append(&message),
+                        stdout.extend_from_slice(&message);
                     }
-                }
-                LogOutput::StdErr { message } => exec.log.append(&message),
-                LogOutput::StdIn { .. } => {}
+                    None => exec.log.append(&message),
+                },
+                ExecOutput::Stderr(message) => exec.log.append(&message),
             }
         }
         if let Some(w) = writer {
@@ -524,13 +458,9 @@ impl JobContainer {
                 elapsed: started.elapsed(),
             });
         }
-        let inspect = self
-            .docker
-            .inspect_exec(&created.id)
-            .await
-            .map_err(|e| self.err("exec inspect", e))?;
+        let exit_code = self.engine.exec_exit_code(&self.id, &session.id).await?;
         Ok(ExecOutcome {
-            exit_code: inspect.exit_code,
+            exit_code,
             stdout,
             stopped: None,
             elapsed: started.elapsed(),
@@ -569,37 +499,22 @@ impl JobContainer {
     /// True while the container is running (false once it was stopped or removed
     /// from outside, e.g. by an operator or another server's sweep).
     pub async fn is_running(&self) -> bool {
-        match self.docker.inspect_container(&self.id, None).await {
-            Ok(c) => c.state.and_then(|s| s.running).unwrap_or(false),
-            Err(_) => false,
-        }
+        self.engine
+            .container_running(&self.id)
+            .await
+            .unwrap_or(false)
     }
 
     async fn kill(&self) {
-        let options = KillContainerOptionsBuilder::default()
-            .signal("KILL")
-            .build();
-        if let Err(e) = self.docker.kill_container(&self.id, Some(options)).await {
+        if let Err(e) = self.engine.kill_container(&self.id).await {
             tracing::warn!(container = %self.id, error = %e, "kill failed");
         }
     }
 
     /// Removes the container (forcefully); errors are logged, the sweeper retries.
     pub async fn remove(self) {
-        let options = RemoveContainerOptionsBuilder::default()
-            .force(true)
-            .v(true)
-            .build();
-        if let Err(e) = self.docker.remove_container(&self.id, Some(options)).await {
+        if let Err(e) = self.engine.remove_container(&self.id).await {
             tracing::warn!(container = %self.id, error = %e, "remove failed");
-        }
-    }
-
-    fn err(&self, op: &'static str, source: bollard::errors::Error) -> SandboxError {
-        SandboxError::Docker {
-            op,
-            container: self.id.clone(),
-            source,
         }
     }
 }
@@ -616,6 +531,287 @@ fn parse_oom_kill_count(text: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::fake::{stderr, stdout, Call, FakeEngine, FakeExec};
+
+    fn limits() -> SandboxLimits {
+        SandboxLimits {
+            jobs: 3,
+            memory_bytes: 2 << 30,
+            tmpfs_bytes: 1 << 30,
+            pids: 1024,
+            wall_clock: Duration::from_secs(600),
+            idle: Duration::from_secs(300),
+            log_cap_bytes: 1 << 20,
+        }
+    }
+
+    /// Collects what an exec sends to the log.
+    #[derive(Default)]
+    struct Sink(std::sync::Mutex<Vec<u8>>);
+    impl OutputSink for Sink {
+        fn append(&self, bytes: &[u8]) {
+            self.0.lock().expect("sink").extend_from_slice(bytes);
+        }
+    }
+
+    fn spec<'a>(
+        job: &'a str,
+        dirs: &'a [String],
+        vols: &'a [(String, String)],
+    ) -> ContainerSpec<'a> {
+        ContainerSpec {
+            job_id: job,
+            role: "job",
+            image_id: "sha256:builder",
+            source_dirs: dirs,
+            ro_volumes: vols,
+        }
+    }
+
+    /// A job container under the policy: created and started, one exec with stdin
+    /// and collected stdout, removed; nothing left behind.
+    #[tokio::test]
+    async fn job_container_lifecycle_under_the_policy() {
+        let engine = FakeEngine::scripted(|req| {
+            if req.cmd[0] == "kmf" {
+                FakeExec::Exit {
+                    output: vec![stdout("dump"), stderr("warning: x\n")],
+                    code: 3,
+                }
+            } else {
+                FakeExec::Exit {
+                    output: Vec::new(),
+                    code: 0,
+                }
+            }
+        });
+        let sandbox = Sandbox::new(engine.clone(), limits(), "replica-a".into());
+        let dirs = vec!["foo-1.0".to_string()];
+        let vols = vec![(
+            "kmodforge-usr-abc-usr-lib".to_string(),
+            "/usr/lib".to_string(),
+        )];
+        let container = sandbox
+            .create(&spec("b123", &dirs, &vols))
+            .await
+            .expect("created");
+
+        let calls = engine.calls();
+        let Call::Create(c) = &calls[0] else {
+            panic!("first call is a create: {calls:?}")
+        };
+        assert_eq!(calls[1], Call::Start(container.id.clone()));
+        assert_eq!(c.name, "kmodforge-job-b123");
+        assert_eq!(c.image, "sha256:builder");
+        assert_eq!(c.cmd, ["sleep", "infinity"]);
+        // The policy.
+        assert_eq!(
+            c.isolation,
+            Isolation {
+                no_network: true,
+                read_only_root: true,
+                drop_all_capabilities: true,
+                no_new_privileges: true,
+            }
+        );
+        assert_eq!(
+            c.user,
+            UserId {
+                uid: 1000,
+                gid: 1000
+            }
+        );
+        assert_eq!(c.working_dir, "/tmp");
+        assert_eq!(
+            c.limits,
+            ResourceLimits {
+                memory_bytes: 2 << 30,
+                pids: 1024,
+                cpus: 3,
+            }
+        );
+        let tmpfs: Vec<(&str, u64, u32, Option<UserId>)> = c
+            .tmpfs
+            .iter()
+            .map(|t| (t.target.as_str(), t.size_bytes, t.mode, t.owner))
+            .collect();
+        assert_eq!(
+            tmpfs,
+            [
+                ("/var/lib/dkms", 1 << 30, 0o755, Some(JOB_USER)),
+                ("/tmp", 512 << 20, 0o1777, None),
+                ("/usr/src/foo-1.0", 1 << 28, 0o755, Some(JOB_USER)),
+            ]
+        );
+        assert_eq!(
+            c.volumes,
+            [VolumeMount {
+                volume: "kmodforge-usr-abc-usr-lib".into(),
+                target: "/usr/lib".into(),
+                read_only: true,
+            }]
+        );
+        let labels: Vec<(&str, &str)> = c
+            .labels
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            labels,
+            [
+                ("kmodforge", "1"),
+                ("kmodforge.job", "b123"),
+                ("kmodforge.owner", "replica-a"),
+                ("kmodforge.role", "job"),
+            ]
+        );
+        assert!(engine.is_running(&container.id));
+
+        let log = Sink::default();
+        let out = container
+            .exec(Exec {
+                cmd: vec!["kmf".into(), "prepare".into()],
+                env: vec!["KMF_JOBS=3".into()],
+                stdin: Some(Bytes::from_static(b"source tar")),
+                collect_stdout: Some(1024),
+                log: &log,
+                timeouts: Some((Duration::from_secs(5), Duration::from_secs(5))),
+            })
+            .await
+            .expect("exec");
+        assert_eq!(out.exit_code, Some(3));
+        assert_eq!(out.stdout, b"dump");
+        assert_eq!(out.stopped, None);
+        assert_eq!(*log.0.lock().expect("log"), b"warning: x\n");
+        assert_eq!(engine.stdin_of(0), b"source tar");
+        assert!(engine.calls().contains(&Call::Exec {
+            container: container.id.clone(),
+            request: ExecRequest {
+                cmd: vec!["kmf".into(), "prepare".into()],
+                env: vec!["KMF_JOBS=3".into()],
+                stdin: true,
+            },
+        }));
+        assert!(container.is_running().await);
+
+        let id = container.id.clone();
+        container.remove().await;
+        assert_eq!(engine.calls().last(), Some(&Call::Remove(id)));
+        assert!(engine.containers().is_empty());
+    }
+
+    /// Stdout beyond the cap is an error, not a truncated answer.
+    #[tokio::test]
+    async fn collected_stdout_is_capped() {
+        let engine = FakeEngine::scripted(|_| FakeExec::Exit {
+            output: vec![stdout("0123456789")],
+            code: 0,
+        });
+        let sandbox = Sandbox::new(engine.clone(), limits(), "r".into());
+        let container = sandbox
+            .create(&spec("b1", &[], &[]))
+            .await
+            .expect("created");
+        let err = container
+            .read(&["cat", "big"], 4)
+            .await
+            .expect_err("too large");
+        assert!(
+            matches!(err, SandboxError::OutputTooLarge { limit: 4, .. }),
+            "{err}"
+        );
+        container.remove().await;
+    }
+
+    /// A silent exec is stopped by the no-output limit, and the container killed.
+    #[tokio::test]
+    async fn idle_exec_kills_the_container() {
+        let engine = FakeEngine::scripted(|_| FakeExec::Hang);
+        let sandbox = Sandbox::new(engine.clone(), limits(), "r".into());
+        let container = sandbox
+            .create(&spec("b1", &[], &[]))
+            .await
+            .expect("created");
+        let out = container
+            .exec(Exec {
+                cmd: vec!["make".into()],
+                env: Vec::new(),
+                stdin: None,
+                collect_stdout: None,
+                log: &Discard,
+                timeouts: Some((Duration::from_secs(30), Duration::from_millis(50))),
+            })
+            .await
+            .expect("exec");
+        assert_eq!(out.stopped, Some(Stopped::Idle));
+        assert_eq!(out.exit_code, None);
+        assert!(engine.calls().contains(&Call::Kill(container.id.clone())));
+        assert!(!container.is_running().await);
+        container.remove().await;
+    }
+
+    /// Sweeps go by label: `sweep` takes this owner's containers only,
+    /// `sweep_orphans` the other owners' whose builds have no live lease.
+    #[tokio::test]
+    async fn sweeps_select_by_owner_label() {
+        let engine = FakeEngine::new();
+        let a = Sandbox::new(engine.clone(), limits(), "replica-a".into());
+        let b = Sandbox::new(engine.clone(), limits(), "replica-b".into());
+        let a1 = a.create(&spec("a1", &[], &[])).await.expect("a1").id;
+        let a2 = a.create(&spec("a2", &[], &[])).await.expect("a2").id;
+        let b1 = b.create(&spec("b1", &[], &[])).await.expect("b1").id;
+        let b2 = b.create(&spec("b2", &[], &[])).await.expect("b2").id;
+
+        assert_eq!(a.sweep().await.expect("sweep"), 2);
+        assert!(engine.calls().contains(&Call::List(
+            LabelSelector::default()
+                .has(JOB_LABEL)
+                .eq(OWNER_LABEL, "replica-a")
+        )));
+        let left = engine.containers();
+        assert!(!left.contains(&a1) && !left.contains(&a2), "{left:?}");
+        assert!(left.contains(&b1) && left.contains(&b2), "{left:?}");
+
+        // b2's build still has a live lease held by replica-b; b1's has none.
+        let live = std::collections::HashSet::from([("b2".to_string(), "replica-b".to_string())]);
+        // Too young: nothing removed.
+        assert_eq!(
+            a.sweep_orphans(&live, Duration::from_secs(3600))
+                .await
+                .expect("orphans"),
+            0
+        );
+        assert_eq!(
+            a.sweep_orphans(&live, Duration::ZERO)
+                .await
+                .expect("orphans"),
+            1
+        );
+        assert_eq!(engine.containers(), std::slice::from_ref(&b2));
+        // A replica never sweeps its own containers as orphans.
+        assert_eq!(
+            b.sweep_orphans(&Default::default(), Duration::ZERO)
+                .await
+                .expect("orphans"),
+            0
+        );
+        assert_eq!(engine.containers(), [b2]);
+    }
+
+    /// A closed sandbox creates no container.
+    #[tokio::test]
+    async fn closed_sandbox_creates_nothing() {
+        let engine = FakeEngine::new();
+        let sandbox = Sandbox::new(engine.clone(), limits(), "r".into());
+        sandbox.close();
+        let err = sandbox
+            .create(&spec("b1", &[], &[]))
+            .await
+            .err()
+            .expect("refused");
+        assert!(matches!(err, SandboxError::ShuttingDown));
+        assert!(engine.calls().is_empty());
+    }
 
     #[test]
     fn oom_counter_parsing() {

@@ -20,11 +20,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use bollard::models::VolumeCreateRequest;
-use bollard::Docker;
 use kmodforge_api::wire::KernelInfo;
 use tokio::sync::OnceCell;
 
+use crate::engine::{ContainerEngine, Labels};
 use crate::sandbox::{ContainerSpec, Sandbox, SOURCE_TREE};
 
 /// Label naming the image a volume was copied from.
@@ -35,7 +34,7 @@ pub type UsrVolumes = Vec<(String, String)>;
 
 /// Per-image volume sets, prepared once.
 pub struct UsrVolumeCache {
-    docker: Docker,
+    engine: Arc<dyn ContainerEngine>,
     sandbox: Sandbox,
     enabled: bool,
     cells: Mutex<HashMap<String, Arc<OnceCell<UsrVolumes>>>>,
@@ -44,7 +43,7 @@ pub struct UsrVolumeCache {
 impl UsrVolumeCache {
     pub fn new(sandbox: Sandbox, enabled: bool) -> Self {
         UsrVolumeCache {
-            docker: sandbox.docker().clone(),
+            engine: sandbox.engine().clone(),
             sandbox,
             enabled,
             cells: Mutex::new(HashMap::new()),
@@ -94,17 +93,13 @@ impl UsrVolumeCache {
             })
             .collect();
         for (name, _) in &volumes {
-            let labels = HashMap::from([
+            let labels = Labels::from([
                 ("kmodforge".to_string(), "1".to_string()),
                 (IMAGE_LABEL.to_string(), image.image.id.clone()),
                 ("kmodforge.tag".to_string(), image.image.tag.clone()),
             ]);
-            self.docker
-                .create_volume(VolumeCreateRequest {
-                    name: Some(name.clone()),
-                    labels: Some(labels),
-                    ..Default::default()
-                })
+            self.engine
+                .create_volume(name, &labels)
                 .await
                 .map_err(|e| format!("creating volume {name}: {e}"))?;
         }
@@ -114,10 +109,7 @@ impl UsrVolumeCache {
         let copied = self.count(&image.image.id, &targets, &volumes).await?;
         if copied != expected {
             for (name, _) in &volumes {
-                let _ = self
-                    .docker
-                    .remove_volume(name, None::<bollard::query_parameters::RemoveVolumeOptions>)
-                    .await;
+                let _ = self.engine.remove_volume(name).await;
             }
             return Err(format!(
                 "the volumes hold {copied} entries, the image {expected} (an interrupted copy?); removed them"
