@@ -102,6 +102,14 @@ pub async fn init(config: &Config) -> Result<AppState, StartError> {
     );
     let mut sandbox =
         sandbox::Sandbox::new(engine.clone(), config.sandbox_limits(), replica.clone());
+    if let (true, Some(queue)) = (config.database_url.is_some(), store.records.jobs()) {
+        sandbox = sandbox.with_cluster(
+            queue
+                .cluster_id()
+                .await
+                .map_err(store::StoreOpenError::Records)?,
+        );
+    }
     if let Some(dir) = &config.trace_container_input {
         sandbox = sandbox.with_input_trace(dir.clone()).map_err(|e| {
             StartError::Config(format!("--trace-container-input {}: {e}", dir.display()))

@@ -36,6 +36,8 @@ pub const JOB_LABEL: &str = "kmodforge.job";
 /// Label naming the server instance (its data directory) that owns a container,
 /// so one server's start-up sweep never removes another server's jobs.
 pub const OWNER_LABEL: &str = "kmodforge.owner";
+/// Label of the cluster (its database) a replica's containers belong to.
+pub const CLUSTER_LABEL: &str = "kmodforge.cluster";
 
 /// Mount points of the writable tmpfs filesystems inside a build container.
 pub const DKMS_TREE: &str = "/var/lib/dkms";
@@ -136,6 +138,8 @@ pub struct Sandbox {
     engine: Arc<dyn ContainerEngine>,
     limits: SandboxLimits,
     owner: String,
+    /// The cluster this replica belongs to (labels its containers; bounds orphan sweeps).
+    cluster: Option<String>,
     trace: Option<Arc<InputTrace>>,
     /// Set on shutdown: no container is created any more.
     closed: Arc<std::sync::atomic::AtomicBool>,
@@ -192,9 +196,16 @@ impl Sandbox {
             engine,
             limits,
             owner,
+            cluster: None,
             trace: None,
             closed: Arc::default(),
         }
+    }
+
+    /// Marks this sandbox's containers as the cluster's (`kmodforge.cluster`).
+    pub fn with_cluster(mut self, id: String) -> Self {
+        self.cluster = Some(id);
+        self
     }
 
     /// Writes an audit copy of every container input under `dir` (see [`InputTrace`]).
@@ -279,12 +290,18 @@ impl Sandbox {
             cmd: vec!["sleep".into(), "infinity".into()],
             user: JOB_USER,
             working_dir: "/tmp".into(),
-            labels: Labels::from([
-                (JOB_LABEL.to_string(), spec.job_id.to_string()),
-                ("kmodforge.role".to_string(), spec.role.to_string()),
-                (OWNER_LABEL.to_string(), self.owner.clone()),
-                ("kmodforge".to_string(), "1".to_string()),
-            ]),
+            labels: {
+                let mut labels = Labels::from([
+                    (JOB_LABEL.to_string(), spec.job_id.to_string()),
+                    ("kmodforge.role".to_string(), spec.role.to_string()),
+                    (OWNER_LABEL.to_string(), self.owner.clone()),
+                    ("kmodforge".to_string(), "1".to_string()),
+                ]);
+                if let Some(cluster) = &self.cluster {
+                    labels.insert(CLUSTER_LABEL.to_string(), cluster.clone());
+                }
+                labels
+            },
             tmpfs,
             volumes: spec
                 .ro_volumes
@@ -319,18 +336,23 @@ impl Sandbox {
         &self.owner
     }
 
-    /// Removes the job containers of other replicas on this engine whose build no
-    /// longer has a live lease held by that replica (the replica died), once they
-    /// are older than `min_age`. `live` holds (build id, owner) pairs. Returns how many.
+    /// Removes the job containers of other replicas of this cluster on this engine
+    /// whose build no longer has a live lease held by that replica (the replica
+    /// died), once they are older than `min_age`. `live` holds (build id, owner)
+    /// pairs. Containers of other servers and clusters on the engine are never
+    /// touched. Returns how many.
     pub async fn sweep_orphans(
         &self,
         live: &std::collections::HashSet<(String, String)>,
         min_age: std::time::Duration,
     ) -> Result<usize, SandboxError> {
-        let list = self
-            .engine
-            .list_containers(&LabelSelector::default().has(JOB_LABEL))
-            .await?;
+        let Some(cluster) = &self.cluster else {
+            return Ok(0);
+        };
+        let selector = LabelSelector::default()
+            .has(JOB_LABEL)
+            .eq(CLUSTER_LABEL, cluster);
+        let list = self.engine.list_containers(&selector).await?;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
@@ -755,12 +777,20 @@ mod tests {
     #[tokio::test]
     async fn sweeps_select_by_owner_label() {
         let engine = FakeEngine::new();
-        let a = Sandbox::new(engine.clone(), limits(), "replica-a".into());
-        let b = Sandbox::new(engine.clone(), limits(), "replica-b".into());
+        let a =
+            Sandbox::new(engine.clone(), limits(), "replica-a".into()).with_cluster("c1".into());
+        let b =
+            Sandbox::new(engine.clone(), limits(), "replica-b".into()).with_cluster("c1".into());
+        // Another cluster's replica and a standalone server on the same engine.
+        let other =
+            Sandbox::new(engine.clone(), limits(), "replica-x".into()).with_cluster("c2".into());
+        let alone = Sandbox::new(engine.clone(), limits(), "standalone".into());
         let a1 = a.create(&spec("a1", &[], &[])).await.expect("a1").id;
         let a2 = a.create(&spec("a2", &[], &[])).await.expect("a2").id;
         let b1 = b.create(&spec("b1", &[], &[])).await.expect("b1").id;
         let b2 = b.create(&spec("b2", &[], &[])).await.expect("b2").id;
+        let x1 = other.create(&spec("x1", &[], &[])).await.expect("x1").id;
+        let s1 = alone.create(&spec("s1", &[], &[])).await.expect("s1").id;
 
         assert_eq!(a.sweep().await.expect("sweep"), 2);
         assert!(engine.calls().contains(&Call::List(
@@ -771,6 +801,7 @@ mod tests {
         let left = engine.containers();
         assert!(!left.contains(&a1) && !left.contains(&a2), "{left:?}");
         assert!(left.contains(&b1) && left.contains(&b2), "{left:?}");
+        let others = [x1, s1];
 
         // b2's build still has a live lease held by replica-b; b1's has none.
         let live = std::collections::HashSet::from([("b2".to_string(), "replica-b".to_string())]);
@@ -787,15 +818,29 @@ mod tests {
                 .expect("orphans"),
             1
         );
-        assert_eq!(engine.containers(), std::slice::from_ref(&b2));
-        // A replica never sweeps its own containers as orphans.
+        let left = engine.containers();
+        assert!(!left.contains(&b1) && left.contains(&b2), "{left:?}");
+        // A replica never sweeps its own containers as orphans, nor another
+        // cluster's or a standalone server's on the same engine.
         assert_eq!(
             b.sweep_orphans(&Default::default(), Duration::ZERO)
                 .await
                 .expect("orphans"),
             0
         );
-        assert_eq!(engine.containers(), [b2]);
+        let left = engine.containers();
+        assert!(
+            left.contains(&b2) && others.iter().all(|c| left.contains(c)),
+            "{left:?}"
+        );
+        assert_eq!(
+            alone
+                .sweep_orphans(&Default::default(), Duration::ZERO)
+                .await
+                .expect("orphans"),
+            0,
+            "a server outside any cluster sweeps no orphans"
+        );
     }
 
     /// A closed sandbox creates no container.

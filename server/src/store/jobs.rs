@@ -66,6 +66,9 @@ pub trait JobQueue: Send + Sync {
     async fn complete(&self, request_key: &str, build_id: &str) -> Result<(), RecordsError>;
     /// Gives `owner`'s rows back to the queue at once (a replica stopping cleanly).
     async fn release(&self, owner: &str) -> Result<u64, RecordsError>;
+    /// This cluster's identity (made once per database): its replicas label their
+    /// containers with it.
+    async fn cluster_id(&self) -> Result<String, RecordsError>;
     /// True when a job of this module version is queued or running anywhere.
     async fn module_busy(&self, name: &str, version: &str) -> Result<bool, RecordsError>;
     /// (build id, owner) of every job whose owner's lease is still running.

@@ -29,6 +29,7 @@ use super::records::{from_json, to_json, PutModule, Records, RecordsError};
 pub const MIGRATIONS: &[&str] = &[
     include_str!("schema/postgres-1.sql"),
     include_str!("schema/postgres-2-jobs.sql"),
+    include_str!("schema/postgres-3-cluster.sql"),
 ];
 
 /// Serialises migrations of replicas that start together (any constant of ours).
@@ -568,6 +569,14 @@ impl JobQueue for PgRecords {
             &[&owner],
         )
         .await
+    }
+
+    async fn cluster_id(&self) -> Result<String, RecordsError> {
+        let client = self.client().await?;
+        Ok(client
+            .query_one("SELECT id FROM cluster_identity", &[])
+            .await?
+            .get(0))
     }
 
     async fn module_busy(&self, name: &str, version: &str) -> Result<bool, RecordsError> {
