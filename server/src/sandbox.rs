@@ -171,7 +171,8 @@ pub struct ContainerSpec<'a> {
     /// The build the container works for (its `kmodforge.job` label).
     pub job_id: &'a str,
     /// What it does: `job` (a build's steps) or `check` (a boot check); the
-    /// container is named `kmodforge-<role>-<job id>`.
+    /// container is named `kmodforge-<role>-<job id>` (in a cluster
+    /// `kmodforge-<role>-<job id>-<replica>`).
     pub role: &'a str,
     pub image_id: &'a str,
     /// `<m>-<v>` of each source tree the job unpacks: each gets a writable tmpfs
@@ -285,7 +286,13 @@ impl Sandbox {
             tmpfs.push(job_tmpfs(format!("{SOURCE_TREE}/{dir}"), l.tmpfs_bytes / 4));
         }
         ContainerConfig {
-            name: format!("kmodforge-{}-{}", spec.role, spec.job_id),
+            // In a cluster a build may run again on another replica (its first one
+            // died) while the dead replica's container still exists: the replica
+            // in the name keeps the two apart.
+            name: match &self.cluster {
+                None => format!("kmodforge-{}-{}", spec.role, spec.job_id),
+                Some(_) => format!("kmodforge-{}-{}-{}", spec.role, spec.job_id, self.owner),
+            },
             image: spec.image_id.to_string(),
             cmd: vec!["sleep".into(), "infinity".into()],
             user: JOB_USER,
