@@ -121,7 +121,7 @@ impl Objects {
                         retry_timeout: Duration::from_secs(10),
                         ..Default::default()
                     })
-                    .with_client_options(client_options(s3.endpoint.as_deref()));
+                    .with_client_options(client_options());
                 let mut name = format!("s3://{}", s3.bucket);
                 if let Some(endpoint) = &s3.endpoint {
                     b = b
@@ -288,21 +288,19 @@ impl Objects {
     }
 }
 
-/// The HTTP client to the store. Over plain HTTP (an S3-compatible server on the
-/// LAN or loopback) no idle connection is kept: Garage 2.5 writes a response's head
-/// and body in two segments without TCP_NODELAY, so on a kept-alive connection the
-/// body waits for the client's delayed ACK, 40 ms per GET (measured: 45 ms per `.ko`
-/// download through the server, 4-9 ms with a connection per request). A new TCP
-/// connection costs well under a millisecond there; over HTTPS (AWS and other
-/// remote stores) the pool stays, since a TLS handshake per request would cost more.
-fn client_options(endpoint: Option<&str>) -> object_store::ClientOptions {
-    let options = object_store::ClientOptions::new()
+/// The HTTP client to the store; connections are kept and reused.
+///
+/// Garage 2.5 writes a response's head and body in two segments without
+/// TCP_NODELAY, so on a kept-alive connection the body waits for the client's
+/// delayed ACK: 40 ms per GET (a lone `.ko` download through the server: 45 ms).
+/// Opening a connection per GET instead cut that to 3 ms but cost 30 % of the
+/// saturated cache-hit throughput and 0.4 ms of CPU per hit (docs/BENCHMARKS.md):
+/// a fleet's download wave matters more than one download's latency, so the pool
+/// stays; presigned downloads (`--presign-downloads-secs`) avoid both.
+fn client_options() -> object_store::ClientOptions {
+    object_store::ClientOptions::new()
         .with_timeout(STORE_TIMEOUT)
-        .with_connect_timeout(Duration::from_secs(5));
-    match endpoint {
-        Some(e) if e.starts_with("http://") => options.with_pool_max_idle_per_host(0),
-        _ => options,
-    }
+        .with_connect_timeout(Duration::from_secs(5))
 }
 
 fn blob_key(sha256: &str) -> Result<ObjectPath, BlobError> {
