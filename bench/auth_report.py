@@ -5,38 +5,10 @@ throughput, and the server's CPU time per 1000 requests, per configuration.
     bench/auth_report.py RESULTS.jsonl CONNS DURATION CPUS
 """
 import json
-import re
 import statistics
 import sys
 
-UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
-
-
-def ms(text):
-    m = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
-    return float(m.group(1)) * UNITS[m.group(2)]
-
-
-def parse(wrk):
-    out = {}
-    for line in wrk.splitlines():
-        line = line.strip()
-        m = re.match(r"(50|99)%\s+(\S+)", line)
-        if m:
-            out[f"p{m.group(1)}"] = ms(m.group(2))
-        m = re.match(r"(\d+) requests in", line)
-        if m:
-            out["requests"] = int(m.group(1))
-        m = re.match(r"Requests/sec:\s+([\d.]+)", line)
-        if m:
-            out["rps"] = float(m.group(1))
-        m = re.match(r"Non-2xx or 3xx responses: (\d+)", line)
-        if m:
-            out["non2xx"] = int(m.group(1))
-        m = re.match(r"Socket errors: (.*)", line)
-        if m:
-            out["socket_errors"] = m.group(1)
-    return out
+from wrk_parse import parse_wrk as parse
 
 
 def main():

@@ -14,35 +14,7 @@ import re
 import statistics
 import sys
 
-UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
-
-
-def ms(text):
-    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
-    return float(m.group(1)) * UNITS[m.group(2)]
-
-
-def parse_wrk(text):
-    out = {"non2xx": 0, "socket_errors": None}
-    for line in text.splitlines():
-        line = line.strip()
-        m = re.match(r"(50|99)%\s+(\S+)", line)
-        if m:
-            out[f"p{m.group(1)}"] = ms(m.group(2))
-        m = re.match(r"(\d+) requests in ([\d.]+)(ms|s|m)", line)
-        if m:
-            out["requests"] = int(m.group(1))
-            out["seconds"] = ms(m.group(2) + m.group(3)) / 1000.0
-        m = re.match(r"Requests/sec:\s+([\d.]+)", line)
-        if m:
-            out["rps"] = float(m.group(1))
-        m = re.match(r"Non-2xx or 3xx responses: (\d+)", line)
-        if m:
-            out["non2xx"] = int(m.group(1))
-        m = re.match(r"Socket errors: (.*)", line)
-        if m:
-            out["socket_errors"] = m.group(1)
-    return out
+from wrk_parse import parse_wrk
 
 
 def cpu(r):
@@ -106,8 +78,8 @@ def main():
             "g_ms_1k": c["garage"] * 1000 / req * 1000,
             "cores": (c["replicas"] + c["pg"] + c["garage"]) / secs,
             "per_rps": {k: w["rps"] for k, w in ws.items()},
-            "non2xx": sum(w["non2xx"] for w in ws.values()),
-            "errors": "; ".join(f"{k}: {w['socket_errors']}" for k, w in ws.items() if w["socket_errors"]),
+            "non2xx": sum(w.get("non2xx", 0) for w in ws.values()),
+            "errors": "; ".join(f"{k}: {w['socket_errors']}" for k, w in ws.items() if w.get("socket_errors")),
         })
     names = {
         "one": "1 replica (r1; r2-r4 idle)",
