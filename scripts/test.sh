@@ -12,4 +12,21 @@ scripts/services.sh start
 source "${KMODFORGE_SERVICES_DIR:-/tmp/kmodforge-services}/env"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
-cargo test --workspace --locked -- --test-threads=1
+# Build every test binary first, then run two groups side by side: the unit,
+# API, agent and storage tests (no job containers) in the background, and the
+# end-to-end tests, which share the Docker engine and run one at a time.
+cargo test --workspace --locked --no-run
+units=$(mktemp)
+cargo test --workspace --exclude kmodforge-e2e --locked -- --test-threads=1 >"$units" 2>&1 &
+units_pid=$!
+e2e_status=0
+cargo test -p kmodforge-e2e --locked -- --test-threads=1 || e2e_status=$?
+units_status=0
+wait "$units_pid" || units_status=$?
+echo "---- unit, API, agent and storage tests (run beside the end-to-end tests) ----"
+cat "$units"
+rm -f "$units"
+if ((e2e_status || units_status)); then
+  echo "test.sh: failed (end-to-end: exit $e2e_status; unit, API, agent, storage: exit $units_status)" >&2
+  exit 1
+fi
