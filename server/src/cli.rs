@@ -11,7 +11,7 @@ use kmodforge_api::auth::{CreateTokenRequest, Scope, TokenInfo};
 use kmodforge_api::names::{ModulePattern, TokenName};
 
 use crate::auth::{Caller, TokenError, Tokens};
-use crate::store::{Store, StoreOpenError};
+use crate::store::{SqliteRecords, StoreOpenError};
 
 /// The records of the server whose tokens to manage: its data directory's SQLite,
 /// or the cluster's PostgreSQL database.
@@ -113,7 +113,9 @@ async fn open(dir: &DataDirArg) -> Result<Tokens, CliError> {
     if !dir.data_dir.is_dir() {
         return Err(CliError::NoDataDir(dir.data_dir.clone()));
     }
-    Ok(Tokens::new(Store::open(&dir.data_dir)?.records))
+    let records =
+        SqliteRecords::open(&dir.data_dir.join("kmodforge.db")).map_err(StoreOpenError::Records)?;
+    Ok(Tokens::new(std::sync::Arc::new(records)))
 }
 
 /// `cli:<user>`, the audit log's name for the local command line.

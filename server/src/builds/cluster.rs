@@ -20,9 +20,7 @@ use kmodforge_api::settings::ModuleSettings;
 use kmodforge_api::wire::{BuildRequest, BuildState, FailureKind, ModuleSource};
 use serde::{Deserialize, Serialize};
 
-use super::{
-    check_arch, failure, new_build_id, now_rfc3339, BuildError, Builds, Job, Priority, Submitted,
-};
+use super::{check_arch, new_build_id, now_rfc3339, BuildError, Builds, Job, Priority, Submitted};
 use crate::sandbox::OutputSink;
 use crate::store::{ClaimedJob, Enqueued, JobQueue};
 
@@ -422,10 +420,13 @@ impl Builds {
         let Ok(Some(mut build)) = self.store.records.get_build(&claimed.build_id).await else {
             return;
         };
-        let log = super::log::LogBuffer::new(4096);
         build.state = BuildState::Failed;
         build.finished_at = Some(now_rfc3339());
-        build.failure = Some(failure(FailureKind::Infrastructure, message, &log));
+        build.failure = Some(kmodforge_api::wire::Failure {
+            kind: FailureKind::Infrastructure,
+            message,
+            log_tail: String::new(),
+        });
         if let Err(e) = self.store.records.put_build(&build).await {
             tracing::warn!(build = %build.id, error = %e, "cannot record the failed build");
         }

@@ -45,21 +45,6 @@ pub struct Store {
 }
 
 impl Store {
-    /// The embedded default: SQLite and a local directory under `data_dir`.
-    pub fn open(data_dir: &Path) -> Result<Self, StoreOpenError> {
-        std::fs::create_dir_all(data_dir).map_err(|source| StoreOpenError::Dir {
-            dir: data_dir.to_path_buf(),
-            source,
-        })?;
-        let records = SqliteRecords::open(&data_dir.join("kmodforge.db"))?;
-        let objects = Objects::open(&ObjectsConfig::Local(data_dir.to_path_buf()))
-            .map_err(StoreOpenError::Objects)?;
-        Ok(Store {
-            records: Arc::new(records),
-            objects,
-        })
-    }
-
     /// Opens the configured records and object store (creating and migrating as needed).
     pub async fn connect(
         data_dir: &Path,
