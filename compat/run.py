@@ -18,7 +18,7 @@ For every selected Debian `*-dkms` package (default: all of `apt-cache search --
  3. kmodforge: `PUT /v1/kernels/{krel}` (image preparation, timed apart), DELETE + re-add every module (so
     builds are cold), `PUT /v1/modules/{name}/settings`, then one build at a time, polled until final; every
     `.ko` is downloaded and read with the host's `modinfo`;
- 4. real DKMS on this host (root): the method of dkms-corpus-baseline.md section 3 (`cp -a` to /usr/src,
+ 4. real DKMS on this host (root): the baseline's method (compat/README.md, "The DKMS baseline") (`cp -a` to /usr/src,
     `dkms add`, timed `dkms build` per kernel, `modinfo` of every built module, `dkms remove --all`), or
     reuse a previous run (`--dkms-results FILE`) or the baseline JSON from another machine (`--skip-dkms`);
  5. compare per (package, kernel) by modinfo (never by bytes: DKMS signs, kmodforge does not) and write
@@ -56,16 +56,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 FETCH = REPO / "tests" / "fixtures" / "fetch-debian-dkms.sh"
 DEFAULT_KERNELS = "6.1.0-47-amd64,6.1.0-56-amd64"
-DEFAULT_BASELINE = "/work/shared/dkms-corpus-baseline.json"
-# dkms-corpus-baseline.md section 7: sum of the first run of each of the 60 builds.
+DEFAULT_BASELINE = str(REPO / "compat" / "dkms-baseline.json")
+# compat/README.md, "The DKMS baseline": sum of the first run of each of the 60 builds.
 BASELINE_TOTAL_S = 745.8
 ARCH = "x86_64"
 DKMS_TREE = Path("/var/lib/dkms")
 SRC_TREE = Path("/usr/src")
 DKMS_TIMEOUT = 900  # seconds, as the baseline: timeout -k 10 900 dkms build ...
 
-# Depends that a module build does not need (the baseline did not install them either, dkms-corpus-baseline.md
-# section 1). Everything else in Depends (except dkms itself) is installed for the build.
+# Depends that a module build does not need (the baseline did not install them either, compat/README.md,
+# "The DKMS baseline"). Everything else in Depends (except dkms itself) is installed for the build.
 RUNTIME_ONLY = {
     "udev": "device manager: openrazer-driver-dkms's udev rules, used at run time",
     "xserver-xorg-input-wacom": "X.org input driver that digimend's tablets use at run time",
@@ -839,7 +839,7 @@ def prepare_dkms(pkgs, order, kernels, no_apt):
         "build_packages": wanted,
         "nproc": os.cpu_count(),
         "host_kernel": platform.release(),
-        "method": "dkms-corpus-baseline.md section 3: cp -a to /usr/src/N-V; dkms add; per kernel "
+        "method": "the DKMS baseline's method (compat/README.md): cp -a to /usr/src/N-V; dkms add; per kernel "
                   "/usr/bin/time -f '%e %M' timeout -k 10 900 dkms build -m N -v V -k K </dev/null; "
                   "modinfo of module/*; dkms remove -m N -v V --all; rm -rf /usr/src/N-V",
     }
@@ -891,7 +891,7 @@ def load_baseline(path):
                     "make_log_tail": r.get("make_log_tail")})
     meta = {"source": f"baseline from another machine ({path})", "dkms_version": "3.0.10-8+deb12u1",
             "headers": {"6.1.0-47-amd64": "6.1.170-3", "6.1.0-56-amd64": "6.1.192-2"}, "nproc": 2,
-            "note": "dkms-corpus-baseline.md: helper VM, 2 vCPU, measured 2026-11-24; seconds = first run"}
+            "note": "compat/dkms-baseline.json: another VM, 2 vCPU, measured 2026-11-24; seconds = first run"}
     return {"meta": meta, "rows": out}
 
 
@@ -1185,7 +1185,7 @@ def write_report(args, pkgs, order, kernels, kmf, dkms, rows, facts, command):
           + " | ".join("–" if x is None else f"{x:.1f}" for x in base) + " |")
     w("")
     w(f"For reference, the baseline's whole corpus (30 packages x 2 kernels, first runs) took {BASELINE_TOTAL_S} s "
-      "with DKMS 3.0.10 on a 2-vCPU VM (dkms-corpus-baseline.md section 7).")
+      "with DKMS 3.0.10 on a 2-vCPU VM (compat/README.md, \"The DKMS baseline\").")
     w("")
     w("### Build dependency mapping (Depends -> kmodforge settings)")
     w("")

@@ -1,7 +1,7 @@
 //! The Docker sandbox: one fresh, locked-down container per build job.
 //!
 //! Everything that touches uploaded content runs here, under the policy of
-//! DESIGN.md: network `none`, read-only root filesystem with tmpfs mounts for the
+//! README's sandbox policy ("How a build runs", step 3): network `none`, read-only root filesystem with tmpfs mounts for the
 //! DKMS trees and `/tmp`, a non-root user, every capability dropped,
 //! `no-new-privileges`, a pids limit, memory with swap equal to memory (no swap),
 //! a CPU quota matched to `make -jN`, wall-clock and no-output timeouts.

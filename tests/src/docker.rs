@@ -202,7 +202,7 @@ impl DockerProbe {
     }
 }
 
-/// The sandbox policy every job container follows (DESIGN.md), as Docker reports
+/// The sandbox policy every job container follows (the README's "How a build runs", step 3), as Docker reports
 /// it: labels naming build `job`, uid 1000, network `none`, read-only root, no
 /// privileges or capabilities, no-new-privileges, no devices, a pids limit, no swap,
 /// and nothing of the host bound in. What differs between a build's container and

@@ -1,4 +1,4 @@
-//! The job container as Docker sees it (the sandbox policy of DESIGN.md), and the
+//! The job container as Docker sees it (the sandbox policy of the README's "How a build runs", step 3), and the
 //! build log streamed while the build runs.
 
 use std::time::Duration;

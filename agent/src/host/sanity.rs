@@ -1,4 +1,4 @@
-//! DKMS's version sanity check (`check_version_sanity`, dkms-semantics §4.5).
+//! DKMS's version sanity check (`check_version_sanity` in DKMS 3.x's `dkms` script).
 //!
 //! Before a `.ko` is installed, the kernel tree is searched for regular files with the
 //! same name (`m.ko`, `m.ko.xz`, `m.ko.gz`, `m.ko.zst`), other than the files this agent
