@@ -1,6 +1,7 @@
 //! The build cache key: which inputs make two builds interchangeable.
 //!
-//! The key is a sha256 over a domain-separated, versioned, canonical JSON encoding of
+//! The key is a sha256 over a domain-separated, versioned, canonical JSON encoding
+//! ([`crate::canonical`], shared by every hashed key of the service) of
 //! everything that decides the output: the source archive digest, the kernel and arch,
 //! the builder image, the evaluated build plan, the build options and the module-signing
 //! certificate. Canonical means
@@ -10,7 +11,6 @@
 
 use serde::Serialize;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 use crate::dkms::BuildPlan;
 use crate::names::{Arch, ArtifactKey, KernelRelease, SourceDigest};
@@ -38,53 +38,10 @@ pub struct CacheKeyParts<'a> {
     pub signing_certificate: Option<&'a str>,
 }
 
-/// The cache key of a build: sha256(DOMAIN ‖ canonical JSON of `parts`).
+/// The cache key of a build: sha256(DOMAIN ‖ canonical JSON of `parts`), the encoding of
+/// [`crate::canonical`].
 pub fn cache_key(parts: &CacheKeyParts<'_>) -> ArtifactKey {
-    let mut hasher = Sha256::new();
-    hasher.update(DOMAIN.as_bytes());
-    hasher.update(canonical_json(parts).as_bytes());
-    ArtifactKey::from_sha256(hasher.finalize().into())
-}
-
-/// Serialises `parts` with object keys sorted at every level.
-fn canonical_json(parts: &CacheKeyParts<'_>) -> String {
-    // Infallible: every map in these types has string keys, and serde_json only fails
-    // on non-string map keys or custom serialiser errors, none of which exist here.
-    let value =
-        serde_json::to_value(parts).expect("CacheKeyParts always serialises to a JSON value");
-    let mut out = String::new();
-    write_canonical(&value, &mut out);
-    out
-}
-
-fn write_canonical(value: &Value, out: &mut String) {
-    match value {
-        Value::Object(map) => {
-            let mut entries: Vec<_> = map.iter().collect();
-            entries.sort_by(|a, b| a.0.cmp(b.0));
-            out.push('{');
-            for (i, (key, item)) in entries.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                out.push_str(&Value::String(key.clone()).to_string());
-                out.push(':');
-                write_canonical(item, out);
-            }
-            out.push('}');
-        }
-        Value::Array(items) => {
-            out.push('[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                write_canonical(item, out);
-            }
-            out.push(']');
-        }
-        scalar => out.push_str(&scalar.to_string()),
-    }
+    ArtifactKey::from_sha256(crate::canonical::digest(DOMAIN, parts))
 }
 
 #[cfg(test)]
@@ -187,15 +144,5 @@ mod tests {
             change(&mut inputs);
             assert_ne!(inputs.key(), base, "change #{n} did not change the key");
         }
-    }
-
-    #[test]
-    fn canonical_json_is_sorted_and_compact() {
-        let mut out = String::new();
-        write_canonical(
-            &json!({"b": [1, {"d": null, "c": "x\"y"}], "a": true}),
-            &mut out,
-        );
-        assert_eq!(out, r#"{"a":true,"b":[1,{"c":"x\"y","d":null}]}"#);
     }
 }

@@ -11,6 +11,7 @@ pub mod archive;
 pub mod attest;
 pub mod auth;
 pub mod cachekey;
+pub mod canonical;
 pub mod dkms;
 pub mod modinfo;
 pub mod names;

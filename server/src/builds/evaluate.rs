@@ -6,7 +6,6 @@ use kmodforge_api::dkms::{evaluate, BuildPlan, Dump, EvalContext, Evaluation};
 use kmodforge_api::names::Arch;
 use kmodforge_api::wire::{BuildRequest, Failure, FailureKind, KernelInfo, ModuleSource};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use super::deps::Extras;
 use super::{failure, Builds, Job};
@@ -93,10 +92,11 @@ pub(super) fn eval_key(
     extras: &Extras,
 ) -> String {
     // v2: source tree at /usr/src/<m>-<v>, override files, dependencies in place.
-    let text = serde_json::json!({
-        "v": 2, "name": module.name, "version": module.version, "digest": module.digest,
+    // v3: the canonical encoding shared by every hashed key.
+    let inputs = serde_json::json!({
+        "name": module.name, "version": module.version, "digest": module.digest,
         "kernel": req.kernel, "arch": arch, "image": image.image.id, "jobs": jobs,
         "extras": extras.identity(),
     });
-    hex::encode(Sha256::digest(text.to_string().as_bytes()))
+    kmodforge_api::canonical::hex_digest("kmodforge-eval-key-v3\n", &inputs)
 }
