@@ -32,16 +32,21 @@ pub struct ArchiveSource {
     pub suites: Vec<String>,
 }
 
+/// An `--archive-suites` value that is not `URL SUITE[,SUITE...]`.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BadArchiveSource(String);
+
 impl std::str::FromStr for ArchiveSource {
-    type Err = String;
+    type Err = BadArchiveSource;
     /// `URL SUITE[,SUITE...]`.
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, BadArchiveSource> {
         let (url, suites) = s
             .trim()
             .split_once(char::is_whitespace)
-            .ok_or_else(|| format!("{s:?} is not `URL SUITE[,SUITE...]`"))?;
+            .ok_or_else(|| BadArchiveSource(format!("{s:?} is not `URL SUITE[,SUITE...]`")))?;
         if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(format!("{url:?} is not an http(s) URL"));
+            return Err(BadArchiveSource(format!("{url:?} is not an http(s) URL")));
         }
         let suites: Vec<String> = suites
             .split(',')
@@ -53,9 +58,9 @@ impl std::str::FromStr for ArchiveSource {
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
         };
         if suites.is_empty() || !suites.iter().all(ok) {
-            return Err(format!(
+            return Err(BadArchiveSource(format!(
                 "{s:?}: suites must be names like bookworm,bookworm-updates"
-            ));
+            )));
         }
         Ok(ArchiveSource {
             url: url.trim_end_matches('/').to_string(),
@@ -245,7 +250,10 @@ impl Watcher {
                             url: u.clone(),
                             message: e.to_string(),
                         })?
-                        .map_err(|message| ArchiveError::Index { url: u, message });
+                        .map_err(|e| ArchiveError::Index {
+                            url: u,
+                            message: e.to_string(),
+                        });
                 }
                 Ok(r) => last = format!("{u}: {}", r.status()),
                 Err(e) => last = format!("{u}: {e}"),
@@ -271,21 +279,33 @@ fn newest_per_flavour(kernels: &[KernelRelease], flavours: &[String]) -> Vec<Ker
     out
 }
 
-fn decompress(body: &[u8], xz: bool) -> Result<String, String> {
+/// Why a `Packages` index could not be read.
+#[derive(Debug, thiserror::Error)]
+enum IndexError {
+    #[error("xz: {0}")]
+    Xz(#[from] lzma_rs::error::Error),
+    #[error("gzip: {0}")]
+    Gzip(#[from] std::io::Error),
+    #[error("index over {MAX_INDEX} bytes")]
+    TooLarge,
+    #[error("not UTF-8: {0}")]
+    NotUtf8(#[from] std::string::FromUtf8Error),
+}
+
+fn decompress(body: &[u8], xz: bool) -> Result<String, IndexError> {
     let mut out = Vec::new();
     if xz {
         let mut limited = std::io::BufReader::new(body);
-        lzma_rs::xz_decompress(&mut limited, &mut out).map_err(|e| format!("xz: {e}"))?;
+        lzma_rs::xz_decompress(&mut limited, &mut out)?;
     } else {
         flate2::read::GzDecoder::new(body)
             .take(MAX_INDEX)
-            .read_to_end(&mut out)
-            .map_err(|e| format!("gzip: {e}"))?;
+            .read_to_end(&mut out)?;
     }
     if out.len() as u64 >= MAX_INDEX {
-        return Err(format!("index over {MAX_INDEX} bytes"));
+        return Err(IndexError::TooLarge);
     }
-    String::from_utf8(out).map_err(|e| format!("not UTF-8: {e}"))
+    Ok(String::from_utf8(out)?)
 }
 
 #[cfg(test)]

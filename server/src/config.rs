@@ -247,6 +247,23 @@ fn default_jobs() -> u32 {
         .unwrap_or(2)
 }
 
+/// A setting that is invalid, with the one line that says which and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(String);
+
+impl From<String> for ConfigError {
+    fn from(message: String) -> Self {
+        ConfigError(message)
+    }
+}
+
+impl From<&str> for ConfigError {
+    fn from(message: &str) -> Self {
+        ConfigError(message.to_string())
+    }
+}
+
 impl Config {
     /// What the archive watcher looks at and how often.
     pub fn watch_settings(&self) -> crate::archive::WatchSettings {
@@ -290,7 +307,7 @@ impl Config {
     }
 
     /// Where the objects live; reads the S3 credentials.
-    pub fn objects_config(&self) -> Result<crate::store::ObjectsConfig, String> {
+    pub fn objects_config(&self) -> Result<crate::store::ObjectsConfig, ConfigError> {
         let Some(bucket) = &self.s3_bucket else {
             return Ok(crate::store::ObjectsConfig::Local(self.data_dir.clone()));
         };
@@ -312,7 +329,7 @@ impl Config {
             ) {
                 (Ok(id), Ok(secret)) if !id.is_empty() && !secret.is_empty() => (id, secret),
                 _ => {
-                    return Err("KMODFORGE_S3_BUCKET needs credentials: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or KMODFORGE_S3_CREDENTIALS_FILE".into())
+                    return Err(ConfigError::from("KMODFORGE_S3_BUCKET needs credentials: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or KMODFORGE_S3_CREDENTIALS_FILE"))
                 }
             },
         };
@@ -326,15 +343,18 @@ impl Config {
     }
 
     /// Checks values that clap's types cannot.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.jobs == 0 || self.jobs > 256 {
-            return Err(format!("KMODFORGE_JOBS must be 1..=256, got {}", self.jobs));
+            return Err(ConfigError::from(format!(
+                "KMODFORGE_JOBS must be 1..=256, got {}",
+                self.jobs
+            )));
         }
         if let Some(url) = &self.webhook_url {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(format!(
+                return Err(ConfigError::from(format!(
                     "KMODFORGE_WEBHOOK_URL must be an http(s) URL, got {url:?}"
-                ));
+                )));
             }
         }
         if self
@@ -342,42 +362,46 @@ impl Config {
             .iter()
             .any(|f| f.is_empty() || !f.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
         {
-            return Err(format!(
+            return Err(ConfigError::from(format!(
                 "KMODFORGE_KERNEL_FLAVOURS must be names like amd64,cloud-amd64, got {:?}",
                 self.kernel_flavours
-            ));
+            )));
         }
         if self.max_image_builds == 0 {
-            return Err("KMODFORGE_MAX_IMAGE_BUILDS must be at least 1".into());
+            return Err(ConfigError::from(
+                "KMODFORGE_MAX_IMAGE_BUILDS must be at least 1",
+            ));
         }
         if self.max_builds == 0 {
-            return Err("KMODFORGE_MAX_BUILDS must be at least 1".into());
+            return Err(ConfigError::from("KMODFORGE_MAX_BUILDS must be at least 1"));
         }
         if self.memory_mib < 256 {
-            return Err(format!(
+            return Err(ConfigError::from(format!(
                 "KMODFORGE_BUILD_MEMORY_MIB must be at least 256, got {}",
                 self.memory_mib
-            ));
+            )));
         }
         if !(5..=3600).contains(&self.boot_timeout_secs) {
-            return Err(format!(
+            return Err(ConfigError::from(format!(
                 "KMODFORGE_BOOT_TIMEOUT_SECS must be 5..=3600, got {}",
                 self.boot_timeout_secs
-            ));
+            )));
         }
         if self.memory_mib < 1024 && self.boot_check {
-            return Err("KMODFORGE_BOOT_CHECK needs KMODFORGE_BUILD_MEMORY_MIB of at least 1024 (the guest has 512 MiB)".into());
+            return Err(ConfigError::from("KMODFORGE_BOOT_CHECK needs KMODFORGE_BUILD_MEMORY_MIB of at least 1024 (the guest has 512 MiB)"));
         }
         if let Some(url) = &self.database_url {
             if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-                return Err("KMODFORGE_DATABASE_URL must be a postgres:// URL".into());
+                return Err(ConfigError::from(
+                    "KMODFORGE_DATABASE_URL must be a postgres:// URL",
+                ));
             }
         }
         if let Some(endpoint) = &self.s3_endpoint {
             if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
-                return Err(format!(
+                return Err(ConfigError::from(format!(
                     "KMODFORGE_S3_ENDPOINT must be an http(s) URL, got {endpoint:?}"
-                ));
+                )));
             }
         }
         if let Some(id) = &self.replica_id {
@@ -387,34 +411,32 @@ impl Config {
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
             if !ok {
-                return Err(format!(
+                return Err(ConfigError::from(format!(
                     "KMODFORGE_REPLICA_ID must be 1-63 of [A-Za-z0-9_-], got {id:?}"
-                ));
+                )));
             }
         }
         if !(5..=3600).contains(&self.lease_secs) {
-            return Err(format!(
+            return Err(ConfigError::from(format!(
                 "KMODFORGE_LEASE_SECS must be 5..=3600, got {}",
                 self.lease_secs
-            ));
+            )));
         }
         if self.role != Role::Both && self.database_url.is_none() {
-            return Err(
-                "KMODFORGE_ROLE api or builder needs KMODFORGE_DATABASE_URL (the shared job queue)"
-                    .into(),
-            );
+            return Err(ConfigError::from(
+                "KMODFORGE_ROLE api or builder needs KMODFORGE_DATABASE_URL (the shared job queue)",
+            ));
         }
         if self.presign_downloads_secs > 0 && self.s3_bucket.is_none() {
-            return Err("KMODFORGE_PRESIGN_DOWNLOADS_SECS needs KMODFORGE_S3_BUCKET (a local directory cannot presign)".into());
+            return Err(ConfigError::from("KMODFORGE_PRESIGN_DOWNLOADS_SECS needs KMODFORGE_S3_BUCKET (a local directory cannot presign)"));
         }
         if self.presign_downloads_secs > 7 * 24 * 3600 {
-            return Err(
-                "KMODFORGE_PRESIGN_DOWNLOADS_SECS must be at most 604800 (7 days, S3's limit)"
-                    .into(),
-            );
+            return Err(ConfigError::from(
+                "KMODFORGE_PRESIGN_DOWNLOADS_SECS must be at most 604800 (7 days, S3's limit)",
+            ));
         }
         if self.tmpfs_mib >= self.memory_mib {
-            return Err("KMODFORGE_BUILD_TMPFS_MIB must be below KMODFORGE_BUILD_MEMORY_MIB (tmpfs counts as memory)".into());
+            return Err(ConfigError::from("KMODFORGE_BUILD_TMPFS_MIB must be below KMODFORGE_BUILD_MEMORY_MIB (tmpfs counts as memory)"));
         }
         Ok(())
     }

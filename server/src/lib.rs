@@ -40,6 +40,8 @@ pub use http::{app, route_table, AppState};
 pub enum StartError {
     #[error("invalid configuration: {0}")]
     Config(String),
+    #[error("invalid configuration: {0}")]
+    Settings(#[from] config::ConfigError),
     #[error(transparent)]
     Store(#[from] store::StoreOpenError),
     #[error(transparent)]
@@ -63,8 +65,8 @@ pub enum StartError {
 /// Opens the store, connects to Docker, recovers from a previous run, and
 /// returns the handlers' state.
 pub async fn init(config: &Config) -> Result<AppState, StartError> {
-    config.validate().map_err(StartError::Config)?;
-    let objects = config.objects_config().map_err(StartError::Config)?;
+    config.validate()?;
+    let objects = config.objects_config()?;
     let store = store::Store::connect(&config.data_dir, &config.records_config(), &objects).await?;
     tracing::info!(
         records = if config.database_url.is_some() {

@@ -73,7 +73,7 @@ impl UsrVolumeCache {
         .clone()
     }
 
-    async fn prepare(&self, image: &KernelInfo) -> Result<UsrVolumes, String> {
+    async fn prepare(&self, image: &KernelInfo) -> Result<UsrVolumes, VolumeError> {
         let started = std::time::Instant::now();
         let targets = self.targets(&image.image.id).await?;
         let short = image
@@ -101,7 +101,10 @@ impl UsrVolumeCache {
             self.engine
                 .create_volume(name, &labels)
                 .await
-                .map_err(|e| format!("creating volume {name}: {e}"))?;
+                .map_err(|source| VolumeError::Create {
+                    name: name.clone(),
+                    source,
+                })?;
         }
         // Docker copies the image's content into each empty volume when a container
         // first mounts it; then the copy is compared with the image.
@@ -111,9 +114,7 @@ impl UsrVolumeCache {
             for (name, _) in &volumes {
                 let _ = self.engine.remove_volume(name).await;
             }
-            return Err(format!(
-                "the volumes hold {copied} entries, the image {expected} (an interrupted copy?); removed them"
-            ));
+            return Err(VolumeError::Incomplete { copied, expected });
         }
         tracing::info!(image = %image.image.id, volumes = volumes.len(), entries = expected,
             secs = started.elapsed().as_secs_f64(), "image /usr on read-only volumes");
@@ -121,7 +122,7 @@ impl UsrVolumeCache {
     }
 
     /// The directories to put on volumes: `/usr/*` but `/usr/src`, and `/usr/src/*`.
-    async fn targets(&self, image_id: &str) -> Result<Vec<String>, String> {
+    async fn targets(&self, image_id: &str) -> Result<Vec<String>, VolumeError> {
         let script = format!(
             "find /usr -mindepth 1 -maxdepth 1 -type d ! -path {SOURCE_TREE} -print; \
              find {SOURCE_TREE} -mindepth 1 -maxdepth 1 -type d -print"
@@ -135,7 +136,7 @@ impl UsrVolumeCache {
             .collect();
         targets.sort();
         if targets.is_empty() {
-            return Err("no directories under /usr".into());
+            return Err(VolumeError::NoTargets);
         }
         Ok(targets)
     }
@@ -146,12 +147,10 @@ impl UsrVolumeCache {
         image_id: &str,
         targets: &[String],
         volumes: &[(String, String)],
-    ) -> Result<u64, String> {
+    ) -> Result<u64, VolumeError> {
         let script = format!("find {} | wc -l", targets.join(" "));
         let out = self.run(image_id, volumes, &script).await?;
-        out.trim()
-            .parse()
-            .map_err(|_| format!("unexpected count output {out:?}"))
+        out.trim().parse().map_err(|_| VolumeError::Output(out))
     }
 
     async fn run(
@@ -159,7 +158,7 @@ impl UsrVolumeCache {
         image_id: &str,
         volumes: &[(String, String)],
         script: &str,
-    ) -> Result<String, String> {
+    ) -> Result<String, VolumeError> {
         let job_id = format!("usrvol-{:016x}", rand::random::<u64>());
         let spec = ContainerSpec {
             job_id: &job_id,
@@ -168,19 +167,41 @@ impl UsrVolumeCache {
             source_dirs: &[],
             ro_volumes: volumes,
         };
-        let container = self
-            .sandbox
-            .create(&spec)
-            .await
-            .map_err(|e| e.to_string())?;
+        let container = self.sandbox.create(&spec).await?;
         let out = container.read(&["sh", "-c", script], 1 << 20).await;
         container.remove().await;
-        let out = out.map_err(|e| e.to_string())?;
+        let out = out?;
         if out.exit_code != Some(0) {
-            return Err(format!("{script:?} exited {:?}", out.exit_code));
+            return Err(VolumeError::Script {
+                script: script.to_string(),
+                exit: out.exit_code,
+            });
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
+}
+
+/// Why an image's `/usr` could not be put on volumes (the build then reads the image's own
+/// filesystem).
+#[derive(Debug, thiserror::Error)]
+enum VolumeError {
+    #[error("creating volume {name}: {source}")]
+    Create {
+        name: String,
+        source: crate::engine::EngineError,
+    },
+    #[error(
+        "the volumes hold {copied} entries, the image {expected} (an interrupted copy?); removed them"
+    )]
+    Incomplete { copied: u64, expected: u64 },
+    #[error("no directories under /usr")]
+    NoTargets,
+    #[error("unexpected count output {0:?}")]
+    Output(String),
+    #[error(transparent)]
+    Sandbox(#[from] crate::sandbox::SandboxError),
+    #[error("{script:?} exited {exit:?}")]
+    Script { script: String, exit: Option<i64> },
 }
 
 /// `-usr-lib`, `-usr-src-linux-headers-6.1.0-47-amd64`: the target in volume-name

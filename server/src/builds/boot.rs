@@ -161,7 +161,11 @@ impl Builds {
         if !self.checker.enforce_signed() {
             return Ok(None);
         }
-        let (cert_der, cert_cn) = self.keys.certificate(sha, &*self.store.records).await?;
+        let (cert_der, cert_cn) = self
+            .keys
+            .certificate(sha, &*self.store.records)
+            .await
+            .map_err(|e| e.to_string())?;
         let Some((file, signed)) = modules.first() else {
             return Ok(None);
         };

@@ -66,13 +66,12 @@ impl Builds {
         priority: Priority,
     ) -> Result<Submitted, BuildError> {
         let Some((c, queue)) = self.cluster() else {
-            return Err(BuildError::Settings("not in a cluster".into()));
+            return Err(BuildError::NotClustered);
         };
         let id = new_build_id();
         let payload = serde_json::to_string(&QueuedJob {
             request: req.clone(),
-        })
-        .map_err(|e| BuildError::Settings(e.to_string()))?;
+        })?;
         let owner = c.builds.then(|| c.replica.clone());
         let background = priority == Priority::Background;
         let mut enqueued = queue
@@ -359,8 +358,8 @@ impl Builds {
         let prepared = self.prepare_claimed(&claimed).await;
         let (module, req, arch, settings) = match prepared {
             Ok(p) => p,
-            Err(message) => {
-                self.fail_claimed(&claimed, message).await;
+            Err(e) => {
+                self.fail_claimed(&claimed, e.to_string()).await;
                 if let Err(e) = queue.complete(&key, &claimed.build_id).await {
                     tracing::warn!(build = %claimed.build_id, error = %e, "cannot complete a failed job");
                 }
@@ -393,24 +392,22 @@ impl Builds {
     async fn prepare_claimed(
         &self,
         claimed: &ClaimedJob,
-    ) -> Result<(ModuleSource, BuildRequest, Arch, ModuleSettings), String> {
+    ) -> Result<(ModuleSource, BuildRequest, Arch, ModuleSettings), super::SetupError> {
         if claimed.attempts > MAX_ATTEMPTS {
-            return Err(format!(
-                "{} builders claimed this build and none finished it (their replicas stopped)",
-                claimed.attempts - 1
-            ));
+            return Err(super::SetupError::Abandoned(claimed.attempts - 1));
         }
-        let queued: QueuedJob = serde_json::from_str(&claimed.payload)
-            .map_err(|e| format!("the queued job cannot be read: {e}"))?;
+        let queued: QueuedJob = serde_json::from_str(&claimed.payload)?;
         let req = queued.request;
         let module = self
             .store
             .records
             .get_module(&req.name, &req.version)
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("module {}/{} was deleted", req.name, req.version))?;
-        let arch = check_arch(&req).map_err(|e| e.to_string())?;
+            .await?
+            .ok_or_else(|| super::SetupError::Deleted {
+                name: req.name.clone(),
+                version: req.version.clone(),
+            })?;
+        let arch = check_arch(&req)?;
         let settings = self.settings_of(&req.name).await?;
         Ok((module, req, arch, settings))
     }

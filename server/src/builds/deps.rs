@@ -117,11 +117,17 @@ impl Extras {
 
 impl Builds {
     /// The module's settings (empty when none were set).
-    pub(super) async fn settings_of(&self, name: &ModuleName) -> Result<ModuleSettings, String> {
+    pub(super) async fn settings_of(
+        &self,
+        name: &ModuleName,
+    ) -> Result<ModuleSettings, super::BuildError> {
         match self.store.records.get_settings(name).await {
             Ok(Some(r)) => Ok(r.settings),
             Ok(None) => Ok(ModuleSettings::default()),
-            Err(e) => Err(format!("reading the settings of {name}: {e}")),
+            Err(source) => Err(super::BuildError::Settings {
+                name: name.clone(),
+                source,
+            }),
         }
     }
 
@@ -265,7 +271,7 @@ impl Builds {
         job: &Job,
         req: &BuildRequest,
         extras: &Extras,
-    ) -> Result<(), String> {
+    ) -> Result<(), super::SetupError> {
         for dep in &extras.deps {
             let dep_req = BuildRequest {
                 name: dep.module.name.clone(),
@@ -278,7 +284,10 @@ impl Builds {
                 .objects
                 .get_source(&dep.module.digest)
                 .await
-                .map_err(|e| format!("source of {}: {e}", dep.module.name))?
+                .map_err(|source| super::SetupError::Blob {
+                    what: format!("source of {}", dep.module.name),
+                    source,
+                })?
                 .to_vec();
             let built = self.dependency_tar(&dep.manifest).await?;
             for (sub, stdin) in [("unpack", source), ("put-built", built)] {
@@ -291,13 +300,13 @@ impl Builds {
                         log: &job.log,
                         timeouts: Some((super::run::EVAL_TIMEOUT, super::run::EVAL_TIMEOUT)),
                     })
-                    .await
-                    .map_err(|e| e.to_string())?;
+                    .await?;
                 if out.exit_code != Some(0) {
-                    return Err(format!(
-                        "kmf {sub} of BUILD_DEPENDS {}/{} failed (exit {:?})",
-                        dep.module.name, dep.module.version, out.exit_code
-                    ));
+                    return Err(super::SetupError::DependencyStep {
+                        step: sub,
+                        dependency: format!("{}/{}", dep.module.name, dep.module.version),
+                        exit: out.exit_code,
+                    });
                 }
             }
         }
@@ -305,7 +314,7 @@ impl Builds {
     }
 
     /// A flat tar of a dependency's modules and Module.symvers, from the blobs.
-    async fn dependency_tar(&self, m: &Manifest) -> Result<Vec<u8>, String> {
+    async fn dependency_tar(&self, m: &Manifest) -> Result<Vec<u8>, super::SetupError> {
         let mut files: Vec<(String, String)> = m
             .files
             .iter()
@@ -321,8 +330,13 @@ impl Builds {
                 .objects
                 .get_blob(&sha256)
                 .await
-                .map_err(|e| format!("blob {sha256} of {}/{}: {e}", m.name, m.version))?
-                .ok_or_else(|| format!("blob {sha256} of {}/{} is missing", m.name, m.version))?;
+                .map_err(|source| super::SetupError::Blob {
+                    what: format!("blob {sha256} of {}/{}", m.name, m.version),
+                    source,
+                })?
+                .ok_or_else(|| {
+                    super::SetupError::Missing(format!("blob {sha256} of {}/{}", m.name, m.version))
+                })?;
             blobs.push((name, data));
         }
         flat_tar(
@@ -330,6 +344,6 @@ impl Builds {
                 .iter()
                 .map(|(name, data)| (name.as_str(), 0o644, &data[..])),
         )
-        .map_err(|e| e.to_string())
+        .map_err(super::SetupError::Tar)
     }
 }

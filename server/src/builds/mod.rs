@@ -23,7 +23,6 @@ use kmodforge_api::settings::ModuleSettings;
 use kmodforge_api::wire::{
     BuildRecord, BuildRequest, BuildResponse, BuildState, Failure, FailureKind, ModuleSource,
 };
-use sha2::{Digest, Sha256};
 use tokio::sync::{watch, Semaphore};
 
 use crate::bootcheck::BootChecker;
@@ -48,10 +47,53 @@ pub enum BuildError {
     UnsupportedArch { arch: String, kernel: String },
     #[error("build {0} not found")]
     NotFound(String),
-    #[error("{0}")]
-    Settings(String),
+    #[error("reading the settings of {name}: {source}")]
+    Settings {
+        name: ModuleName,
+        source: RecordsError,
+    },
     #[error(transparent)]
     Records(#[from] RecordsError),
+    /// A cluster submission on a server that is not in a cluster (a programming error).
+    #[error("not in a cluster")]
+    NotClustered,
+    #[error("encoding the queued job: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+/// Why a job could not get its inputs in place (an infrastructure failure of that job).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SetupError {
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    #[error(transparent)]
+    Records(#[from] RecordsError),
+    #[error("{what}: {source}")]
+    Blob {
+        what: String,
+        source: crate::store::BlobError,
+    },
+    #[error("{0} is missing from the store")]
+    Missing(String),
+    #[error(transparent)]
+    Sandbox(#[from] crate::sandbox::SandboxError),
+    #[error("kmf {step} of BUILD_DEPENDS {dependency} failed (exit {exit:?})")]
+    DependencyStep {
+        step: &'static str,
+        dependency: String,
+        exit: Option<i64>,
+    },
+    #[error("packing a dependency's files: {0}")]
+    Tar(#[from] std::io::Error),
+    #[error("the queued job cannot be read: {0}")]
+    Queued(#[from] serde_json::Error),
+    #[error("{0} builders claimed this build and none finished it (their replicas stopped)")]
+    Abandoned(i32),
+    #[error("module {name}/{version} was deleted")]
+    Deleted {
+        name: ModuleName,
+        version: ModuleVersion,
+    },
 }
 
 /// A running (or just finished) job.
@@ -216,10 +258,7 @@ impl Builds {
             })?;
         let arch = check_arch(&req)?;
         // Read once: the request key, the cache lookup and the job all use this snapshot.
-        let settings = self
-            .settings_of(&req.name)
-            .await
-            .map_err(BuildError::Settings)?;
+        let settings = self.settings_of(&req.name).await?;
         if let Some(hit) = self.cache_hit(&module, &req, &arch, &settings).await? {
             return Ok(Submitted {
                 response: hit,
@@ -506,12 +545,12 @@ fn request_key(
     boot_check: bool,
     signing: Option<&str>,
 ) -> String {
-    let text = serde_json::json!({
+    let inputs = serde_json::json!({
         "name": module.name, "version": module.version, "digest": module.digest,
         "kernel": req.kernel, "arch": arch, "options": req.options, "settings": settings,
         "boot_check": boot_check, "signing": signing,
     });
-    hex::encode(Sha256::digest(text.to_string().as_bytes()))
+    kmodforge_api::canonical::hex_digest("kmodforge-request-key-v1\n", &inputs)
 }
 
 fn new_build_id() -> String {

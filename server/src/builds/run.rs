@@ -492,7 +492,7 @@ impl Builds {
         let created = t0.elapsed().as_secs_f64();
         if let Err(e) = self.place_deps(&container, job, req, extras).await {
             container.remove().await;
-            return Err(infra(e));
+            return Err(infra(e.to_string()));
         }
         let mut env = base_env(req, self.jobs());
         env.extend(extras.env());

@@ -83,7 +83,9 @@ fn unavailable(e: &AppError) -> Option<String> {
     let blobs = |b: &BlobError| matches!(b, BlobError::Unavailable { .. }).then(|| b.to_string());
     match e {
         AppError::StoreUnavailable(m) => Some(m.clone()),
-        AppError::Build(BuildError::Records(r)) => records(r),
+        AppError::Build(BuildError::Records(r) | BuildError::Settings { source: r, .. }) => {
+            records(r)
+        }
         AppError::Source(SourceError::Records(r)) => records(r),
         AppError::Source(SourceError::Blob(b)) => blobs(b),
         AppError::Token(TokenError::Records(r)) => records(r),
@@ -110,9 +112,10 @@ impl AppError {
                     s(StatusCode::BAD_REQUEST, "unsupported_arch")
                 }
                 BuildError::NotFound(_) => s(StatusCode::NOT_FOUND, "not_found"),
-                BuildError::Records(_) | BuildError::Settings(_) => {
-                    s(StatusCode::INTERNAL_SERVER_ERROR, "internal")
-                }
+                BuildError::Records(_)
+                | BuildError::Settings { .. }
+                | BuildError::NotClustered
+                | BuildError::Encode(_) => s(StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             },
             E::Image(e) => match e {
                 ImageError::UnknownKernel { .. } => s(StatusCode::NOT_FOUND, e.kind()),

@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use super::{AppError, AppState};
+use crate::keys::CertificateError;
 
 /// Every key the server signs or signed with, the current one of each purpose marked.
 pub(super) async fn list(State(s): State<AppState>) -> Result<Response, AppError> {
@@ -69,6 +70,10 @@ pub(super) async fn module_by_sha(
         .keys
         .certificate(&sha256, &*s.store.records)
         .await
-        .map_err(AppError::NotFound)?;
+        .map_err(|e| match e {
+            CertificateError::Unknown(_) => AppError::NotFound(e.to_string()),
+            CertificateError::Records(r) => AppError::from(r),
+            CertificateError::Unreadable { .. } => AppError::Internal(e.to_string()),
+        })?;
     Ok(([(header::CONTENT_TYPE, "application/pkix-cert")], der).into_response())
 }

@@ -59,6 +59,20 @@ pub enum KeyError {
     Records(#[from] RecordsError),
 }
 
+/// Why a module-signing certificate cannot be given.
+#[derive(Debug, thiserror::Error)]
+pub enum CertificateError {
+    #[error("no module-signing certificate {0} is on record")]
+    Unknown(String),
+    #[error("certificate {sha256} on record: {source}")]
+    Unreadable {
+        sha256: String,
+        source: openssl::error::ErrorStack,
+    },
+    #[error(transparent)]
+    Records(#[from] RecordsError),
+}
+
 /// The server's signing keys.
 pub struct Keys {
     module: ModuleSigningKey,
@@ -212,22 +226,22 @@ impl Keys {
         &self,
         sha256: &str,
         records: &dyn Records,
-    ) -> Result<(Vec<u8>, String), String> {
+    ) -> Result<(Vec<u8>, String), CertificateError> {
         let info = self.module.info();
         if info.cert_sha256 == sha256 {
             return Ok((self.module_cert_der.clone(), info.signer.clone()));
         }
-        let keys = records
-            .list_public_keys()
-            .await
-            .map_err(|e| e.to_string())?;
+        let keys = records.list_public_keys().await?;
         let found = keys
             .iter()
             .find(|k| k.purpose == KeyPurpose::ModuleSigning && k.id == sha256)
-            .ok_or_else(|| format!("no module-signing certificate {sha256} is on record"))?;
+            .ok_or_else(|| CertificateError::Unknown(sha256.to_string()))?;
         let der = openssl::x509::X509::from_pem(found.public.as_bytes())
             .and_then(|c| c.to_der())
-            .map_err(|e| format!("certificate {sha256} on record: {e}"))?;
+            .map_err(|source| CertificateError::Unreadable {
+                sha256: sha256.to_string(),
+                source,
+            })?;
         Ok((der, found.signer.clone().unwrap_or_default()))
     }
 

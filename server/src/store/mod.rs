@@ -59,7 +59,7 @@ impl Store {
             RecordsConfig::Sqlite => Arc::new(SqliteRecords::open(&data_dir.join("kmodforge.db"))?),
             RecordsConfig::Postgres(url) => Arc::new(postgres::PgRecords::connect(url).await?),
         };
-        let objects = Objects::open(objects).map_err(StoreOpenError::Objects)?;
+        let objects = Objects::open(objects)?;
         Ok(Store { records, objects })
     }
 }
@@ -75,5 +75,5 @@ pub enum StoreOpenError {
     #[error(transparent)]
     Records(#[from] RecordsError),
     #[error("object store: {0}")]
-    Objects(String),
+    Objects(#[from] objects::ObjectsOpenError),
 }

@@ -92,22 +92,43 @@ impl std::fmt::Debug for Objects {
     }
 }
 
+/// Why the object store cannot be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ObjectsOpenError {
+    #[error("cannot create {dir}: {source}")]
+    Dir {
+        dir: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{name}: {source}")]
+    Store {
+        name: String,
+        source: object_store::Error,
+    },
+}
+
 /// Requests to the store give up after this long (the store is down, not slow).
 const STORE_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Objects {
-    pub fn open(config: &ObjectsConfig) -> Result<Self, String> {
+    pub fn open(config: &ObjectsConfig) -> Result<Self, ObjectsOpenError> {
         match config {
             ObjectsConfig::Local(dir) => {
-                std::fs::create_dir_all(dir)
-                    .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+                std::fs::create_dir_all(dir).map_err(|source| ObjectsOpenError::Dir {
+                    dir: dir.clone(),
+                    source,
+                })?;
+                let name = format!("local {}", dir.display());
                 let fs = object_store::local::LocalFileSystem::new_with_prefix(dir)
-                    .map_err(|e| format!("local object store {}: {e}", dir.display()))?
+                    .map_err(|source| ObjectsOpenError::Store {
+                        name: name.clone(),
+                        source,
+                    })?
                     .with_automatic_cleanup(true);
                 Ok(Objects {
                     inner: Arc::new(fs),
                     signer: None,
-                    name: format!("local {}", dir.display()),
+                    name,
                 })
             }
             ObjectsConfig::S3(s3) => {
@@ -130,7 +151,10 @@ impl Objects {
                         .with_virtual_hosted_style_request(false);
                     name = format!("{name} at {endpoint}");
                 }
-                let s3store = Arc::new(b.build().map_err(|e| format!("{name}: {e}"))?);
+                let s3store = Arc::new(b.build().map_err(|source| ObjectsOpenError::Store {
+                    name: name.clone(),
+                    source,
+                })?);
                 Ok(Objects {
                     inner: s3store.clone(),
                     signer: Some(s3store),
