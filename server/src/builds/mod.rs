@@ -125,6 +125,8 @@ pub struct BuildSettings {
     pub usr_volumes: bool,
     /// Set in a cluster (shared PostgreSQL): the shared job queue is used.
     pub cluster: Option<ClusterSettings>,
+    /// Build outcomes, durations and cache hits are counted here.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The build service: shared by the HTTP handlers.
@@ -146,6 +148,7 @@ pub struct Builds {
     runners: std::sync::atomic::AtomicUsize,
     max_builds: usize,
     cluster: Option<ClusterSettings>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The answer to a submission.
@@ -178,6 +181,7 @@ impl Builds {
             runners: std::sync::atomic::AtomicUsize::new(0),
             max_builds: settings.max_builds,
             cluster: settings.cluster,
+            metrics: settings.metrics,
         })
     }
 
@@ -221,6 +225,7 @@ impl Builds {
             .await
             .map_err(BuildError::Settings)?;
         if let Some(hit) = self.cache_hit(&module, &req, &arch, &settings).await? {
+            self.metrics.cache_hit();
             return Ok(Submitted {
                 response: hit,
                 job: None,
@@ -361,6 +366,24 @@ impl Builds {
     /// The boot-check settings and verifier images (`GET`/`PUT /v1/kernels`).
     pub fn checker(&self) -> &BootChecker {
         &self.checker
+    }
+
+    /// Jobs this replica runs now: (waiting for a build slot, running).
+    pub fn load(&self) -> (usize, usize) {
+        let inflight = self.inflight();
+        let states = inflight.by_id.values().filter(|j| j.is_runner());
+        states.fold((0, 0), |(queued, running), j| {
+            match j.snapshot().build.state {
+                BuildState::Queued => (queued + 1, running),
+                BuildState::Running => (queued, running + 1),
+                _ => (queued, running),
+            }
+        })
+    }
+
+    /// The counters this service feeds (`GET /metrics`).
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
     }
 
     /// The job with this id, while it is in flight.
