@@ -45,6 +45,9 @@ async fn wait_counting(client: &Client, id: &str) -> Result<(BuildResponse, f64)
     }
 }
 
+/// A series (name, labels) and how much it must have moved.
+type Expected = (&'static str, Vec<(&'static str, &'static str)>, f64);
+
 /// `after - before` of one series.
 fn delta(before: &Scrape, after: &Scrape, name: &str, labels: &[(&str, &str)]) -> Result<f64> {
     Ok(after.value(name, labels)? - before.value(name, labels)?)
@@ -99,7 +102,7 @@ async fn counters_move_by_exactly_what_happened() -> Result<()> {
     let after = scrape(c).await?;
     let d = |name: &str, labels: &[(&str, &str)]| delta(&before, &after, name, labels);
     let ko_bytes = ko.len() as f64;
-    let want: Vec<(&str, Vec<(&str, &str)>, f64)> = vec![
+    let want: Vec<Expected> = vec![
         (
             "kmodforge_builds_total",
             vec![("outcome", "succeeded")],
