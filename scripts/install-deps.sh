@@ -4,7 +4,7 @@
 # mokutil (signature tests), libssl-dev and pkg-config (the server links OpenSSL),
 # grub-common, grub-pc-bin and xorriso (the boot guard: grub-editenv, a GRUB boot under qemu),
 # chromium (the readiness page), postgresql and Garage (the real database and S3 server
-# that scripts/services.sh runs for the tests),
+# that scripts/services.sh runs for the tests), prometheus_client's text parser (a venv),
 # and a running Docker engine check. Idempotent.
 set -euo pipefail
 need=()
@@ -41,6 +41,9 @@ if ! garage_ok; then
   command -v cc >/dev/null || need+=(gcc libc6-dev)
   command -v make >/dev/null || need+=(make)
 fi
+# A Python with venv for the metrics tests' parser (below).
+command -v python3 >/dev/null || need+=(python3 python3-venv)
+command -v python3 >/dev/null && ! python3 -c 'import ensurepip' 2>/dev/null && need+=(python3-venv)
 SUDO=""; [[ $(id -u) -eq 0 ]] || SUDO=sudo
 # The tests fetch real DKMS sources with `apt-get download`: the index must know them.
 if ((${#need[@]})) || ! apt-cache show v4l2loopback-dkms >/dev/null 2>&1; then
@@ -58,5 +61,15 @@ if ! garage_ok; then
   cargo install garage --version "$garage_version" --locked --no-default-features \
     --features bundled-libs,lmdb,sqlite --root "$tools"
   garage_ok || { echo "install-deps: $tools/bin/garage is not Garage $garage_version after cargo install" >&2; exit 1; }
+fi
+# The metrics tests parse /metrics and the agent's textfile with the Prometheus text
+# parser of prometheus_client (PyPI), kept in a venv in the tools cache.
+prom_version=0.26.0
+prom_venv=$tools/prometheus
+prom_ok() { "$prom_venv/bin/python3" -c "import importlib.metadata as m, sys; sys.exit(m.version('prometheus-client') != '$prom_version')" 2>/dev/null; }
+if ! prom_ok; then
+  python3 -m venv "$prom_venv"
+  "$prom_venv/bin/pip" install -q "prometheus-client==$prom_version"
+  prom_ok || { echo "install-deps: $prom_venv has no prometheus-client $prom_version after pip install" >&2; exit 1; }
 fi
 docker info >/dev/null 2>&1 || { echo "install-deps: the Docker engine is not reachable (docker info failed)" >&2; exit 1; }

@@ -28,6 +28,10 @@ pub enum ClientError {
     /// No answer: connect error, timeout, connection reset (after the retries).
     #[error("server unreachable: {target}: {cause}")]
     Unreachable { target: String, cause: String },
+    /// The answer's body stopped before its end: the connection closed mid-body,
+    /// short of its `Content-Length` (after the retries). Nothing of it is used.
+    #[error("{}", cut_message(.0))]
+    CutShort(Box<CutShort>),
     /// The server answered with an error.
     #[error("{0}")]
     Status(Box<ErrorAnswer>),
@@ -41,6 +45,32 @@ pub enum ClientError {
     /// the right. A configuration problem of this host, never retried.
     #[error("{}", auth_message(.0))]
     Auth(Box<AuthRefusal>),
+}
+
+/// An answer whose body was cut short.
+#[derive(Debug)]
+pub struct CutShort {
+    /// `METHOD URL`.
+    pub target: String,
+    /// Bytes that arrived, and the `Content-Length` when the answer had one.
+    pub received: u64,
+    pub expected: Option<u64>,
+    /// The reader's error, one line.
+    pub cause: String,
+    /// Attempts made, all cut (set once the retries are spent).
+    pub attempts: u32,
+}
+
+fn cut_message(c: &CutShort) -> String {
+    let of = c.expected.map(|n| format!(" of {n}")).unwrap_or_default();
+    let tries = match c.attempts {
+        0 | 1 => String::new(),
+        n => format!(", in each of {n} attempts"),
+    };
+    format!(
+        "{}: the answer was cut short: the connection closed after {}{of} bytes{tries} ({})",
+        c.target, c.received, c.cause
+    )
 }
 
 /// A 401/403 answer and whether a token was sent.
@@ -86,7 +116,7 @@ impl ClientError {
     /// Worth another attempt: no answer, or a 5xx.
     fn is_transient(&self) -> bool {
         match self {
-            ClientError::Unreachable { .. } => true,
+            ClientError::Unreachable { .. } | ClientError::CutShort(_) => true,
             ClientError::Status(a) => a.status >= 500,
             _ => false,
         }
@@ -238,12 +268,18 @@ impl Client {
     ) -> Result<T, ClientError> {
         let mut delay = BACKOFF_START;
         let mut left = self.settings.retries;
+        let mut attempts = 0;
         loop {
+            attempts += 1;
             match attempt() {
                 Err(e) if e.is_transient() && left > 0 => {
                     left -= 1;
                     std::thread::sleep(jittered(delay));
                     delay = (delay * 2).min(BACKOFF_MAX);
+                }
+                Err(ClientError::CutShort(mut c)) => {
+                    c.attempts = attempts;
+                    return Err(ClientError::CutShort(c));
                 }
                 other => return other,
             }
@@ -359,15 +395,32 @@ impl Client {
     }
 }
 
-/// The whole body; a body cut short counts as unreachable (retried).
+/// The whole body. A body cut short (the connection closed before its
+/// `Content-Length`, or mid-body) is [`ClientError::CutShort`] (retried); the part
+/// that arrived is dropped.
 fn read_body(method: &Method, url: &str, mut resp: Response) -> Result<Vec<u8>, ClientError> {
+    let expected = resp.content_length();
     let mut buf = Vec::new();
-    resp.read_to_end(&mut buf)
-        .map_err(|e| ClientError::Unreachable {
-            target: format!("{method} {url}"),
+    let read = resp.read_to_end(&mut buf);
+    let target = || format!("{method} {url}");
+    let cut = |cause: String, received: usize| {
+        ClientError::CutShort(Box::new(CutShort {
+            target: target(),
+            received: received as u64,
+            expected,
+            cause,
+            attempts: 1,
+        }))
+    };
+    match read {
+        Ok(n) if expected.is_none_or(|len| len == n as u64) => Ok(buf),
+        Ok(n) => Err(cut("fewer bytes than its Content-Length".into(), n)),
+        Err(e) if expected.is_some() || !buf.is_empty() => Err(cut(chain(&e), buf.len())),
+        Err(e) => Err(ClientError::Unreachable {
+            target: target(),
             cause: format!("reading the answer: {}", chain(&e)),
-        })?;
-    Ok(buf)
+        }),
+    }
 }
 
 fn status_error(method: &Method, url: &str, resp: Response) -> ClientError {
@@ -428,5 +481,19 @@ mod tests {
         };
         assert!(down.is_transient() && down.is_unreachable());
         assert_eq!(down.exit(), Exit::Unreachable);
+        let cut = ClientError::CutShort(Box::new(CutShort {
+            target: "GET u".into(),
+            received: 100,
+            expected: Some(400),
+            cause: "unexpected end of file".into(),
+            attempts: 3,
+        }));
+        assert!(cut.is_transient() && !cut.is_unreachable());
+        assert_eq!(cut.exit(), Exit::Unreachable);
+        assert_eq!(
+            cut.to_string(),
+            "GET u: the answer was cut short: the connection closed after 100 of 400 bytes, \
+             in each of 3 attempts (unexpected end of file)"
+        );
     }
 }

@@ -55,6 +55,7 @@ struct RawConfig {
     build_wait_secs: Option<u64>,
     lock_wait_secs: Option<u64>,
     retries: Option<u32>,
+    metrics_textfile: Option<PathBuf>,
     #[serde(default)]
     paths: RawPaths,
     #[serde(default)]
@@ -173,6 +174,10 @@ pub struct Config {
     pub running_kernel: Option<KernelRelease>,
     pub http: HttpSettings,
     pub modules: Vec<WantedModule>,
+    /// Where a sync writes its metrics for node_exporter's textfile collector
+    /// (`metrics_textfile`, a `*.prom` file; relative paths are under `root`). Unset:
+    /// no textfile.
+    pub metrics_textfile: Option<PathBuf>,
 }
 
 impl Config {
@@ -263,6 +268,7 @@ impl Validator<'_> {
                 KernelRelease::parse(k).map_err(|e| self.invalid("running_kernel", e.to_string()))
             })
             .transpose()?;
+        let metrics_textfile = self.textfile(&root, raw.metrics_textfile.as_deref())?;
         Ok(Config {
             source: self.path.to_path_buf(),
             server,
@@ -279,6 +285,7 @@ impl Validator<'_> {
             running_kernel,
             http: self.http(&raw)?,
             modules: self.modules(&raw.module)?,
+            metrics_textfile,
         })
     }
 
@@ -353,6 +360,21 @@ impl Validator<'_> {
             ));
         }
         Ok(token.to_string())
+    }
+
+    /// node_exporter's textfile collector reads `*.prom` files only.
+    fn textfile(&self, root: &Path, file: Option<&Path>) -> Result<Option<PathBuf>, ConfigError> {
+        let Some(file) = file else { return Ok(None) };
+        if file.extension().is_none_or(|e| e != "prom") {
+            return Err(self.invalid(
+                "metrics_textfile",
+                format!(
+                    "{} does not end in .prom (node_exporter's textfile collector reads only *.prom files)",
+                    file.display()
+                ),
+            ));
+        }
+        Ok(Some(root.join(file)))
     }
 
     fn paths(&self, root: &Path, raw: &RawPaths) -> Result<HostPaths, ConfigError> {
@@ -439,6 +461,7 @@ mod tests {
             root = "/tmp/r"
             running_kernel = "6.1.0-47-amd64"
             retries = 1
+            metrics_textfile = "var/lib/node_exporter/kmodforge.prom"
             [paths]
             state_dir = "state"
             modules_dir = "/elsewhere/modules"
@@ -454,6 +477,10 @@ mod tests {
         assert_eq!(c.paths.modules_dir, Path::new("/elsewhere/modules"));
         assert_eq!(c.paths.depmod, Path::new("/usr/sbin/depmod"));
         assert_eq!(c.http.retries, 1);
+        assert_eq!(
+            c.metrics_textfile.as_deref(),
+            Some(Path::new("/tmp/r/var/lib/node_exporter/kmodforge.prom"))
+        );
         assert_eq!(c.http.build_wait, Duration::from_secs(3600));
         assert_eq!(c.modules.len(), 1);
         assert_eq!(c.running_kernel.unwrap().as_str(), "6.1.0-47-amd64");
@@ -464,7 +491,7 @@ mod tests {
         let c = parse("").unwrap();
         assert_eq!(c.root, Path::new("/"));
         assert!(c.server.is_none() && c.modules.is_empty() && !c.modprobe_on_install);
-        assert!(!c.require_boot_check);
+        assert!(!c.require_boot_check && c.metrics_textfile.is_none());
         assert!(
             parse("require_boot_check = true")
                 .unwrap()
@@ -496,6 +523,7 @@ mod tests {
                 "`module[1].name`",
             ),
             (r#"token_file = "/nonexistent/token""#, "`token_file`"),
+            (r#"metrics_textfile = "/var/lib/x/kmodforge.txt""#, "`metrics_textfile`"),
             ("serverr = 1", "serverr"),
             ("[paths]\nfoo = \"x\"", "foo"),
         ];

@@ -17,6 +17,7 @@ mod pack;
 mod report;
 mod submit;
 mod sync;
+mod textfile;
 mod wait;
 
 /// The host fixtures of the integration tests (modules compiled with gcc, manifests).

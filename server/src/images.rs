@@ -139,6 +139,8 @@ pub struct ImageSettings {
     /// Permits for host-side image work (a base bootstrap, an image build): a flood
     /// of requests for new kernels waits here instead of running all at once.
     pub work: Arc<tokio::sync::Semaphore>,
+    /// Image preparations are counted here.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl ImageSettings {
@@ -336,7 +338,13 @@ impl KernelImages {
         let tag = self.tag_for(suite, kernel);
         let recipe = self.recipe_hash()?;
         let base = self.base.ensure(suite).await?;
-        self.build(kernel, suite, &base, &tag, &recipe).await
+        let started = std::time::Instant::now();
+        let built = self.build(kernel, suite, &base, &tag, &recipe).await;
+        let (role, elapsed) = (self.recipe.role, started.elapsed());
+        self.settings
+            .metrics
+            .image_prepared(role, built.is_ok(), elapsed);
+        built
     }
 
     async fn build(
@@ -620,6 +628,8 @@ impl BuilderImages {
         let permit = self.images.settings.permit().await?;
         let built = run_build(self.engine(), build).await?;
         drop(permit);
+        let metrics = &self.images.settings.metrics;
+        metrics.image_prepared("packages", built.is_ok(), started.elapsed());
         if let Err(f) = built {
             return Err(ImageError::Packages {
                 kernel: base.kernel.to_string(),
@@ -718,6 +728,7 @@ mod tests {
             images_dir: PathBuf::from("/nonexistent"),
             base_image: "debian:{suite}-slim".into(),
             work: Arc::new(tokio::sync::Semaphore::new(1)),
+            metrics: Default::default(),
         };
         let engine: Arc<dyn ContainerEngine> = crate::engine::fake::FakeEngine::new();
         let base = BaseImages::new(engine.clone(), settings.clone());

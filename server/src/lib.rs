@@ -22,6 +22,7 @@ pub mod http;
 pub mod images;
 pub mod keys;
 pub mod matrix;
+pub mod metrics;
 pub mod prebuild;
 pub mod sandbox;
 pub mod sources;
@@ -118,10 +119,12 @@ pub async fn init(config: &Config) -> Result<AppState, StartError> {
         })?;
         tracing::warn!(dir = %dir.display(), "writing a copy of every container input (audit trace)");
     }
+    let metrics = Arc::new(metrics::Metrics::new());
     let image_settings = images::ImageSettings {
         images_dir: config.images_dir.clone(),
         base_image: config.base_image.clone(),
         work: Arc::new(tokio::sync::Semaphore::new(config.max_image_builds)),
+        metrics: metrics.clone(),
     };
     let base = images::BaseImages::new(engine.clone(), image_settings.clone());
     let images = Arc::new(images::BuilderImages::new(
@@ -147,6 +150,7 @@ pub async fn init(config: &Config) -> Result<AppState, StartError> {
         builds::BuildSettings {
             max_builds: config.max_builds,
             usr_volumes: config.usr_volumes,
+            metrics: metrics.clone(),
             cluster: config
                 .database_url
                 .is_some()
@@ -188,6 +192,7 @@ pub async fn init(config: &Config) -> Result<AppState, StartError> {
         keys,
         prebuilder,
         watcher,
+        metrics,
         oneshot_wait: std::time::Duration::from_secs(config.oneshot_wait_secs),
         presign: (config.presign_downloads_secs > 0)
             .then(|| std::time::Duration::from_secs(config.presign_downloads_secs)),

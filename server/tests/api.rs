@@ -10,6 +10,8 @@ use kmodforge_server::{app, init, AppState, Config};
 
 #[path = "api/authz.rs"]
 mod authz;
+#[path = "api/metrics.rs"]
+mod metrics;
 use tower::ServiceExt;
 
 /// The handlers' state and the admin token the first start wrote.

@@ -108,7 +108,8 @@ impl AgentRoot {
         self.write_config_with(server, running, modules, "")
     }
 
-    /// [`AgentRoot::write_config`] with more top-level keys (`extra`: TOML lines).
+    /// [`AgentRoot::write_config`] with more top-level keys (`extra`: TOML lines; a
+    /// key of the defaults given there replaces the default).
     pub fn write_config_with(
         &self,
         server: impl AgentTarget,
@@ -117,11 +118,26 @@ impl AgentRoot {
         extra: &str,
     ) -> Result<()> {
         let url = server.url();
-        let mut text = format!(
+        let defaults = format!(
             "server = \"{url}\"\nroot = \"{}\"\nrunning_kernel = \"{running}\"\n\
-             connect_timeout_secs = 2\nrequest_timeout_secs = 60\nbuild_wait_secs = 1200\nretries = 1\n{extra}",
+             connect_timeout_secs = 2\nrequest_timeout_secs = 60\nbuild_wait_secs = 1200\nretries = 1\n",
             self.path().display()
         );
+        let overridden = |line: &str| {
+            let key = line.split('=').next().unwrap_or_default().trim();
+            extra
+                .lines()
+                .any(|l| l.split('=').next().unwrap_or_default().trim() == key)
+        };
+        let mut text: String = defaults
+            .lines()
+            .filter(|l| !overridden(l))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        text.push_str(extra);
+        if !extra.is_empty() && !extra.ends_with('\n') {
+            text.push('\n');
+        }
         if let Some(token) = server.token() {
             let file = self.write_token(&token)?;
             text = format!("token_file = \"{}\"\n{text}", file.display());

@@ -180,7 +180,9 @@ struct Ctx<'a> {
 
 /// Runs `sync`; returns the exit status.
 pub fn run(cfg: &Config, args: &SyncArgs) -> Exit {
+    let started = Instant::now();
     let exit = run_inner(cfg, args);
+    crate::textfile::after_sync(cfg, started, exit);
     if args.hook && exit != Exit::Ok {
         report::general(format!(
             "kernel hook: not failing the kernel package (exit {} ignored); whatever was installed \

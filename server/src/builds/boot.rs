@@ -114,6 +114,7 @@ impl Builds {
             manifest.kernel,
             modules.len()
         ));
+        let started = std::time::Instant::now();
         let check = self
             .checker
             .check(
@@ -125,6 +126,8 @@ impl Builds {
             )
             .await;
         drop(permit);
+        self.metrics
+            .boot_check_finished(check_result(&check), started.elapsed());
         let check = check.map_err(|e| infra(e.to_string()))?;
         job.log.note(&summary(&check));
         if !check.passed {
@@ -256,5 +259,15 @@ fn log_failed_modules(job: &Job, check: &BootCheck) {
         for line in check.console_tail.lines() {
             job.log.note(&format!("  {line}"));
         }
+    }
+}
+
+/// How a boot check ended, for the metrics.
+fn check_result<E>(check: &Result<BootCheck, E>) -> crate::metrics::CheckResult {
+    use crate::metrics::CheckResult;
+    match check {
+        Ok(c) if c.passed => CheckResult::Passed,
+        Ok(_) => CheckResult::Failed,
+        Err(_) => CheckResult::Error,
     }
 }

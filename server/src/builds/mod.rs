@@ -167,6 +167,8 @@ pub struct BuildSettings {
     pub usr_volumes: bool,
     /// Set in a cluster (shared PostgreSQL): the shared job queue is used.
     pub cluster: Option<ClusterSettings>,
+    /// Build outcomes, durations and cache hits are counted here.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The build service: shared by the HTTP handlers.
@@ -188,6 +190,7 @@ pub struct Builds {
     runners: std::sync::atomic::AtomicUsize,
     max_builds: usize,
     cluster: Option<ClusterSettings>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The answer to a submission.
@@ -220,6 +223,7 @@ impl Builds {
             runners: std::sync::atomic::AtomicUsize::new(0),
             max_builds: settings.max_builds,
             cluster: settings.cluster,
+            metrics: settings.metrics,
         })
     }
 
@@ -260,6 +264,7 @@ impl Builds {
         // Read once: the request key, the cache lookup and the job all use this snapshot.
         let settings = self.settings_of(&req.name).await?;
         if let Some(hit) = self.cache_hit(&module, &req, &arch, &settings).await? {
+            self.metrics.cache_hit();
             return Ok(Submitted {
                 response: hit,
                 job: None,
@@ -400,6 +405,24 @@ impl Builds {
     /// The boot-check settings and verifier images (`GET`/`PUT /v1/kernels`).
     pub fn checker(&self) -> &BootChecker {
         &self.checker
+    }
+
+    /// Jobs this replica runs now: (waiting for a build slot, running).
+    pub fn load(&self) -> (usize, usize) {
+        let inflight = self.inflight();
+        let states = inflight.by_id.values().filter(|j| j.is_runner());
+        states.fold((0, 0), |(queued, running), j| {
+            match j.snapshot().build.state {
+                BuildState::Queued => (queued + 1, running),
+                BuildState::Running => (queued, running + 1),
+                _ => (queued, running),
+            }
+        })
+    }
+
+    /// The counters this service feeds (`GET /metrics`).
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
     }
 
     /// The job with this id, while it is in flight.

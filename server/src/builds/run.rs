@@ -172,6 +172,8 @@ impl Builds {
                 cached,
             } => (BuildState::Failed, Some(failure), Some(manifest), cached),
         };
+        let kind = failure.as_ref().map(|f| f.kind.as_str());
+        self.metrics.build_finished(state.as_str(), kind, seconds);
         match &failure {
             Some(f) => job
                 .log
@@ -364,6 +366,7 @@ impl Builds {
         if let Some(outcome) = self.reuse(job, &key, &mut container).await {
             return self.cleanup(container, outcome).await;
         }
+        self.metrics.cache_miss();
         let (container, permit) = match container {
             Some(c) => c,
             None => {
@@ -404,6 +407,7 @@ impl Builds {
         container: &mut Option<(JobContainer, SemaphorePermit<'s>)>,
     ) -> Option<Outcome> {
         if let Ok(Some(m)) = self.store.records.get_artifact(key).await {
+            self.metrics.cache_hit();
             job.log.note("artifact cache hit: nothing to build");
             return Some(Outcome::Cached(m));
         }

@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use super::{kernel, module_id, AppError, AppState};
 use crate::flat_tar::flat_tar;
+use crate::metrics::Served;
 use crate::store::Store;
 
 #[derive(Deserialize)]
@@ -80,6 +81,7 @@ pub(super) async fn file(
         return Ok(to);
     }
     let bytes = read_blob(&s.store, &f.sha256).await?;
+    s.metrics.artifact_served(Served::File, bytes.len());
     Ok(octets(bytes, &f.file).into_response())
 }
 
@@ -142,6 +144,7 @@ pub(super) async fn tarball(
 ) -> Result<Response, AppError> {
     let m = find(&s, &name, &version, &krel, &q).await?;
     let tar = modules_tar(&s.store, &m).await?;
+    s.metrics.artifact_served(Served::Tar, tar.len());
     let file = format!("{}-{}-{}.tar", m.name, m.version, m.kernel);
     Ok(tar_response(tar, &file))
 }
@@ -170,6 +173,7 @@ pub(super) async fn blob_by_hash(s: &AppState, sha256: &str) -> Result<Response,
         .get_blob(sha256)
         .await?
         .ok_or_else(|| AppError::NotFound(format!("no blob {sha256}")))?;
+    s.metrics.artifact_served(Served::Blob, bytes.len());
     Ok(octets(bytes, sha256).into_response())
 }
 

@@ -49,6 +49,8 @@ pub struct AppState {
     pub watcher: Arc<crate::archive::Watcher>,
     /// Blob downloads redirect to presigned object-store URLs valid this long.
     pub presign: Option<std::time::Duration>,
+    /// This process's metrics (`GET /metrics`).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Every route with the access it needs; the router and [`route_table`] are both
@@ -59,6 +61,7 @@ fn routes() -> Routes {
     use Scope::{Admin, Build, Publish, Read};
     Routes::new()
         .add(Method::GET, "/healthz", Public, healthz)
+        .add(Method::GET, "/metrics", S(Read), metrics)
         .add(Method::GET, "/", S(Read), readiness::page)
         .add(Method::GET, "/v1/matrix", S(Read), readiness::matrix_json)
         .add(
@@ -202,7 +205,10 @@ pub fn app(state: AppState) -> Router {
         .fallback(unknown_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(upload_limit))
-        .layer(axum::middleware::from_fn(access_log))
+        .layer(axum::middleware::from_fn_with_state(
+            state.metrics.clone(),
+            access_log,
+        ))
         // The guard of each route finds what it needs here.
         .layer(Extension(Arc::new(guard::GuardState {
             auth: state.auth.clone(),
@@ -211,26 +217,33 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// The access log: one line per request at `debug` on the target
-/// `kmodforge_server::access` (`KMODFORGE_LOG=info,kmodforge_server::access=debug`):
-/// method, route template (never the raw path or query), status and the time to the
-/// response's head in microseconds (a streamed body's transfer is not included).
-async fn access_log(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    if !tracing::enabled!(target: "kmodforge_server::access", tracing::Level::DEBUG) {
-        return next.run(req).await;
-    }
+/// The access log and the HTTP metrics: one line per request at `debug` on the
+/// target `kmodforge_server::access` (`KMODFORGE_LOG=info,kmodforge_server::access=debug`):
+/// method, route template (never the raw path or query; `unmatched` when no route
+/// matched), status and the time to the response's head in microseconds (a streamed
+/// body's transfer is not included). The metrics count the same.
+async fn access_log(
+    State(metrics): State<Arc<crate::metrics::Metrics>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
     let start = std::time::Instant::now();
     let method = req.method().clone();
     let route = req
         .extensions()
         .get::<axum::extract::MatchedPath>()
-        .map_or_else(|| "-".to_owned(), |p| p.as_str().to_owned());
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let resp = next.run(req).await;
+    let status = resp.status().as_u16();
+    metrics.http_request(&route, method.as_str(), status, start.elapsed());
+    if !tracing::enabled!(target: "kmodforge_server::access", tracing::Level::DEBUG) {
+        return resp;
+    }
     tracing::debug!(
         target: "kmodforge_server::access",
         %method,
         route,
-        status = resp.status().as_u16(),
+        status,
         micros = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX),
         "request"
     );
@@ -269,6 +282,17 @@ pub(crate) fn kernel(krel: &str) -> Result<KernelRelease, AppError> {
 
 async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }))
+}
+
+/// `GET /metrics`: this process's metrics in the Prometheus text format.
+async fn metrics(State(s): State<AppState>) -> Response {
+    let (queued, running) = s.builds.load();
+    s.metrics.set_build_load(queued, running);
+    (
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        s.metrics.render(),
+    )
+        .into_response()
 }
 
 async fn list_kernels(State(s): State<AppState>) -> Result<Response, AppError> {

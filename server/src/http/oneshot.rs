@@ -75,6 +75,8 @@ pub(super) async fn build(
     match (done.build.state, done.artifact, done.build.failure) {
         (BuildState::Succeeded, Some(m), _) => {
             let tar = modules_tar(&s.store, &m).await?;
+            s.metrics
+                .artifact_served(crate::metrics::Served::Tar, tar.len());
             Ok(tar_response(
                 tar,
                 &format!("{}-{}-{}.tar", m.name, m.version, m.kernel),
