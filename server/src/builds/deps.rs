@@ -290,6 +290,7 @@ impl Builds {
                         collect_stdout: None,
                         log: &job.log,
                         timeouts: Some((super::run::EVAL_TIMEOUT, super::run::EVAL_TIMEOUT)),
+                        output_cap: Some(self.sandbox.limits().output_cap_bytes),
                     })
                     .await
                     .map_err(|e| e.to_string())?;

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::deps::Extras;
+use super::execute::stopped_failure;
 use super::{failure, Builds, Job};
 use crate::sandbox::ExecOutcome;
 
@@ -46,6 +47,10 @@ impl Builds {
             )
         })?;
         let what = format!("{}/{} for {}", req.name, req.version, req.kernel);
+        let limits = self.sandbox.limits();
+        if let Some((kind, msg)) = stopped_failure(&out, limits, "evaluating dkms.conf") {
+            return Err(failure(kind, format!("{what}: {msg}"), &job.log));
+        }
         if out.exit_code != Some(0) {
             let msg = format!(
                 "{what}: preparing the source or evaluating dkms.conf failed (exit {:?}; see the log)",
