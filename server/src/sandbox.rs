@@ -4,7 +4,8 @@
 //! DESIGN.md: network `none`, read-only root filesystem with tmpfs mounts for the
 //! DKMS trees and `/tmp`, a non-root user, every capability dropped,
 //! `no-new-privileges`, a pids limit, memory with swap equal to memory (no swap),
-//! a CPU quota matched to `make -jN`, wall-clock and no-output timeouts.
+//! a CPU quota matched to `make -jN`, wall-clock and no-output timeouts, and a
+//! cap on the output an exec may send to its log.
 //!
 //! # Why exec, not bind mounts or `docker cp`
 //! Sources go in and modules come out as tar streams over `docker exec` stdin and
