@@ -70,6 +70,7 @@ async fn first_compiler_error_of_lttng_modules_on_the_newer_kernel() -> Result<(
     let done = env.client.wait(&first.build.id).await?;
     env.assert_no_container_of(&done.build.id).await?;
     let f = expect_failure(&done, FailureKind::CompileError)?;
+    eprintln!("lttng-modules on {KERNEL_B}: {}", f.message);
     let want = "make failed: include/lttng/tracepoint-event-impl.h:133:6: error: conflicting types for 'trace_hrtimer_start'";
     ensure!(f.message.contains(want), "message: {}", f.message);
     ensure!(

@@ -151,6 +151,19 @@ async fn placeholder_version_answers_how_to_pass_it() -> Result<()> {
     );
     // Nothing was registered.
     ensure!(env.client.modules().await?.is_empty());
+    // Registered under a version of its own, the upload's answer says what the
+    // placeholder means.
+    let (_, added) = env
+        .client
+        .add_module("kmf-placeholder", "3.0", dir.path())
+        .await?;
+    ensure!(
+        added.warnings.iter().any(|w| w.contains(
+            "dkms.conf's PACKAGE_VERSION is the placeholder #MODULE_VERSION#: built as 3.0"
+        )),
+        "{:?}",
+        added.warnings
+    );
 
     let resp = one_shot(&env, &format!("kernel={KERNEL_A}&version=2.5"), body).await?;
     ensure!(
