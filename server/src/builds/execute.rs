@@ -371,3 +371,90 @@ fn plan_env(plan: &BuildPlan) -> Vec<String> {
         format!("KMF_MODULES={}", modules.join("\n")),
     ]
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::engine::PidsUsage;
+
+    fn limits() -> SandboxLimits {
+        SandboxLimits {
+            jobs: 2,
+            memory_bytes: 1 << 30,
+            tmpfs_bytes: 1 << 29,
+            pids: 64,
+            wall_clock: Duration::from_secs(40),
+            idle: Duration::from_secs(30),
+            log_cap_bytes: 1 << 20,
+            output_cap_bytes: 64 << 20,
+            artifact_cap_bytes: 1 << 28,
+        }
+    }
+
+    fn stopped(stopped: Option<Stopped>, current: u64) -> ExecOutcome {
+        ExecOutcome {
+            exit_code: None,
+            stdout: Vec::new(),
+            stopped,
+            pids_at_stop: Some(PidsUsage { current, limit: 64 }),
+            elapsed: Duration::ZERO,
+        }
+    }
+
+    /// A stopped build fails by the limit that stopped it, unless its container was
+    /// full of processes: then by the pids limit, whatever stopped it.
+    #[test]
+    fn a_stopped_build_names_its_limit() {
+        let cases = [
+            (
+                Some(Stopped::WallClock),
+                3,
+                FailureKind::Timeout,
+                "40 s wall-clock",
+            ),
+            (
+                Some(Stopped::Idle),
+                3,
+                FailureKind::Timeout,
+                "nothing for 30 s",
+            ),
+            (
+                Some(Stopped::OutputLimit),
+                3,
+                FailureKind::OutputLimit,
+                "64 MiB output cap",
+            ),
+            (
+                Some(Stopped::WallClock),
+                62,
+                FailureKind::PidsLimit,
+                "limit of 64 processes",
+            ),
+            (
+                Some(Stopped::OutputLimit),
+                64,
+                FailureKind::PidsLimit,
+                "limit of 64 processes",
+            ),
+        ];
+        for (stop, current, kind, text) in cases {
+            let (got, msg) =
+                stopped_failure(&stopped(stop, current), &limits(), "build").expect("stopped");
+            assert_eq!(got, kind, "{stop:?} with {current} pids: {msg}");
+            assert!(msg.contains(text), "{msg}");
+        }
+        assert_eq!(
+            stopped_failure(&stopped(None, 64), &limits(), "build"),
+            None
+        );
+    }
+
+    #[test]
+    fn pids_near_the_limit() {
+        let at = |current, limit| PidsUsage { current, limit }.at_limit();
+        assert!(at(64, 64) && at(62, 64) && at(1000, 1024) && at(973, 1024));
+        assert!(!at(60, 64) && !at(900, 1024) && !at(5, 0));
+    }
+}
