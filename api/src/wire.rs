@@ -118,8 +118,13 @@ pub enum FailureKind {
     WrongVermagic,
     /// Wall-clock or no-output timeout.
     Timeout,
-    /// The build hit its memory limit.
+    /// The build hit its memory limit (the kernel OOM-killed a process).
     OutOfMemory,
+    /// The build hit its process limit (a fork bomb, or far too many parallel jobs).
+    PidsLimit,
+    /// The build printed more than the output cap, or built modules larger than the
+    /// artifact cap.
+    OutputLimit,
     /// BUILD_EXCLUSIVE_* / OBSOLETE_BY exclude this kernel (DKMS exit 77).
     NotApplicable,
     /// dkms.conf is invalid (missing required directives, holes, bad values).
@@ -146,6 +151,8 @@ impl FailureKind {
             FailureKind::WrongVermagic => "wrong_vermagic",
             FailureKind::Timeout => "timeout",
             FailureKind::OutOfMemory => "out_of_memory",
+            FailureKind::PidsLimit => "pids_limit",
+            FailureKind::OutputLimit => "output_limit",
             FailureKind::NotApplicable => "not_applicable",
             FailureKind::InvalidConf => "invalid_conf",
             FailureKind::UnknownKernel => "unknown_kernel",

@@ -161,6 +161,7 @@ impl BootChecker {
                 collect_stdout: Some(MAX_REPORT),
                 log,
                 timeouts: Some((limit, limit)),
+                output_cap: None,
             })
             .await;
         container.remove().await;

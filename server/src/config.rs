@@ -69,6 +69,16 @@ pub struct Config {
     #[arg(long, env = "KMODFORGE_LOG_CAP_KIB", default_value_t = 4096)]
     pub log_cap_kib: usize,
 
+    /// Output a build may print (its log before the cap's cut), in MiB; a build
+    /// that prints more is stopped and fails as `output_limit`.
+    #[arg(long, env = "KMODFORGE_BUILD_OUTPUT_CAP_MIB", default_value_t = 256)]
+    pub build_output_cap_mib: u64,
+
+    /// Largest module tar a build may hand back (all its `.ko` files), in MiB; it
+    /// is held in memory while checked and stored. Larger fails as `output_limit`.
+    #[arg(long, env = "KMODFORGE_ARTIFACT_CAP_MIB", default_value_t = 256)]
+    pub artifact_cap_mib: usize,
+
     /// Largest accepted source upload, in MiB.
     #[arg(long, env = "KMODFORGE_MAX_UPLOAD_MIB", default_value_t = 256)]
     pub max_upload_mib: u64,
@@ -295,6 +305,8 @@ impl Config {
             wall_clock: Duration::from_secs(self.build_timeout_secs),
             idle: Duration::from_secs(self.idle_timeout_secs),
             log_cap_bytes: self.log_cap_kib * 1024,
+            output_cap_bytes: self.build_output_cap_mib * 1024 * 1024,
+            artifact_cap_bytes: self.artifact_cap_mib * 1024 * 1024,
         }
     }
 

@@ -4,7 +4,8 @@
 //! README's sandbox policy ("How a build runs", step 3): network `none`, read-only root filesystem with tmpfs mounts for the
 //! DKMS trees and `/tmp`, a non-root user, every capability dropped,
 //! `no-new-privileges`, a pids limit, memory with swap equal to memory (no swap),
-//! a CPU quota matched to `make -jN`, wall-clock and no-output timeouts.
+//! a CPU quota matched to `make -jN`, wall-clock and no-output timeouts, and a
+//! cap on the output an exec may send to its log.
 //!
 //! # Why exec, not bind mounts or `docker cp`
 //! Sources go in and modules come out as tar streams over `docker exec` stdin and
@@ -28,7 +29,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::engine::{
     ContainerConfig, ContainerEngine, ContainerSummary, EngineError, ExecOutput, ExecRequest,
-    Isolation, LabelSelector, Labels, ResourceLimits, Tmpfs, UserId, VolumeMount,
+    Isolation, LabelSelector, Labels, PidsUsage, ResourceLimits, Tmpfs, UserId, VolumeMount,
 };
 
 /// Label carried by every job container; the sweeper removes leftovers by it.
@@ -70,6 +71,13 @@ pub struct SandboxLimits {
     pub idle: Duration,
     /// Cap of the stored build log, in bytes.
     pub log_cap_bytes: usize,
+    /// Output (stdout and stderr) a build may print, in bytes; beyond it the build
+    /// is stopped ([`Stopped::OutputLimit`]). The server holds at most
+    /// `log_cap_bytes` of it and a fixed tail, whatever this is.
+    pub output_cap_bytes: u64,
+    /// Largest module tar a build may hand back, in bytes (held in memory while
+    /// its modules are checked and stored).
+    pub artifact_cap_bytes: usize,
 }
 
 /// Failures of the sandbox itself (never of the module being built).
@@ -104,6 +112,8 @@ impl OutputSink for Discard {
 pub enum Stopped {
     WallClock,
     Idle,
+    /// It printed more than [`Exec::output_cap`] bytes.
+    OutputLimit,
 }
 
 /// The result of one exec.
@@ -114,6 +124,11 @@ pub struct ExecOutcome {
     /// Collected stdout (when `collect_stdout` was set).
     pub stdout: Vec<u8>,
     pub stopped: Option<Stopped>,
+    /// The container's processes when the exec was stopped, read before the kill:
+    /// a fork bomb stops the build by another limit (time, output), and once the
+    /// container is killed its cgroup is gone; an exec to read `pids.events`
+    /// cannot start either while the bomb holds every pid.
+    pub pids_at_stop: Option<PidsUsage>,
     pub elapsed: Duration,
 }
 
@@ -130,6 +145,9 @@ pub struct Exec<'a> {
     pub log: &'a dyn OutputSink,
     /// Wall-clock and no-output limits; `None` for short service steps.
     pub timeouts: Option<(Duration, Duration)>,
+    /// Bytes the exec may send to `log`; beyond them it is stopped
+    /// ([`Stopped::OutputLimit`]) and the container killed.
+    pub output_cap: Option<u64>,
 }
 
 /// The container engine, as the sandbox uses it.
@@ -436,6 +454,7 @@ impl JobContainer {
             });
         let mut stdout = Vec::new();
         let mut stopped = None;
+        let mut logged: u64 = 0;
         loop {
             let wait = exec
                 .timeouts
@@ -456,10 +475,11 @@ impl JobContainer {
                 None => output.next().await,
             };
             let Some(item) = next else { break };
-            match item? {
+            let to_log = match item? {
                 ExecOutput::Stdout(message) => match exec.collect_stdout {
                     Some(limit) => {
                         if stdout.len() + message.len() > limit {
+                            self.kill().await;
                             return Err(SandboxError::OutputTooLarge {
                                 cmd: cmd_text,
                                 container: self.id.clone(),
@@ -467,16 +487,24 @@ impl JobContainer {
                             });
                         }
                         stdout.extend_from_slice(&message);
+                        continue;
                     }
-                    None => exec.log.append(&message),
+                    None => message,
                 },
-                ExecOutput::Stderr(message) => exec.log.append(&message),
+                ExecOutput::Stderr(message) => message,
+            };
+            logged += to_log.len() as u64;
+            if exec.output_cap.is_some_and(|cap| logged > cap) {
+                stopped = Some(Stopped::OutputLimit);
+                break;
             }
+            exec.log.append(&to_log);
         }
         if let Some(w) = writer {
             w.abort();
         }
         if stopped.is_some() {
+            let pids_at_stop = self.engine.pids_usage(&self.id).await.unwrap_or(None);
             // Why kill the whole container: an exec has no kill API, and the job's
             // container is disposable; the caller removes it right after.
             self.kill().await;
@@ -484,6 +512,7 @@ impl JobContainer {
                 exit_code: None,
                 stdout,
                 stopped,
+                pids_at_stop,
                 elapsed: started.elapsed(),
             });
         }
@@ -492,6 +521,7 @@ impl JobContainer {
             exit_code,
             stdout,
             stopped: None,
+            pids_at_stop: None,
             elapsed: started.elapsed(),
         })
     }
@@ -505,24 +535,31 @@ impl JobContainer {
             collect_stdout: Some(limit),
             log: &Discard,
             timeouts: Some((Duration::from_secs(60), Duration::from_secs(60))),
+            output_cap: None,
         })
         .await
     }
 
-    /// True when the container's memory cgroup recorded an OOM kill.
+    /// Which of its limits the container's cgroup recorded as hit (cgroup v1 or
+    /// v2; nothing when the counters cannot be read).
     ///
     /// Why not `State.OOMKilled`: Docker sets it only when the container's main
     /// process is killed, not an exec'd `make`; the cgroup counter sees both.
-    pub async fn oom_killed(&self) -> bool {
+    pub async fn limits_hit(&self) -> LimitsHit {
         let cmd = [
             "sh",
             "-c",
-            "cat /sys/fs/cgroup/memory/memory.oom_control /sys/fs/cgroup/memory.events 2>/dev/null",
+            "cd /sys/fs/cgroup && for f in memory/memory.oom_control memory.events pids/pids.events pids.events; do [ -r $f ] && echo \"file $f\" && cat $f; done",
         ];
-        match self.read(&cmd, 4096).await {
-            Ok(out) => parse_oom_kill_count(&out.stdout) > 0,
-            Err(_) => false,
+        match self.read(&cmd, 16 * 1024).await {
+            Ok(out) => LimitsHit::parse(&out.stdout),
+            Err(_) => LimitsHit::default(),
         }
+    }
+
+    /// The container's processes now (`None` when the engine cannot tell).
+    pub async fn pids_usage(&self) -> Option<PidsUsage> {
+        self.engine.pids_usage(&self.id).await.unwrap_or(None)
     }
 
     /// True while the container is running (false once it was stopped or removed
@@ -548,13 +585,39 @@ impl JobContainer {
     }
 }
 
-/// Reads `oom_kill N` from cgroup v1 `memory.oom_control` or v2 `memory.events`.
-fn parse_oom_kill_count(text: &[u8]) -> u64 {
-    String::from_utf8_lossy(text)
-        .lines()
-        .filter_map(|l| l.strip_prefix("oom_kill "))
-        .filter_map(|n| n.trim().parse::<u64>().ok())
-        .sum()
+/// A container's cgroup counters of limits hit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LimitsHit {
+    /// Processes the kernel OOM-killed (`oom_kill` of cgroup v1 `memory.oom_control`
+    /// or v2 `memory.events`).
+    pub oom_kills: u64,
+    /// Forks refused at the pids limit (`max` of `pids.events`).
+    pub pids_refused: u64,
+}
+
+impl LimitsHit {
+    /// Reads `file <name>` headers each followed by that file's lines (v2's
+    /// `memory.events` has a `max` line of its own, so lines count by file).
+    fn parse(text: &[u8]) -> Self {
+        let mut hit = LimitsHit::default();
+        let mut pids_file = false;
+        for line in String::from_utf8_lossy(text).lines() {
+            if let Some(file) = line.strip_prefix("file ") {
+                pids_file = file.ends_with("pids.events");
+                continue;
+            }
+            let Some((key, n)) = line.split_once(' ') else {
+                continue;
+            };
+            let n: u64 = n.trim().parse().unwrap_or(0);
+            match (pids_file, key) {
+                (false, "oom_kill") => hit.oom_kills += n,
+                (true, "max") => hit.pids_refused += n,
+                _ => {}
+            }
+        }
+        hit
+    }
 }
 
 #[cfg(test)]
@@ -571,6 +634,8 @@ mod tests {
             wall_clock: Duration::from_secs(600),
             idle: Duration::from_secs(300),
             log_cap_bytes: 1 << 20,
+            output_cap_bytes: 1 << 30,
+            artifact_cap_bytes: 1 << 28,
         }
     }
 
@@ -705,6 +770,7 @@ mod tests {
                 collect_stdout: Some(1024),
                 log: &log,
                 timeouts: Some((Duration::from_secs(5), Duration::from_secs(5))),
+                output_cap: None,
             })
             .await
             .expect("exec");
@@ -769,6 +835,7 @@ mod tests {
                 collect_stdout: None,
                 log: &Discard,
                 timeouts: Some((Duration::from_secs(30), Duration::from_millis(50))),
+                output_cap: None,
             })
             .await
             .expect("exec");
@@ -776,6 +843,39 @@ mod tests {
         assert_eq!(out.exit_code, None);
         assert!(engine.calls().contains(&Call::Kill(container.id.clone())));
         assert!(!container.is_running().await);
+        container.remove().await;
+    }
+
+    /// An exec that prints past its output cap is stopped and the container
+    /// killed; the log holds what came before the cap, nothing after it.
+    #[tokio::test]
+    async fn output_past_the_cap_stops_the_exec() {
+        let engine = FakeEngine::scripted(|_| FakeExec::Exit {
+            output: vec![stderr("0123"), stdout("4567"), stderr("89")],
+            code: 0,
+        });
+        let sandbox = Sandbox::new(engine.clone(), limits(), "r".into());
+        let container = sandbox
+            .create(&spec("b1", &[], &[]))
+            .await
+            .expect("created");
+        let log = Sink::default();
+        let out = container
+            .exec(Exec {
+                cmd: vec!["make".into()],
+                env: Vec::new(),
+                stdin: None,
+                collect_stdout: None,
+                log: &log,
+                timeouts: None,
+                output_cap: Some(9),
+            })
+            .await
+            .expect("exec");
+        assert_eq!(out.stopped, Some(Stopped::OutputLimit));
+        assert_eq!(out.exit_code, None);
+        assert_eq!(*log.0.lock().expect("log"), b"01234567");
+        assert!(engine.calls().contains(&Call::Kill(container.id.clone())));
         container.remove().await;
     }
 
@@ -866,11 +966,20 @@ mod tests {
     }
 
     #[test]
-    fn oom_counter_parsing() {
-        let v1 = b"oom_kill_disable 0\nunder_oom 0\noom_kill 1\n";
-        assert_eq!(parse_oom_kill_count(v1), 1);
-        let v2 = b"low 0\nhigh 0\nmax 3\noom 1\noom_kill 2\n";
-        assert_eq!(parse_oom_kill_count(v2), 2);
-        assert_eq!(parse_oom_kill_count(b"oom_kill_disable 0\n"), 0);
+    fn limit_counter_parsing() {
+        let hit = |oom_kills, pids_refused| LimitsHit {
+            oom_kills,
+            pids_refused,
+        };
+        let v1 = b"file memory/memory.oom_control\noom_kill_disable 0\nunder_oom 0\noom_kill 1\n\
+            file pids/pids.events\nmax 7\n";
+        assert_eq!(LimitsHit::parse(v1), hit(1, 7));
+        // v2's memory.events counts memory.max hits as `max` too: not forks.
+        let v2 = b"file memory.events\nlow 0\nhigh 0\nmax 5\noom 1\noom_kill 2\nfile pids.events\nmax 0\n";
+        assert_eq!(LimitsHit::parse(v2), hit(2, 0));
+        assert_eq!(
+            LimitsHit::parse(b"file memory.events\noom_kill 0\n"),
+            hit(0, 0)
+        );
     }
 }

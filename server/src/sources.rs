@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use kmodforge_api::archive::{ingest, ArchiveError, ArchiveLimits, SourceTree};
 use kmodforge_api::auth::{AuditAction, AuditOutcome, Scope};
-use kmodforge_api::dkms::scan_declared;
+use kmodforge_api::dkms::{is_placeholder, scan_declared};
 use kmodforge_api::names::{ModuleName, ModuleVersion, SourceDigest};
 use kmodforge_api::wire::{AddModuleResponse, ModuleSource};
 
@@ -333,7 +333,12 @@ fn warnings(tree: &SourceTree, name: &ModuleName, version: &ModuleVersion) -> Ve
         }
     }
     if let Some(v) = declared.package_version.as_deref() {
-        if v != version.as_str() && !declared.dynamic {
+        if is_placeholder(v) {
+            warnings.push(format!(
+                "dkms.conf's PACKAGE_VERSION is the placeholder {v}: built as {version} \
+                 (replace it in dkms.conf if the build reads it)"
+            ));
+        } else if v != version.as_str() && !declared.dynamic {
             warnings.push(format!(
                 "dkms.conf declares PACKAGE_VERSION={v}, registered as {version}"
             ));

@@ -118,3 +118,62 @@ async fn boot_check_in_the_one_shot() -> Result<()> {
     ensure!(err.error.build_id.is_some());
     env.assert_no_job_containers().await
 }
+
+/// A dkms.conf whose PACKAGE_VERSION is an install script's placeholder
+/// (`#MODULE_VERSION#`): without `version=` the answer says how to pass it; with it,
+/// the module builds.
+#[tokio::test(flavor = "multi_thread")]
+async fn placeholder_version_answers_how_to_pass_it() -> Result<()> {
+    let env = Env::start(ServerOpts::default()).await?;
+    let dir = tempfile::tempdir()?;
+    for file in ["Makefile", "kmf_hello.c"] {
+        std::fs::copy(fixture("hello").join(file), dir.path().join(file))?;
+    }
+    std::fs::write(
+        dir.path().join("dkms.conf"),
+        "PACKAGE_NAME=\"kmf-placeholder\"\nPACKAGE_VERSION=\"#MODULE_VERSION#\"\n\
+         BUILT_MODULE_NAME[0]=\"kmf_hello\"\nDEST_MODULE_LOCATION[0]=\"/extra\"\n",
+    )?;
+    let body = tar_gz_dir(dir.path())?;
+
+    let resp = one_shot(&env, &format!("kernel={KERNEL_A}"), body.clone()).await?;
+    let (status, err) = error_body(resp).await?;
+    ensure!(
+        status == StatusCode::UNPROCESSABLE_ENTITY && err.error.kind == "placeholder",
+        "{status} {err:?}"
+    );
+    ensure!(
+        err.error.message
+            == "dkms.conf's PACKAGE_VERSION is the placeholder #MODULE_VERSION#: \
+                pass the version with ?version=X or replace it in dkms.conf",
+        "{}",
+        err.error.message
+    );
+    // Nothing was registered.
+    ensure!(env.client.modules().await?.is_empty());
+    // Registered under a version of its own, the upload's answer says what the
+    // placeholder means.
+    let (_, added) = env
+        .client
+        .add_module("kmf-placeholder", "3.0", dir.path())
+        .await?;
+    ensure!(
+        added.warnings.iter().any(|w| w.contains(
+            "dkms.conf's PACKAGE_VERSION is the placeholder #MODULE_VERSION#: built as 3.0"
+        )),
+        "{:?}",
+        added.warnings
+    );
+
+    let resp = one_shot(&env, &format!("kernel={KERNEL_A}&version=2.5"), body).await?;
+    ensure!(
+        resp.status() == StatusCode::OK,
+        "{}: {}",
+        resp.status(),
+        resp.text().await?
+    );
+    let entries = tar_entries(&resp.bytes().await?)?;
+    let m: Manifest = serde_json::from_slice(&entries[entries.len() - 1].1)?;
+    ensure!(m.name.as_str() == "kmf-placeholder" && m.version.as_str() == "2.5");
+    env.assert_no_job_containers().await
+}

@@ -32,7 +32,7 @@ mod tests;
 pub use dump::{Dump, MatchResult};
 pub use error::ConfError;
 pub use plan::{evaluate, BuildPlan, Distro, EvalContext, Evaluation, ModuleSpec};
-pub use scan::{scan_declared, Declared};
+pub use scan::{is_placeholder, scan_declared, Declared};
 pub use ver::{ver, version_cmp};
 
 /// The directive names DKMS accepts from `dkms.conf` (its `dkms_conf_variables`, minus

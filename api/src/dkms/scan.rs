@@ -44,6 +44,23 @@ pub fn scan_declared(dkms_conf_text: &str) -> Declared {
     scanner.finish()
 }
 
+/// True for a value that an install script is meant to fill in, not a real one:
+/// `#MODULE_VERSION#` (vendor drivers' `sed` targets) or `@VERSION@` (autoconf,
+/// CMake's `configure_file`).
+pub fn is_placeholder(value: &str) -> bool {
+    let inner = |open: char| {
+        value
+            .strip_prefix(open)
+            .and_then(|v| v.strip_suffix(open))
+            .is_some_and(|v| {
+                !v.is_empty()
+                    && v.chars()
+                        .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+            })
+    };
+    inner('#') || inner('@')
+}
+
 /// The names whose values the scan reports.
 const REPORTED: [&str; 4] = [
     "PACKAGE_NAME",
@@ -334,6 +351,9 @@ mod tests {
                 declared(Some("r"), Some("1"), &["r"], false),
             ),
             ("PACKAGE_NAME=e\nBUILT_MODULE_NAME=\"\"\n", declared(Some("e"), None, &["e"], false)),
+            // A placeholder an install script fills in is read as it stands.
+            ("PACKAGE_NAME=p\nPACKAGE_VERSION=#MODULE_VERSION#\n", declared(Some("p"), Some("#MODULE_VERSION#"), &["p"], false)),
+            ("PACKAGE_NAME=\"p\"\nPACKAGE_VERSION=\"#MODULE_VERSION#\"\n", declared(Some("p"), Some("#MODULE_VERSION#"), &["p"], false)),
             ("", declared(None, None, &[], false)),
         ];
         for (text, expected) in cases {
@@ -357,6 +377,16 @@ mod tests {
         ];
         for (text, expected) in cases {
             assert_eq!(scan_declared(text), expected, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn placeholders() {
+        for v in ["#MODULE_VERSION#", "@VERSION@", "#V2_X#"] {
+            assert!(is_placeholder(v), "{v}");
+        }
+        for v in ["1.0", "#", "##", "#1.0", "#version#", "@a@", "1#X#"] {
+            assert!(!is_placeholder(v), "{v}");
         }
     }
 

@@ -299,6 +299,7 @@ impl Builds {
                         collect_stdout: None,
                         log: &job.log,
                         timeouts: Some((super::run::EVAL_TIMEOUT, super::run::EVAL_TIMEOUT)),
+                        output_cap: Some(self.sandbox.limits().output_cap_bytes),
                     })
                     .await?;
                 if out.exit_code != Some(0) {

@@ -8,6 +8,7 @@ use kmodforge_api::wire::{BuildRequest, Failure, FailureKind, KernelInfo, Module
 use serde::{Deserialize, Serialize};
 
 use super::deps::Extras;
+use super::execute::stopped_failure;
 use super::{failure, Builds, Job};
 use crate::sandbox::ExecOutcome;
 
@@ -45,6 +46,10 @@ impl Builds {
             )
         })?;
         let what = format!("{}/{} for {}", req.name, req.version, req.kernel);
+        let limits = self.sandbox.limits();
+        if let Some((kind, msg)) = stopped_failure(&out, limits, "evaluating dkms.conf") {
+            return Err(failure(kind, format!("{what}: {msg}"), &job.log));
+        }
         if out.exit_code != Some(0) {
             let msg = format!(
                 "{what}: preparing the source or evaluating dkms.conf failed (exit {:?}; see the log)",

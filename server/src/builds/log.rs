@@ -120,13 +120,13 @@ impl OutputSink for LogBuffer {
             let room = self.cap.saturating_sub(inner.head.len());
             let (keep, rest) = bytes.split_at(room.min(bytes.len()));
             inner.head.extend_from_slice(keep);
-            for &b in rest {
-                if inner.tail.len() == TAIL {
-                    inner.tail.pop_front();
-                    inner.dropped += 1;
-                }
-                inner.tail.push_back(b);
-            }
+            // Only the last TAIL bytes of what went past the head are kept.
+            let skipped = rest.len().saturating_sub(TAIL);
+            let rest = &rest[skipped..];
+            let over = (inner.tail.len() + rest.len()).saturating_sub(TAIL);
+            inner.tail.drain(..over);
+            inner.dropped += (skipped + over) as u64;
+            inner.tail.extend(rest);
         }
         self.version.send_modify(|v| *v += 1);
     }
@@ -163,6 +163,26 @@ mod tests {
         );
         assert!(text.ends_with("last line\n"));
         assert_eq!(log.tail_lines(1), "last line");
+    }
+
+    /// One append far past the tail drops all but its last TAIL bytes, and counts them.
+    #[test]
+    fn a_huge_append_keeps_only_the_tail() {
+        let log = LogBuffer::new(1024);
+        log.append(&vec![b'a'; 1024 + 10]);
+        log.append(&vec![b'b'; 3 * TAIL]);
+        let all = log.contents();
+        let text = String::from_utf8_lossy(&all);
+        let dropped = 10 + 2 * TAIL;
+        assert!(
+            text.contains(&format!("log truncated: {dropped} bytes dropped")),
+            "{text:.1100}"
+        );
+        assert!(all.ends_with(&vec![b'b'; TAIL]));
+        assert_eq!(
+            all.len(),
+            1024 + truncation_marker(dropped as u64).len() + TAIL
+        );
     }
 
     #[test]

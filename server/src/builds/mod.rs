@@ -12,6 +12,7 @@ pub mod collect;
 mod deps;
 mod evaluate;
 mod execute;
+mod first_error;
 pub mod log;
 mod run;
 

@@ -18,10 +18,11 @@ use tokio::sync::SemaphorePermit;
 
 use super::deps::{Extras, MAX_DEPENDENCY_ROUNDS};
 use super::evaluate::{eval_key, CachedEval, MAX_DUMP};
+use super::execute::stopped_failure;
 use super::execute::BuildCtx;
 use super::{failure, now_rfc3339, Builds, Job};
 use crate::images::ImageError;
-use crate::sandbox::{ContainerSpec, Exec, ExecOutcome, JobContainer};
+use crate::sandbox::{ContainerSpec, Exec, ExecOutcome, JobContainer, SandboxError};
 
 /// How a job ended (before it is written to the record).
 pub(super) enum Outcome {
@@ -509,6 +510,7 @@ impl Builds {
                 collect_stdout: with_eval.then_some(MAX_DUMP),
                 log: &job.log,
                 timeouts: Some((EVAL_TIMEOUT, EVAL_TIMEOUT)),
+                output_cap: Some(self.sandbox.limits().output_cap_bytes),
             })
             .await;
         match unpack {
@@ -528,10 +530,25 @@ impl Builds {
             }
             Ok(o) => {
                 container.remove().await;
-                Err(infra(format!(
-                    "unpacking the source failed (exit {:?})",
-                    o.exit_code
-                )))
+                let limits = self.sandbox.limits();
+                Err(match stopped_failure(&o, limits, "unpacking the source") {
+                    Some((kind, msg)) => failure(kind, msg, &job.log),
+                    None => infra(format!(
+                        "unpacking the source failed (exit {:?})",
+                        o.exit_code
+                    )),
+                })
+            }
+            // dkms.conf's directives make the dump: one too large is the module's.
+            Err(SandboxError::OutputTooLarge { limit, .. }) => {
+                container.remove().await;
+                let msg = format!(
+                    "{}/{}: dkms.conf's evaluation printed more than {} MiB of directives",
+                    req.name,
+                    req.version,
+                    limit >> 20
+                );
+                Err(failure(FailureKind::OutputLimit, msg, &job.log))
             }
             Err(e) => {
                 container.remove().await;

@@ -9,7 +9,7 @@ use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType, VolumeC
 use bollard::query_parameters::{
     BuildImageOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
     KillContainerOptionsBuilder, ListContainersOptionsBuilder, ListImagesOptionsBuilder,
-    RemoveContainerOptionsBuilder, RemoveVolumeOptions,
+    RemoveContainerOptionsBuilder, RemoveVolumeOptions, StatsOptionsBuilder,
 };
 use bollard::Docker;
 use futures_util::stream::BoxStream;
@@ -17,7 +17,8 @@ use futures_util::StreamExt;
 
 use super::{
     BuildEvent, ContainerConfig, ContainerEngine, ContainerSummary, EngineError, ExecOutput,
-    ExecRequest, ExecSession, ImageBuild, ImageInfo, LabelSelector, Labels, ObjectKind, Tmpfs,
+    ExecRequest, ExecSession, ImageBuild, ImageInfo, LabelSelector, Labels, ObjectKind, PidsUsage,
+    Tmpfs,
 };
 
 const ENGINE: &str = "Docker";
@@ -205,6 +206,25 @@ impl ContainerEngine for DockerEngine {
             .await
             .map_err(container_err("inspect", id))?;
         Ok(c.state.and_then(|s| s.running).unwrap_or(false))
+    }
+
+    async fn pids_usage(&self, id: &str) -> Result<Option<PidsUsage>, EngineError> {
+        // One sample (`one-shot`: no second reading for CPU rates, so no 1 s wait).
+        let options = StatsOptionsBuilder::default()
+            .stream(false)
+            .one_shot(true)
+            .build();
+        let mut stats = self.docker.stats(id, Some(options));
+        let Some(sample) = stats.next().await else {
+            return Ok(None);
+        };
+        let pids = sample.map_err(container_err("stats", id))?.pids_stats;
+        Ok(pids.and_then(|p| {
+            Some(PidsUsage {
+                current: p.current?,
+                limit: p.limit.unwrap_or(0),
+            })
+        }))
     }
 
     async fn kill_container(&self, id: &str) -> Result<(), EngineError> {

@@ -210,6 +210,21 @@ pub enum ExecOutput {
 pub type ExecStdin = Pin<Box<dyn tokio::io::AsyncWrite + Send>>;
 
 /// A started exec: its output as it comes, and its stdin when attached.
+/// Processes in a container's cgroup, and its limit (see [`ContainerEngine::pids_usage`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PidsUsage {
+    pub current: u64,
+    /// 0: no limit.
+    pub limit: u64,
+}
+
+impl PidsUsage {
+    /// Within 5% (at least 2) of a set limit: a process is refused any moment.
+    pub fn at_limit(&self) -> bool {
+        self.limit > 0 && self.current + (self.limit / 20).max(2) >= self.limit
+    }
+}
+
 pub struct ExecSession {
     /// The engine's exec id, for [`ContainerEngine::exec_exit_code`].
     pub id: String,
@@ -281,6 +296,12 @@ pub trait ContainerEngine: Send + Sync {
 
     /// Whether the container is running (`Err`: it is gone or unknown).
     async fn container_running(&self, id: &str) -> Result<bool, EngineError>;
+
+    /// The container's process count and limit right now (`None` when the engine
+    /// does not report them).
+    async fn pids_usage(&self, _id: &str) -> Result<Option<PidsUsage>, EngineError> {
+        Ok(None)
+    }
 
     /// Kills every process of the container at once (SIGKILL).
     async fn kill_container(&self, id: &str) -> Result<(), EngineError>;

@@ -51,6 +51,15 @@ pub enum AppError {
     /// The database or the object store cannot be reached: retry later (503).
     #[error("{0}")]
     StoreUnavailable(String),
+    /// dkms.conf names its package or version by a placeholder an install script
+    /// fills in (`#MODULE_VERSION#`), and the request did not say the real one.
+    #[error("dkms.conf's {directive} is the placeholder {value}: pass the {param} with ?{param}=X or replace it in dkms.conf")]
+    Placeholder {
+        directive: &'static str,
+        value: String,
+        /// The query parameter that says the real value.
+        param: &'static str,
+    },
 }
 
 impl From<crate::store::BlobError> for AppError {
@@ -144,6 +153,7 @@ impl AppError {
             E::MethodNotAllowed(_) => s(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             E::Internal(_) => s(StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             E::StoreUnavailable(_) => s(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
+            E::Placeholder { .. } => s(StatusCode::UNPROCESSABLE_ENTITY, "placeholder"),
         }
     }
 }

@@ -7,7 +7,7 @@ use axum::response::Response;
 use axum::Extension;
 use kmodforge_api::archive::ingest;
 use kmodforge_api::auth::Scope;
-use kmodforge_api::dkms::scan_declared;
+use kmodforge_api::dkms::{is_placeholder, scan_declared};
 use kmodforge_api::wire::{BuildRequest, BuildState, FailureKind};
 use serde::Deserialize;
 
@@ -158,6 +158,20 @@ async fn name_and_version(
         .map_err(|e| AppError::Internal(e.to_string()))?
         .map_err(SourceError::from)?;
     let declared = scan_declared(&tree.dkms_conf);
+    let placeholder = |directive, value: &Option<String>, param| match value {
+        Some(v) if is_placeholder(v) => Err(AppError::Placeholder {
+            directive,
+            value: v.clone(),
+            param,
+        }),
+        _ => Ok(()),
+    };
+    if q.name.is_none() {
+        placeholder("PACKAGE_NAME", &declared.package_name, "name")?;
+    }
+    if q.version.is_none() {
+        placeholder("PACKAGE_VERSION", &declared.package_version, "version")?;
+    }
     let name = q.name.clone().or(declared.package_name);
     let version = q.version.clone().or(declared.package_version);
     match (name, version) {
