@@ -144,6 +144,7 @@ pub async fn init(config: &Config) -> Result<AppState, StartError> {
         keys.clone(),
         builds::BuildSettings {
             max_builds: config.max_builds,
+            engine_retry_wait: std::time::Duration::from_secs(config.engine_retry_wait_secs),
             usr_volumes: config.usr_volumes,
             cluster: config
                 .database_url

@@ -23,6 +23,7 @@ mod bins;
 mod client;
 pub mod cluster;
 mod docker;
+pub mod engine;
 mod fixtures;
 pub mod grubvm;
 pub mod minihttp;
