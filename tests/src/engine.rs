@@ -79,7 +79,10 @@ impl PrivateEngine {
 
     /// Starts the (stopped) engine and waits until it answers.
     pub async fn start_again(&mut self) -> Result<()> {
-        ensure!(self.child.is_none(), "the private engine is running already");
+        ensure!(
+            self.child.is_none(),
+            "the private engine is running already"
+        );
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -104,18 +107,24 @@ impl PrivateEngine {
             .spawn()
             .context("spawning dockerd (the private engine needs root and dockerd)")?;
         self.child = Some(child);
-        let docker = self.client()?;
         let started = Instant::now();
         loop {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 self.child = None;
                 bail!(
                     "the private dockerd exited at start-up ({status}); its log:\n{}",
                     self.log_tail()
                 );
             }
-            if docker.ping().await.is_ok() {
-                return Ok(());
+            // The client refuses a socket that does not exist yet.
+            if let Ok(docker) = self.client() {
+                if docker.ping().await.is_ok() {
+                    return Ok(());
+                }
             }
             if started.elapsed() > START_TIMEOUT {
                 bail!(
@@ -157,7 +166,12 @@ impl PrivateEngine {
             .await
             .with_context(|| format!("{image} is not in the shared engine"))?
             .id;
-        let have = self.client()?.inspect_image(image).await.ok().and_then(|i| i.id);
+        let have = self
+            .client()?
+            .inspect_image(image)
+            .await
+            .ok()
+            .and_then(|i| i.id);
         if have.is_some() && have == want {
             return Ok(());
         }

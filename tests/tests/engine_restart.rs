@@ -173,11 +173,18 @@ fn blobs_are_whole(data: &Path, manifest: &Manifest) -> Result<()> {
     let files = blob_files(data)?;
     ensure!(!files.is_empty(), "no blobs under {}", data.display());
     for path in files {
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
         let bytes = std::fs::read(&path)?;
         let sha = hex::encode(Sha256::digest(&bytes));
         ensure!(sha == name, "{} holds {sha}: not whole", path.display());
-        ensure!(known.contains(name), "{} belongs to no artifact", path.display());
+        ensure!(
+            known.contains(name),
+            "{} belongs to no artifact",
+            path.display()
+        );
     }
     Ok(())
 }

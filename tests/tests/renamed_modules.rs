@@ -20,7 +20,8 @@ const USER_FILE: &str = "kmf_rn_user.ko";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn renamed_module_and_its_dependent_are_boot_checked() -> Result<()> {
-    let env = Env::start(ServerOpts::default()).await?;
+    // A guest under signature enforcement boots through OVMF: slow on a busy machine.
+    let env = Env::start(ServerOpts::default().env("KMODFORGE_BOOT_TIMEOUT_SECS", 300)).await?;
     env.client
         .add_module("kmf-renamed", "1.0", &e2e_fixture("renamed"))
         .await?;
@@ -134,7 +135,8 @@ async fn agent_installs_them_under_their_dkms_names_and_depmod_resolves_them() -
         "modules.dep does not say {want:?}:\n{dep}"
     );
     ensure!(
-        dep.lines().any(|l| l == format!("updates/dkms/{BASE_FILE}:")),
+        dep.lines()
+            .any(|l| l == format!("updates/dkms/{BASE_FILE}:")),
         "{dep}"
     );
 

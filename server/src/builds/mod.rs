@@ -13,8 +13,8 @@ mod deps;
 mod evaluate;
 mod execute;
 pub mod log;
-mod run;
 mod retry;
+mod run;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

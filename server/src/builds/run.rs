@@ -431,9 +431,7 @@ impl Builds {
             match (done.build.state, done.artifact, done.build.failure) {
                 (BuildState::Succeeded, Some(m), _) => Outcome::Cached(m),
                 // Its modules exist; whether this job checks them is its own request's choice.
-                (_, Some(m), Some(f)) if f.kind.keeps_artifact() => {
-                    Outcome::Cached(m)
-                }
+                (_, Some(m), Some(f)) if f.kind.keeps_artifact() => Outcome::Cached(m),
                 (_, _, Some(f)) => Outcome::Failed(f),
                 _ => Outcome::Failed(failure(
                     FailureKind::Infrastructure,
