@@ -10,9 +10,11 @@
 use std::process::Command;
 
 use anyhow::{ensure, Context, Result};
-use kmodforge_api::wire::{BuildRequest, BuildState};
+use kmodforge_api::wire::{BuildRequest, BuildState, FailureKind};
 use kmodforge_e2e::agent::AgentRoot;
-use kmodforge_e2e::{e2e_fixture, request, Env, ServerOpts, KERNEL_A};
+use kmodforge_e2e::{
+    check_downloads, e2e_fixture, expect_failure, request, Env, ServerOpts, KERNEL_A,
+};
 use reqwest::StatusCode;
 
 const BASE_FILE: &str = "kmf_rn_base-current.ko";
@@ -158,5 +160,43 @@ async fn agent_installs_them_under_their_dkms_names_and_depmod_resolves_them() -
         "modprobe --show-depends kmf_rn_user: {loads:?}\n{text}{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    Ok(())
+}
+
+/// A check that cannot run for its own reasons (bootcheck refuses two files of one
+/// module) is `boot_check_not_run`, never `infrastructure`: the record says the
+/// modules were built, that the check could not run and why, in one line, and the
+/// artifact is kept (unchecked, so a later request may check it).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_check_that_cannot_run_says_so_and_keeps_the_modules() -> Result<()> {
+    let env = Env::start(ServerOpts::default()).await?;
+    env.client
+        .add_module("kmf-twice", "1.0", &e2e_fixture("boot-not-run"))
+        .await?;
+    let req = BuildRequest {
+        boot_check: Some(true),
+        ..request("kmf-twice", "1.0", KERNEL_A)?
+    };
+    let (status, first) = env.client.build(&req).await?;
+    ensure!(status == StatusCode::ACCEPTED, "{status} {first:?}");
+    let id = first.build.id;
+    let done = env.client.wait(&id).await?;
+    env.assert_no_container_of(&id).await?;
+    let f = expect_failure(&done, FailureKind::BootCheckNotRun)?;
+    let key = done.build.artifact_key.clone().context("artifact key")?;
+    let want = format!(
+        "kmf-twice/1.0 on {KERNEL_A}: the modules were built (artifact {key}), but the boot check \
+         could not run: bootcheck failed (exit 2): two files in the input are module kmf_twice"
+    );
+    ensure!(f.message == want, "{}\nwanted {want}", f.message);
+    ensure!(!f.message.contains('\n'), "one line");
+
+    // The modules are there, unchecked, from the record as from the live job.
+    let again = env.client.get_build(&id).await?;
+    let m = again.artifact.context("the record shows the artifact")?;
+    ensure!(m.boot_check.is_none(), "{:?}", m.boot_check);
+    let files: Vec<&str> = m.files.iter().map(|f| f.file.as_str()).collect();
+    ensure!(files == ["kmf_twice-a.ko", "kmf_twice-b.ko"], "{files:?}");
+    check_downloads(&env.client, &m).await?;
     Ok(())
 }
