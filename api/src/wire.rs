@@ -138,11 +138,23 @@ pub enum FailureKind {
     /// The modules built, but booting their kernel and loading them failed
     /// (the artifact is kept, its manifest holds the failed [`BootCheck`]).
     BootCheckFailed,
+    /// The modules built, but their boot check could not run (the check's own
+    /// limitation, named in the message; the artifact is kept, unchecked).
+    BootCheckNotRun,
     /// The service failed (Docker, disk, image build), not the module.
     Infrastructure,
 }
 
 impl FailureKind {
+    /// The build made its modules (the artifact is kept) but its boot check did
+    /// not pass: failed, or could not run.
+    pub fn keeps_artifact(self) -> bool {
+        matches!(
+            self,
+            FailureKind::BootCheckFailed | FailureKind::BootCheckNotRun
+        )
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             FailureKind::CompileError => "compile_error",
@@ -158,6 +170,7 @@ impl FailureKind {
             FailureKind::UnknownKernel => "unknown_kernel",
             FailureKind::DependencyFailed => "dependency_failed",
             FailureKind::BootCheckFailed => "boot_check_failed",
+            FailureKind::BootCheckNotRun => "boot_check_not_run",
             FailureKind::Infrastructure => "infrastructure",
         }
     }

@@ -58,6 +58,25 @@ pub enum CheckError {
     Tar(std::io::Error),
 }
 
+impl CheckError {
+    /// Whether the service failed (the engine, or building the verifier image),
+    /// rather than the check itself being unable to handle these modules (its
+    /// tool refused them, hung, or answered nonsense; the kernel has no image).
+    pub fn is_service_fault(&self) -> bool {
+        match self {
+            CheckError::Sandbox(_) => true,
+            CheckError::Image(e) => !matches!(
+                e,
+                ImageError::UnknownKernel { .. } | ImageError::UnsupportedKernel(_)
+            ),
+            CheckError::Stopped(_)
+            | CheckError::Tool { .. }
+            | CheckError::Report(_)
+            | CheckError::Tar(_) => false,
+        }
+    }
+}
+
 /// Signature enforcement of a check: the certificate the kernel is to trust
 /// (public: the private key never goes near a container) and copies of a module
 /// that the kernel must refuse.
@@ -349,6 +368,44 @@ mod tests {
             summary(&c),
             "boot check passed: v4l2loopback loaded (with mc from the kernel's tree) in 6.1.0-47-amd64 booted for 1.71 s"
         );
+    }
+
+    /// The service's trouble is `infrastructure`; the check's own is not.
+    #[test]
+    fn check_errors_blame_the_service_or_the_check() {
+        let engine = || crate::engine::EngineError::Connect {
+            engine: "Docker",
+            source: "connection refused".into(),
+        };
+        let cases: Vec<(CheckError, bool)> = vec![
+            (CheckError::Sandbox(engine().into()), true),
+            (CheckError::Image(ImageError::Engine(engine())), true),
+            (
+                CheckError::Image(ImageError::Build {
+                    role: "verifier",
+                    kernel: "6.1.0-47-amd64".into(),
+                    message: "apt-get failed".into(),
+                    log_tail: String::new(),
+                }),
+                true,
+            ),
+            (
+                CheckError::Image(ImageError::UnsupportedKernel("5.10.0-1-amd64".into())),
+                false,
+            ),
+            (
+                CheckError::Tool {
+                    code: 2,
+                    reason: "modprobe --show-depends foo failed".into(),
+                },
+                false,
+            ),
+            (CheckError::Report("eof".into()), false),
+            (CheckError::Stopped(210), false),
+        ];
+        for (e, service) in cases {
+            assert_eq!(e.is_service_fault(), service, "{e}");
+        }
     }
 
     #[test]

@@ -45,6 +45,12 @@ pub struct Config {
     #[arg(long, env = "KMODFORGE_MAX_BUILDS", default_value_t = 2)]
     pub max_builds: usize,
 
+    /// A build that ends as `infrastructure` (the engine restarted under it, its
+    /// container vanished) runs once more by itself, as soon as the engine answers
+    /// again: this long, in seconds, the retry waits for it (0: no retry).
+    #[arg(long, env = "KMODFORGE_ENGINE_RETRY_WAIT_SECS", default_value_t = 120)]
+    pub engine_retry_wait_secs: u64,
+
     /// Memory limit of a build container, in MiB (swap is set equal: no swap).
     #[arg(long, env = "KMODFORGE_BUILD_MEMORY_MIB", default_value_t = 4096)]
     pub memory_mib: u64,

@@ -149,6 +149,7 @@ pub async fn init(config: &Config) -> Result<AppState, StartError> {
         keys.clone(),
         builds::BuildSettings {
             max_builds: config.max_builds,
+            engine_retry_wait: std::time::Duration::from_secs(config.engine_retry_wait_secs),
             usr_volumes: config.usr_volumes,
             metrics: metrics.clone(),
             cluster: config

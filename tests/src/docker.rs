@@ -62,6 +62,11 @@ impl DockerProbe {
         Ok(DockerProbe { docker })
     }
 
+    /// A probe of the engine `docker` is connected to (e.g. a [`crate::engine::PrivateEngine`]).
+    pub fn with(docker: Docker) -> Self {
+        DockerProbe { docker }
+    }
+
     pub fn docker(&self) -> &Docker {
         &self.docker
     }

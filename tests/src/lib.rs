@@ -24,6 +24,7 @@ mod client;
 pub mod cluster;
 pub mod cutproxy;
 mod docker;
+pub mod engine;
 mod fixtures;
 pub mod grubvm;
 pub mod minihttp;

@@ -48,8 +48,16 @@ impl Builds {
         if !self.wants_check(req) {
             return rewrap(manifest);
         }
-        let manifest = match self.checked(job, manifest).await {
+        let manifest = match self.checked(job, &manifest).await {
             Ok(m) => m,
+            // The check could not run: the modules stand, unchecked.
+            Err(failure) if failure.kind.keeps_artifact() => {
+                return Outcome::CheckFailed {
+                    manifest,
+                    failure,
+                    cached,
+                }
+            }
             Err(f) => return Outcome::Failed(f),
         };
         let reason = match &manifest.boot_check {
@@ -69,15 +77,17 @@ impl Builds {
         }
     }
 
-    /// The manifest with its boot check: recorded already, or run now.
-    async fn checked(&self, job: &Job, manifest: Manifest) -> Result<Manifest, Failure> {
+    /// The manifest with its boot check: recorded already, or run now. A check
+    /// that could not run is a `boot_check_not_run` failure when the check itself
+    /// is to blame, `infrastructure` when the service is.
+    async fn checked(&self, job: &Job, manifest: &Manifest) -> Result<Manifest, Failure> {
         if let Some(c) = &manifest.boot_check {
             job.log.note(&format!(
                 "boot check recorded at {}: {}",
                 c.checked_at,
                 if c.passed { "passed" } else { "failed" }
             ));
-            return Ok(manifest);
+            return Ok(manifest.clone());
         }
         let lock = self.check_lock(&manifest.key);
         let _guard = lock.lock().await;
@@ -102,8 +112,8 @@ impl Builds {
             Ok(_) => {}
             Err(e) => return Err(infra(e.to_string())),
         }
-        let modules = self.modules_to_load(&manifest).await.map_err(infra)?;
-        let enforce = self.enforcement(&manifest, &modules).await.map_err(infra)?;
+        let modules = self.modules_to_load(manifest).await.map_err(infra)?;
+        let enforce = self.enforcement(manifest, &modules).await.map_err(infra)?;
         let permit = match self.slot(job).await {
             Ok(p) => p,
             Err(Outcome::Failed(f)) => return Err(f),
@@ -128,12 +138,19 @@ impl Builds {
         drop(permit);
         self.metrics
             .boot_check_finished(check_result(&check), started.elapsed());
-        let check = check.map_err(|e| infra(e.to_string()))?;
+        let check = check.map_err(|e| {
+            let kind = match e.is_service_fault() {
+                true => FailureKind::Infrastructure,
+                false => FailureKind::BootCheckNotRun,
+            };
+            let message = format!("{what}, but the boot check could not run: {e}");
+            failure(kind, message, &job.log)
+        })?;
         job.log.note(&summary(&check));
         if !check.passed {
             log_failed_modules(job, &check);
         }
-        let mut manifest = manifest;
+        let mut manifest = manifest.clone();
         manifest.boot_check = Some(check);
         // The check is part of what the manifest states: sign it again.
         self.keys

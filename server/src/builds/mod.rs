@@ -14,6 +14,7 @@ mod evaluate;
 mod execute;
 mod first_error;
 pub mod log;
+mod retry;
 mod run;
 
 use std::collections::HashMap;
@@ -164,6 +165,9 @@ struct Inflight {
 #[derive(Clone, Debug)]
 pub struct BuildSettings {
     pub max_builds: usize,
+    /// How long a job whose attempt failed as `infrastructure` waits for the
+    /// engine before its one retry (zero: no retry).
+    pub engine_retry_wait: std::time::Duration,
     /// Mount builder images' /usr from read-only volumes (see `usr_volumes`).
     pub usr_volumes: bool,
     /// Set in a cluster (shared PostgreSQL): the shared job queue is used.
@@ -190,6 +194,7 @@ pub struct Builds {
     /// Jobs this replica runs now (builders claim more while below `max_builds`).
     runners: std::sync::atomic::AtomicUsize,
     max_builds: usize,
+    engine_retry_wait: std::time::Duration,
     cluster: Option<ClusterSettings>,
     metrics: Arc<crate::metrics::Metrics>,
 }
@@ -223,6 +228,7 @@ impl Builds {
             inflight: Mutex::new(Inflight::default()),
             runners: std::sync::atomic::AtomicUsize::new(0),
             max_builds: settings.max_builds,
+            engine_retry_wait: settings.engine_retry_wait,
             cluster: settings.cluster,
             metrics: settings.metrics,
         })
@@ -447,11 +453,12 @@ impl Builds {
             .get_build(id)
             .await?
             .ok_or_else(|| BuildError::NotFound(id.to_string()))?;
-        // A build whose boot check failed made its modules: they are shown with the check.
+        // A build whose boot check failed (or could not run) made its modules: they
+        // are shown with the check.
         let check_failed = build
             .failure
             .as_ref()
-            .is_some_and(|f| f.kind == FailureKind::BootCheckFailed);
+            .is_some_and(|f| f.kind.keeps_artifact());
         let artifact = match (&build.state, &build.artifact_key) {
             (BuildState::Succeeded, Some(key)) => self.store.records.get_artifact(key).await?,
             (BuildState::Failed, Some(key)) if check_failed => {

@@ -30,7 +30,7 @@ pub(super) enum Outcome {
     Cached(Manifest),
     Failed(Failure),
     NotApplicable(Failure),
-    /// The modules exist but their boot check failed.
+    /// The modules exist but their boot check failed or could not run.
     CheckFailed {
         manifest: Manifest,
         failure: Failure,
@@ -129,8 +129,7 @@ impl Builds {
     ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
         Box::pin(async move {
             let started = Instant::now();
-            let outcome = self.pipeline(&job, &module, &req, &settings).await;
-            let outcome = self.with_boot_check(&job, &req, outcome).await;
+            let outcome = self.attempts(&job, &module, &req, &settings).await;
             let clustered = self.cluster();
             if clustered.is_some() && self.sandbox.is_closed() {
                 // Stopping: the job goes back to the queue (`release_jobs`), unfinished,
@@ -245,7 +244,7 @@ impl Builds {
         }
     }
 
-    async fn pipeline(
+    pub(super) async fn pipeline(
         self: &Arc<Self>,
         job: &Job,
         module: &ModuleSource,
@@ -437,9 +436,7 @@ impl Builds {
             match (done.build.state, done.artifact, done.build.failure) {
                 (BuildState::Succeeded, Some(m), _) => Outcome::Cached(m),
                 // Its modules exist; whether this job checks them is its own request's choice.
-                (_, Some(m), Some(f)) if f.kind == FailureKind::BootCheckFailed => {
-                    Outcome::Cached(m)
-                }
+                (_, Some(m), Some(f)) if f.kind.keeps_artifact() => Outcome::Cached(m),
                 (_, _, Some(f)) => Outcome::Failed(f),
                 _ => Outcome::Failed(failure(
                     FailureKind::Infrastructure,
