@@ -4,7 +4,8 @@
 # mokutil (signature tests), libssl-dev and pkg-config (the server links OpenSSL),
 # grub-common, grub-pc-bin and xorriso (the boot guard: grub-editenv, a GRUB boot under qemu),
 # chromium (the readiness page), postgresql and Garage (the real database and S3 server
-# that scripts/services.sh runs for the tests),
+# that scripts/services.sh runs for the tests), schemathesis (fuzzes the server from its
+# OpenAPI document),
 # and a running Docker engine check. Idempotent.
 set -euo pipefail
 need=()
@@ -41,6 +42,14 @@ if ! garage_ok; then
   command -v cc >/dev/null || need+=(gcc libc6-dev)
   command -v make >/dev/null || need+=(make)
 fi
+# The contract test (tests/tests/contract.rs) fuzzes the running server from /openapi.json
+# with schemathesis, from PyPI, pinned, in its own venv in the tools cache.
+schemathesis_version=4.32.5
+st_venv=$tools/schemathesis
+st_ok() { [[ -x $st_venv/bin/st && "$("$st_venv/bin/python" -c 'import importlib.metadata as m; print(m.version("schemathesis"))' 2>/dev/null)" == "$schemathesis_version" ]]; }
+if ! st_ok; then
+  python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
+fi
 SUDO=""; [[ $(id -u) -eq 0 ]] || SUDO=sudo
 # The tests fetch real DKMS sources with `apt-get download`: the index must know them.
 if ((${#need[@]})) || ! apt-cache show v4l2loopback-dkms >/dev/null 2>&1; then
@@ -58,5 +67,10 @@ if ! garage_ok; then
   cargo install garage --version "$garage_version" --locked --no-default-features \
     --features bundled-libs,lmdb,sqlite --root "$tools"
   garage_ok || { echo "install-deps: $tools/bin/garage is not Garage $garage_version after cargo install" >&2; exit 1; }
+fi
+if ! st_ok; then
+  python3 -m venv "$st_venv"
+  "$st_venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$schemathesis_version"
+  st_ok || { echo "install-deps: $st_venv/bin/st is not schemathesis $schemathesis_version after pip install" >&2; exit 1; }
 fi
 docker info >/dev/null 2>&1 || { echo "install-deps: the Docker engine is not reachable (docker info failed)" >&2; exit 1; }
