@@ -168,7 +168,7 @@ async fn schemathesis_finds_no_server_error_and_nothing_off_the_contract() -> Re
              response_headers_conformance,response_schema_conformance",
         )
         .arg("--phases")
-        .arg("examples,coverage,fuzzing")
+        .arg("examples,coverage,fuzzing,stateful")
         .arg("--max-examples")
         .arg(MAX_EXAMPLES.to_string())
         .arg("--workers")

@@ -60,6 +60,7 @@ pub(super) struct AuditParams {
     /// Most entries to answer (default 100, at most 1000).
     limit: Option<u32>,
     /// Only entries about this module.
+    #[param(value_type = Option<kmodforge_api::names::ModuleName>)]
     module: Option<String>,
     /// Only entries older than this `seq` (the next page).
     before: Option<u64>,

@@ -16,6 +16,7 @@ use crate::store::Store;
 #[into_params(parameter_in = Query)]
 pub(super) struct ArchQuery {
     /// The architecture (default: the server's, `x86_64`).
+    #[param(value_type = Option<kmodforge_api::names::Arch>)]
     arch: Option<String>,
 }
 

@@ -20,9 +20,12 @@ use crate::sources::{AddSource, SourceError};
 #[into_params(parameter_in = Query)]
 pub(super) struct OneShot {
     /// The kernel release to build for (required).
+    #[param(value_type = kmodforge_api::names::KernelRelease, required = true)]
     kernel: Option<String>,
     /// Module name and version; default: dkms.conf's PACKAGE_NAME/PACKAGE_VERSION.
+    #[param(value_type = Option<kmodforge_api::names::ModuleName>)]
     name: Option<String>,
+    #[param(value_type = Option<kmodforge_api::names::ModuleVersion>)]
     version: Option<String>,
     /// Boot-check the modules before answering (default: the server's).
     boot_check: Option<bool>,

@@ -219,10 +219,7 @@ fn describe_access(op: &mut Operation, spec: &RouteSpec) {
         Access::ModuleInRequest(_) => " that may act on the module the request names",
         _ => "",
     };
-    let scope = serde_json::to_value(scope)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default();
+    let scope = scope.to_string();
     append(
         op,
         format!("Requires a token with scope `{scope}` (or a wider one){limit}."),
