@@ -183,7 +183,9 @@ async fn schemathesis_finds_no_server_error_and_nothing_off_the_contract() -> Re
     for op in EXCLUDED_OPERATIONS {
         cmd.arg("--exclude-operation-id").arg(op);
     }
-    cmd.kill_on_drop(true);
+    // schemathesis keeps a cache (`.schemathesis/`) in its working directory: a
+    // temporary one, not the source tree.
+    cmd.current_dir(report.path()).kill_on_drop(true);
     let run = tokio::time::timeout(Duration::from_secs(10 * 60), cmd.output())
         .await
         .context("schemathesis ran for more than 10 minutes")?
