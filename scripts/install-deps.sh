@@ -5,6 +5,7 @@
 # grub-common, grub-pc-bin and xorriso (the boot guard: grub-editenv, a GRUB boot under qemu),
 # chromium (the readiness page), postgresql and Garage (the real database and S3 server
 # that scripts/services.sh runs for the tests), prometheus_client's text parser (a venv),
+# schemathesis (fuzzes the server from its OpenAPI document, a venv),
 # and a running Docker engine check. Idempotent.
 set -euo pipefail
 need=()
@@ -44,6 +45,14 @@ fi
 # A Python with venv for the metrics tests' parser (below).
 command -v python3 >/dev/null || need+=(python3 python3-venv)
 command -v python3 >/dev/null && ! python3 -c 'import ensurepip' 2>/dev/null && need+=(python3-venv)
+# The contract test (tests/tests/contract.rs) fuzzes the running server from /openapi.json
+# with schemathesis, from PyPI, pinned, in its own venv in the tools cache.
+schemathesis_version=4.32.5
+st_venv=$tools/schemathesis
+st_ok() { [[ -x $st_venv/bin/st && "$("$st_venv/bin/python" -c 'import importlib.metadata as m; print(m.version("schemathesis"))' 2>/dev/null)" == "$schemathesis_version" ]]; }
+if ! st_ok; then
+  python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
+fi
 SUDO=""; [[ $(id -u) -eq 0 ]] || SUDO=sudo
 # The tests fetch real DKMS sources with `apt-get download`: the index must know them.
 if ((${#need[@]})) || ! apt-cache show v4l2loopback-dkms >/dev/null 2>&1; then
@@ -71,5 +80,10 @@ if ! prom_ok; then
   python3 -m venv "$prom_venv"
   "$prom_venv/bin/pip" install -q "prometheus-client==$prom_version"
   prom_ok || { echo "install-deps: $prom_venv has no prometheus-client $prom_version after pip install" >&2; exit 1; }
+fi
+if ! st_ok; then
+  python3 -m venv "$st_venv"
+  "$st_venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$schemathesis_version"
+  st_ok || { echo "install-deps: $st_venv/bin/st is not schemathesis $schemathesis_version after pip install" >&2; exit 1; }
 fi
 docker info >/dev/null 2>&1 || { echo "install-deps: the Docker engine is not reachable (docker info failed)" >&2; exit 1; }

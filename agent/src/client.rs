@@ -8,7 +8,9 @@ use std::io::Read;
 use std::time::Duration;
 
 use kmodforge_api::names::{KernelRelease, ModuleName, ModuleVersion};
-use kmodforge_api::wire::{AddModuleResponse, BuildRequest, BuildResponse, ErrorBody, Manifest};
+use kmodforge_api::wire::{
+    AddModuleResponse, BuildRequest, BuildResponse, ErrorBody, ErrorKind, Manifest,
+};
 use reqwest::blocking::{RequestBuilder, Response};
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
@@ -102,14 +104,23 @@ fn auth_message(r: &AuthRefusal) -> String {
 
 /// An error answer: the server's `{"error": {kind, message, log_tail?}}`.
 #[derive(Debug, thiserror::Error)]
-#[error("{target}: {status} {kind}: {message}")]
+#[error("{target}: {status} {}: {message}", shown_kind(.kind, .status))]
 pub struct ErrorAnswer {
     /// `METHOD URL`.
     pub target: String,
     pub status: u16,
-    pub kind: String,
+    /// The server's error kind; `None` when the answer was not its JSON (a proxy's).
+    pub kind: Option<ErrorKind>,
     pub message: String,
     pub log_tail: Option<String>,
+}
+
+/// The kind for a message: the server's, else the status's reason (`bad_gateway`).
+fn shown_kind(kind: &Option<ErrorKind>, status: &u16) -> String {
+    match kind {
+        Some(k) => k.to_string(),
+        None => StatusCode::from_u16(*status).map_or_else(|_| "error".to_string(), reason),
+    }
 }
 
 impl ClientError {
@@ -317,7 +328,11 @@ impl Client {
         let path = format!("/v1/artifacts/{name}/{version}/{krel}");
         match self.json(Method::GET, &path, None) {
             Ok(m) => Ok(Some(m)),
-            Err(ClientError::Status(a)) if a.status == 404 && a.kind == "not_found" => Ok(None),
+            Err(ClientError::Status(a))
+                if a.status == 404 && a.kind == Some(ErrorKind::NotFound) =>
+            {
+                Ok(None)
+            }
             Err(e) => Err(e),
         }
     }
@@ -427,9 +442,9 @@ fn status_error(method: &Method, url: &str, resp: Response) -> ClientError {
     let status = resp.status();
     let text = resp.text().unwrap_or_default();
     let (kind, message, log_tail) = match serde_json::from_str::<ErrorBody>(&text) {
-        Ok(b) => (b.error.kind, b.error.message, b.error.log_tail),
+        Ok(b) => (Some(b.error.kind), b.error.message, b.error.log_tail),
         Err(_) => (
-            reason(status),
+            None,
             text.lines()
                 .next()
                 .unwrap_or_default()
@@ -466,7 +481,7 @@ mod tests {
             ClientError::Status(Box::new(ErrorAnswer {
                 target: "GET u".into(),
                 status,
-                kind: "k".into(),
+                kind: Some(ErrorKind::Internal),
                 message: "m".into(),
                 log_tail: None,
             }))

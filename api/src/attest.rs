@@ -22,6 +22,7 @@ pub const KEY_PREFIX: &str = "ed25519:";
 
 /// A manifest's signature: the signed text, the signature and the signer's key.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Attestation {
     /// The [`ManifestStatement`] as JSON: exactly the bytes that were signed.
     pub statement: String,
@@ -33,6 +34,7 @@ pub struct Attestation {
 
 /// One file as the statement names it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StatementFile {
     pub file: String,
     pub dest_location: String,
@@ -42,6 +44,7 @@ pub struct StatementFile {
 
 /// The boot check as the statement names it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StatementBootCheck {
     pub passed: bool,
     /// The kernel ran with `module.sig_enforce=1` and the server's key trusted.
@@ -52,6 +55,7 @@ pub struct StatementBootCheck {
 
 /// Everything an agent relies on, signed as one text.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ManifestStatement {
     pub v: u32,

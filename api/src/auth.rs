@@ -13,6 +13,7 @@ use crate::names::{ModuleName, ModulePattern, ModuleVersion, TokenName};
 
 /// What a token may do; each scope includes the ones before it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Scope {
     /// Manifests, artifacts, blobs, builds, logs, kernels.
@@ -62,6 +63,7 @@ impl std::str::FromStr for Scope {
 
 /// A token as lists show it: never its secret.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TokenInfo {
     pub name: TokenName,
     pub scope: Scope,
@@ -99,6 +101,7 @@ pub enum TokenRequestError {
 
 /// `POST /v1/tokens`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateTokenRequest {
     pub name: TokenName,
@@ -129,6 +132,7 @@ impl CreateTokenRequest {
 
 /// Answer to `POST /v1/tokens`: the secret, shown this once.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreatedToken {
     pub token: String,
     #[serde(flatten)]
@@ -147,6 +151,7 @@ impl fmt::Debug for CreatedToken {
 
 /// What an audited change did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum AuditAction {
     /// `PUT /v1/modules/{name}/{version}` or the one-shot's add.
@@ -176,6 +181,7 @@ impl AuditAction {
 
 /// Whether the change happened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum AuditOutcome {
     Done,
@@ -185,6 +191,7 @@ pub enum AuditOutcome {
 
 /// One line of the audit log (`GET /v1/audit`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AuditEntry {
     /// Position in the log, increasing; assigned by the store.
     #[serde(default)]

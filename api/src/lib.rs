@@ -4,8 +4,8 @@
 //! DKMS directive model and its rules (`dkms`), `.ko` modinfo parsing (`modinfo`),
 //! untrusted source-archive validation and digests (`archive`), token scopes and
 //! audit records (`auth`), the cache-key
-//! function (`cachekey`), per-module settings (`settings`) and the HTTP wire types
-//! (`wire`).
+//! function (`cachekey`), per-module settings (`settings`), the HTTP wire types
+//! (`wire`) and the error kinds of their answers (`errors`).
 
 pub mod archive;
 pub mod attest;
@@ -13,6 +13,7 @@ pub mod auth;
 pub mod cachekey;
 pub mod canonical;
 pub mod dkms;
+pub mod errors;
 pub mod modinfo;
 pub mod names;
 pub mod settings;

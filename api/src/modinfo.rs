@@ -12,6 +12,7 @@ use crate::names::KernelRelease;
 
 /// The `.modinfo` fields of one module.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ModInfo {
     /// `name=` (set by kbuild since Linux 5.x).
     pub name: Option<String>,

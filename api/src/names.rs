@@ -87,11 +87,18 @@ fn lower_hex(c: char) -> bool {
     matches!(c, '0'..='9' | 'a'..='f')
 }
 
-/// Declares a validated `String` newtype with the shared trait impls.
+/// Declares a validated `String` newtype with the shared trait impls; `$pattern` is
+/// its rule as a regular expression, for the OpenAPI document (the rule's `check`
+/// stays the authority: `KernelRelease` also refuses `..`).
 macro_rules! name_type {
-    ($(#[$meta:meta])* $name:ident, $check:expr) => {
+    ($(#[$meta:meta])* $name:ident, $check:expr, $pattern:literal) => {
         $(#[$meta])*
         #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[cfg_attr(
+            feature = "openapi",
+            derive(utoipa::ToSchema),
+            schema(value_type = String, pattern = $pattern)
+        )]
         #[serde(try_from = "String", into = "String")]
         pub struct $name(String);
 
@@ -167,7 +174,8 @@ name_type!(
     ///
     /// 1 to 64 characters of `[A-Za-z0-9._+~-]`, starting with a digit, without `..`.
     KernelRelease,
-    check_kernel
+    check_kernel,
+    "^[0-9][A-Za-z0-9._+~-]{0,63}$"
 );
 
 impl KernelRelease {
@@ -221,7 +229,8 @@ name_type!(
     ///
     /// 1 to 32 characters of `[a-z0-9_]`.
     Arch,
-    |s| ARCH_RULE.check(s)
+    |s| ARCH_RULE.check(s),
+    "^[a-z0-9_]{1,32}$"
 );
 
 impl Arch {
@@ -256,7 +265,8 @@ name_type!(
     ///
     /// 1 to 64 characters of `[A-Za-z0-9._+-]`, starting with a letter or digit.
     ModuleName,
-    |s| MODULE_NAME_RULE.check(s)
+    |s| MODULE_NAME_RULE.check(s),
+    "^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$"
 );
 
 const MODULE_VERSION_RULE: Rule = Rule {
@@ -274,7 +284,8 @@ name_type!(
     ///
     /// 1 to 128 characters of `[A-Za-z0-9._+~:-]`, starting with a letter or digit.
     ModuleVersion,
-    |s| MODULE_VERSION_RULE.check(s)
+    |s| MODULE_VERSION_RULE.check(s),
+    "^[A-Za-z0-9][A-Za-z0-9._+~:-]{0,127}$"
 );
 
 const TOKEN_NAME_RULE: Rule = Rule {
@@ -293,7 +304,8 @@ name_type!(
     ///
     /// 1 to 64 characters of `[A-Za-z0-9._-]`, starting with a letter or digit.
     TokenName,
-    |s| TOKEN_NAME_RULE.check(s)
+    |s| TOKEN_NAME_RULE.check(s),
+    "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 );
 
 const MODULE_PATTERN_RULE: Rule = Rule {
@@ -310,7 +322,8 @@ name_type!(
     /// A module name pattern that limits a token: a [`ModuleName`] in which `*` stands
     /// for any run of characters (`r8152`, `realtek-*`, `*`).
     ModulePattern,
-    |s| MODULE_PATTERN_RULE.check(s)
+    |s| MODULE_PATTERN_RULE.check(s),
+    "^[A-Za-z0-9*][A-Za-z0-9._+*-]{0,63}$"
 );
 
 impl ModulePattern {
@@ -361,7 +374,8 @@ const SOURCE_DIGEST_RULE: Rule = sha256_rule("source digest");
 name_type!(
     /// The sha256 of a module source archive: exactly 64 lowercase hex digits.
     SourceDigest,
-    |s| SOURCE_DIGEST_RULE.check(s)
+    |s| SOURCE_DIGEST_RULE.check(s),
+    "^[0-9a-f]{64}$"
 );
 
 impl SourceDigest {
@@ -376,7 +390,8 @@ const ARTIFACT_KEY_RULE: Rule = sha256_rule("artifact key");
 name_type!(
     /// The cache key of a build result (see [`crate::cachekey`]): 64 lowercase hex digits.
     ArtifactKey,
-    |s| ARTIFACT_KEY_RULE.check(s)
+    |s| ARTIFACT_KEY_RULE.check(s),
+    "^[0-9a-f]{64}$"
 );
 
 impl ArtifactKey {

@@ -32,6 +32,7 @@ pub const MAX_OVERRIDES_TOTAL: usize = 256 * 1024;
 
 /// The settings of one module (all fields optional in requests).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ModuleSettings {
     /// Debian packages installed into the builder image for this module's builds.
@@ -47,6 +48,7 @@ pub struct ModuleSettings {
 
 /// One `/etc/dkms/…conf` override.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ConfOverride {
     #[serde(default)]
@@ -61,6 +63,7 @@ pub struct ConfOverride {
 
 /// The stored settings of a module (`GET /v1/modules/{name}/settings`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SettingsRecord {
     pub name: ModuleName,
     #[serde(flatten)]

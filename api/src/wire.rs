@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::dkms::BuildPlan;
+pub use crate::errors::ErrorKind;
 use crate::modinfo::ModInfo;
 use crate::names::{Arch, ArtifactKey, KernelRelease, ModuleName, ModuleVersion, SourceDigest};
 
@@ -14,6 +15,7 @@ pub use crate::dkms::Declared;
 
 /// A registered module source (`dkms add`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ModuleSource {
     pub name: ModuleName,
     pub version: ModuleVersion,
@@ -29,6 +31,7 @@ pub struct ModuleSource {
 
 /// Answer to `PUT /v1/modules/{name}/{version}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AddModuleResponse {
     #[serde(flatten)]
     pub module: ModuleSource,
@@ -39,10 +42,12 @@ pub struct AddModuleResponse {
 
 /// Options that change what a build produces; part of the cache key.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BuildOptions {}
 
 /// `POST /v1/builds`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BuildRequest {
     pub name: ModuleName,
     pub version: ModuleVersion,
@@ -65,6 +70,7 @@ pub struct BuildRequest {
 
 /// The life cycle of a build.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum BuildState {
     Queued,
@@ -106,6 +112,7 @@ impl BuildState {
 
 /// Why a build did not produce modules. The strings are stable API.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum FailureKind {
     /// make (or a PRE_BUILD/POST_BUILD script) failed: the module's own code.
@@ -178,6 +185,7 @@ impl FailureKind {
 
 /// A failed (or not applicable) build's explanation.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Failure {
     pub kind: FailureKind,
     /// One line naming the module, kernel and cause.
@@ -188,6 +196,7 @@ pub struct Failure {
 
 /// A build job (`GET /v1/builds/{id}`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BuildRecord {
     pub id: String,
     pub name: ModuleName,
@@ -212,6 +221,7 @@ pub struct BuildRecord {
 
 /// Answer to `POST /v1/builds` and `GET /v1/builds/{id}`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BuildResponse {
     pub build: BuildRecord,
     /// True when the answer came from the artifact cache without building.
@@ -222,6 +232,7 @@ pub struct BuildResponse {
 
 /// One built `.ko` of an artifact.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ArtifactFile {
     /// File name as installed: `<DEST_MODULE_NAME>.ko`.
     pub file: String,
@@ -235,6 +246,7 @@ pub struct ArtifactFile {
 
 /// The builder image an artifact was built in.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ImageRef {
     pub id: String,
     pub tag: String,
@@ -242,6 +254,7 @@ pub struct ImageRef {
 
 /// Everything known about one cache entry (`GET /v1/artifacts/{name}/{version}/{krel}`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Manifest {
     pub key: ArtifactKey,
     pub name: ModuleName,
@@ -285,6 +298,7 @@ pub struct Manifest {
 /// The module signatures of an artifact: every `.ko` carries an appended PKCS#7
 /// signature in the kernel's format, or none does.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ModuleSigning {
     pub signed: bool,
     /// The certificate's common name (`modinfo`'s `signer`).
@@ -308,6 +322,7 @@ pub struct ModuleSigning {
 /// A load does not prove the build targeted this kernel (with MODVERSIONS the
 /// kernel ignores vermagic's release string); the server's vermagic check does.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BootCheck {
     /// The kernel booted, the guest finished, and every built module loaded.
     pub passed: bool,
@@ -354,6 +369,7 @@ pub struct BootCheck {
 
 /// A copy of a built module the kernel must refuse under signature enforcement.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SignatureProbe {
     /// `unsigned` or `foreign` (signed with a key the kernel does not trust).
     pub kind: String,
@@ -369,6 +385,7 @@ pub struct SignatureProbe {
 
 /// One module loaded by a [`BootCheck`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BootModule {
     /// File name (as installed, for built modules).
     pub file: String,
@@ -396,6 +413,7 @@ pub struct BootModule {
 
 /// A stored blob that is not a module.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BlobRef {
     pub sha256: String,
     pub size: u64,
@@ -403,6 +421,7 @@ pub struct BlobRef {
 
 /// A dependency's artifact used by a build.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DependencyRef {
     pub name: ModuleName,
     pub version: ModuleVersion,
@@ -411,6 +430,7 @@ pub struct DependencyRef {
 
 /// A prepared builder image (`GET /v1/kernels`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct KernelInfo {
     pub kernel: KernelRelease,
     pub suite: String,
@@ -424,14 +444,16 @@ pub struct KernelInfo {
 
 /// Body of every 4xx/5xx answer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorDetail {
-    /// Stable snake_case string.
-    pub kind: String,
+    /// What went wrong; stable strings (see [`ErrorKind`]).
+    pub kind: ErrorKind,
     pub message: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_tail: Option<String>,
@@ -444,6 +466,7 @@ pub struct ErrorDetail {
 
 /// What a server key signs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum KeyPurpose {
     /// Kernel modules (X.509 certificate, RSA): what hosts enrol (MOK) or trust.
@@ -463,6 +486,7 @@ impl KeyPurpose {
 
 /// A public key the server signs (or signed) with (`GET /v1/keys`, no token needed).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PublicKey {
     pub purpose: KeyPurpose,
     /// The certificate's sha256 (module signing) or `ed25519:<hex>` (manifests).
@@ -484,6 +508,7 @@ pub struct PublicKey {
 /// A kernel the server knows of: published in a watched archive, asked for by a
 /// build request, or prebuilt (`GET /v1/matrix` lists them).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct KnownKernel {
     pub kernel: KernelRelease,
     /// The archive suite that publishes it (`bookworm`, `bookworm-security`, ...).
@@ -507,6 +532,7 @@ pub struct KnownKernel {
 
 /// The prebuild of a kernel's modules.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Prebuild {
     pub started_at: String,
     /// Why: `published` (the archive watcher) or `requested` (`POST .../prebuild`).
@@ -520,6 +546,7 @@ pub struct Prebuild {
 
 /// Readiness of every module version on every known kernel (`GET /v1/matrix`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Matrix {
     pub generated_at: String,
     /// Kernels, newest first.
@@ -531,6 +558,7 @@ pub struct Matrix {
 
 /// A registered module version.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MatrixModule {
     pub name: ModuleName,
     pub version: ModuleVersion,
@@ -541,6 +569,7 @@ pub struct MatrixModule {
 
 /// Where a module version stands on a kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum CellState {
     /// Built (see `boot_check` for whether it was booted and loaded).
@@ -568,6 +597,7 @@ impl CellState {
 
 /// One cell of the matrix: the newest build of a module version for a kernel.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MatrixCell {
     pub kernel: KernelRelease,
     pub name: ModuleName,
@@ -588,6 +618,7 @@ pub struct MatrixCell {
 
 /// A failed cell's cause.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CellFailure {
     pub kind: FailureKind,
     pub message: String,
@@ -595,6 +626,7 @@ pub struct CellFailure {
 
 /// A ready cell's boot check.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CellCheck {
     pub passed: bool,
     pub signature_enforced: bool,

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use kmodforge_api::names::KernelRelease;
-use kmodforge_api::wire::{ImageRef, KernelInfo};
+use kmodforge_api::wire::{ErrorKind, ImageRef, KernelInfo};
 use sha2::{Digest, Sha256};
 
 use crate::engine::{BuildEvent, ContainerEngine, EngineError, ImageBuild, LabelSelector, Labels};
@@ -119,12 +119,12 @@ fn apt_error(log: &[u8]) -> Option<String> {
 }
 
 impl ImageError {
-    /// Stable kind string for the API.
-    pub fn kind(&self) -> &'static str {
+    /// Its kind in the API.
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            ImageError::UnknownKernel { .. } => "unknown_kernel",
-            ImageError::UnsupportedKernel(_) => "unsupported_kernel",
-            _ => "infrastructure",
+            ImageError::UnknownKernel { .. } => ErrorKind::UnknownKernel,
+            ImageError::UnsupportedKernel(_) => ErrorKind::UnsupportedKernel,
+            _ => ErrorKind::Infrastructure,
         }
     }
 }

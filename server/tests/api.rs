@@ -12,6 +12,8 @@ use kmodforge_server::{app, init, AppState, Config};
 mod authz;
 #[path = "api/metrics.rs"]
 mod metrics;
+#[path = "api/rejections.rs"]
+mod rejections;
 use tower::ServiceExt;
 
 /// The handlers' state and the admin token the first start wrote.
@@ -22,7 +24,12 @@ struct Harness {
 }
 
 async fn state(dir: &tempfile::TempDir) -> Harness {
-    let config = <Config as clap::Parser>::parse_from([
+    state_with(dir, &[]).await
+}
+
+/// [`state`] with more server flags.
+async fn state_with(dir: &tempfile::TempDir, flags: &[&str]) -> Harness {
+    let mut args = vec![
         "kmodforge-server",
         "--archive-interval-secs",
         "0",
@@ -31,7 +38,9 @@ async fn state(dir: &tempfile::TempDir) -> Harness {
         "http://127.0.0.1:1 bookworm",
         "--data-dir",
         dir.path().to_str().expect("utf-8 temp path"),
-    ]);
+    ];
+    args.extend_from_slice(flags);
+    let config = <Config as clap::Parser>::parse_from(args);
     let state = init(&config)
         .await
         .expect("server state (is the Docker engine running? these tests need it)");

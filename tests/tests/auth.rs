@@ -9,6 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
+use kmodforge_api::wire::ErrorKind;
 use kmodforge_e2e::agent::AgentRoot;
 use kmodforge_e2e::{error_body, fixture, request, tar_gz_dir, Env, ServerOpts, KERNEL_A};
 use reqwest::StatusCode;
@@ -64,7 +65,7 @@ async fn scopes_module_limits_and_revocation_are_enforced() -> Result<()> {
     let (status, body) =
         error_body(as_hello.put_module("r8152", "2.17.1", tar.clone()).await?).await?;
     ensure!(
-        status == StatusCode::FORBIDDEN && body.error.kind == "forbidden",
+        status == StatusCode::FORBIDDEN && body.error.kind == ErrorKind::Forbidden,
         "{status} {body:?}"
     );
     ensure!(body.error.message.contains("kmfhello*"), "{body:?}");
@@ -95,7 +96,7 @@ async fn scopes_module_limits_and_revocation_are_enforced() -> Result<()> {
     let anon = env.server.client_with(None)?;
     let (status, body) = error_body(anon.get("/v1/modules").await?).await?;
     ensure!(
-        status == StatusCode::UNAUTHORIZED && body.error.kind == "unauthorized",
+        status == StatusCode::UNAUTHORIZED && body.error.kind == ErrorKind::Unauthorized,
         "{body:?}"
     );
     let (status, _) = error_body(
@@ -219,7 +220,7 @@ async fn a_built_version_cannot_be_replaced_after_a_delete() -> Result<()> {
     )
     .await?;
     ensure!(
-        status == StatusCode::CONFLICT && body.error.kind == "immutable_version",
+        status == StatusCode::CONFLICT && body.error.kind == ErrorKind::ImmutableVersion,
         "{status} {body:?}"
     );
     ensure!(

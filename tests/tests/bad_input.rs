@@ -48,7 +48,7 @@ fn raw_tar(entries: &[(&str, &[u8])]) -> Result<Vec<u8>> {
 async fn expect_error(resp: Response, status: StatusCode, kind: &str) -> Result<String> {
     let (got, body) = error_body(resp).await?;
     ensure!(
-        got == status && body.error.kind == kind,
+        got == status && body.error.kind.as_str() == kind,
         "expected {status} {kind}, got {got} {:?}",
         body.error
     );

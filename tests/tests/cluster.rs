@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use futures_util::future::join_all;
-use kmodforge_api::wire::{BuildResponse, BuildState};
+use kmodforge_api::wire::{BuildResponse, BuildState, ErrorKind};
 use kmodforge_e2e::cluster::{Cluster, TEST_LEASE};
 use kmodforge_e2e::{
     error_body, fixture, request, serial, tar_gz_dir, DockerProbe, ServerOpts, StopMode, KERNEL_A,
@@ -192,7 +192,7 @@ async fn a_replica_killed_mid_build_loses_nothing() -> Result<()> {
         .await?;
     let (status, body) = error_body(resp).await?;
     ensure!(
-        status == StatusCode::CONFLICT && body.error.kind == "busy",
+        status == StatusCode::CONFLICT && body.error.kind == ErrorKind::Busy,
         "delete during a build on another replica: {status} {body:?}"
     );
     let killed_at = Instant::now();
@@ -280,7 +280,7 @@ async fn an_object_store_outage_and_a_database_restart_lose_nothing() -> Result<
         let (status, body) = error_body(c.get(&ko).await?).await?;
         ensure!(
             status == StatusCode::SERVICE_UNAVAILABLE
-                && body.error.kind == "store_unavailable"
+                && body.error.kind == ErrorKind::StoreUnavailable
                 && body.error.message.contains("s3://"),
             "a download while the store is down: {status} {body:?}"
         );

@@ -2,7 +2,7 @@
 //! of the built modules, or a JSON error carrying the log tail and the build id.
 
 use anyhow::{ensure, Context, Result};
-use kmodforge_api::wire::{BuildState, FailureKind, Manifest};
+use kmodforge_api::wire::{BuildState, ErrorKind, FailureKind, Manifest};
 use kmodforge_e2e::{
     error_body, fixture, real_modinfo, tar_entries, tar_gz_dir, Env, ServerOpts, BUILD_WAIT,
     KERNEL_A,
@@ -65,7 +65,7 @@ async fn compile_error_answers_422_with_the_log_tail() -> Result<()> {
         status == StatusCode::UNPROCESSABLE_ENTITY,
         "{status} {err:?}"
     );
-    ensure!(err.error.kind == "compile_error", "{err:?}");
+    ensure!(err.error.kind == ErrorKind::CompileError, "{err:?}");
     let tail = err.error.log_tail.clone().unwrap_or_default();
     ensure!(
         tail.contains("kmf_this_symbol_does_not_exist"),
@@ -107,7 +107,7 @@ async fn boot_check_in_the_one_shot() -> Result<()> {
     let resp = one_shot(&env, &format!("kernel={KERNEL_A}&boot_check=true"), body).await?;
     let (status, err) = error_body(resp).await?;
     ensure!(
-        status == StatusCode::UNPROCESSABLE_ENTITY && err.error.kind == "boot_check_failed",
+        status == StatusCode::UNPROCESSABLE_ENTITY && err.error.kind == ErrorKind::BootCheckFailed,
         "{status} {err:?}"
     );
     ensure!(
@@ -139,7 +139,8 @@ async fn placeholder_version_answers_how_to_pass_it() -> Result<()> {
     let resp = one_shot(&env, &format!("kernel={KERNEL_A}"), body.clone()).await?;
     let (status, err) = error_body(resp).await?;
     ensure!(
-        status == StatusCode::UNPROCESSABLE_ENTITY && err.error.kind == "placeholder",
+        status == StatusCode::UNPROCESSABLE_ENTITY
+            && err.error.kind == kmodforge_api::errors::ErrorKind::Placeholder,
         "{status} {err:?}"
     );
     ensure!(

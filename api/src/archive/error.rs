@@ -102,31 +102,10 @@ pub enum ArchiveError {
 }
 
 impl ArchiveError {
-    /// A stable snake_case name for the failure, used in API error bodies and metrics.
+    /// A stable snake_case name for the failure, used in API error bodies and metrics
+    /// (its [`ErrorKind`](crate::errors::ErrorKind)'s string).
     pub fn kind(&self) -> &'static str {
-        match self {
-            Self::InputTooLarge { .. }
-            | Self::UnpackedTooLarge { .. }
-            | Self::StreamTooLarge { .. } => "too_large",
-            Self::TooManyEntries { .. } => "too_many_entries",
-            Self::GzipBomb { .. } => "gzip_bomb",
-            Self::BadGzip { .. } => "bad_gzip",
-            Self::NotATar { .. } => "not_a_tar",
-            Self::Truncated { .. } => "truncated",
-            Self::Empty => "empty_archive",
-            Self::InvalidPath { .. } => "invalid_path",
-            Self::AbsolutePath { .. } => "absolute_path",
-            Self::ParentDir { .. } => "parent_dir",
-            Self::PathTooLong { .. } => "path_too_long",
-            Self::SpecialFile { .. } => "special_file",
-            Self::UnsupportedEntry { .. } => "unsupported_entry",
-            Self::LinkEscapes { .. } => "link_escapes",
-            Self::LinkLoop { .. } => "link_loop",
-            Self::BadHardLink { .. } => "bad_hard_link",
-            Self::DuplicateEntry { .. } => "duplicate_entry",
-            Self::PathConflict { .. } => "path_conflict",
-            Self::NoDkmsConf { .. } => "no_dkms_conf",
-        }
+        crate::errors::ErrorKind::from(self).as_str()
     }
 }
 

@@ -9,6 +9,7 @@ use crate::names::{Arch, KernelRelease, ModuleName, ModuleVersion};
 
 /// The distribution family, which decides the DEST_MODULE_LOCATION override.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Distro {
     /// `debian*`: modules go to `/updates/dkms`.
@@ -105,6 +106,7 @@ impl EvalContext {
 
 /// One module to build and install.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ModuleSpec {
     /// BUILT_MODULE_NAME, without `.ko`.
     pub built_name: String,
@@ -120,6 +122,7 @@ pub struct ModuleSpec {
 
 /// Everything needed to run the build of one module version for one kernel.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BuildPlan {
     /// PACKAGE_NAME.
     pub package_name: String,

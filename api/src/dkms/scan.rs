@@ -15,6 +15,7 @@ use super::scan_lex::{lex, Seg, Word};
 
 /// What `dkms.conf` declares, read statically.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Declared {
     /// PACKAGE_NAME, if it has a static value.
     pub package_name: Option<String>,

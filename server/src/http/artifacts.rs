@@ -13,8 +13,11 @@ use crate::flat_tar::flat_tar;
 use crate::metrics::Served;
 use crate::store::Store;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct ArchQuery {
+    /// The architecture (default: the server's, `x86_64`).
+    #[param(value_type = Option<kmodforge_api::names::Arch>)]
     arch: Option<String>,
 }
 
@@ -52,6 +55,9 @@ async fn find(
     })
 }
 
+#[utoipa::path(get, path = "/v1/artifacts/{name}/{version}/{krel}", tag = "artifacts",
+    params(("name" = kmodforge_api::names::ModuleName, Path, description = "Module name", example = "v4l2loopback"), ("version" = kmodforge_api::names::ModuleVersion, Path, description = "Module version", example = "0.12.7"), ("krel" = kmodforge_api::names::KernelRelease, Path, description = "Kernel release (`uname -r`)", example = "6.1.0-47-amd64"), ArchQuery),
+    responses((status = 200, description = "The newest artifact's manifest", body = Manifest)))]
 pub(super) async fn manifest(
     State(s): State<AppState>,
     Path((name, version, krel)): Path<(String, String, String)>,
@@ -66,6 +72,12 @@ async fn read_blob(store: &Store, sha256: &str) -> Result<bytes::Bytes, AppError
     })
 }
 
+#[utoipa::path(get, path = "/v1/artifacts/{name}/{version}/{krel}/files/{file}", tag = "artifacts",
+    params(("name" = kmodforge_api::names::ModuleName, Path, description = "Module name", example = "v4l2loopback"), ("version" = kmodforge_api::names::ModuleVersion, Path, description = "Module version", example = "0.12.7"), ("krel" = kmodforge_api::names::KernelRelease, Path, description = "Kernel release (`uname -r`)", example = "6.1.0-47-amd64"), ("file" = String, Path, description = "A `.ko` file name of the manifest"), ArchQuery),
+    responses(
+        (status = 200, description = "The module file", body = Vec<u8>, content_type = "application/octet-stream"),
+        (status = 307, description = "Redirect to a presigned object-store URL (when the server presigns)"),
+    ))]
 pub(super) async fn file(
     State(s): State<AppState>,
     Path((name, version, krel, file)): Path<(String, String, String, String)>,
@@ -137,6 +149,9 @@ pub(crate) async fn modules_tar(store: &Store, m: &Manifest) -> Result<Vec<u8>, 
         .map_err(|e| AppError::Internal(format!("building tar: {e}")))
 }
 
+#[utoipa::path(get, path = "/v1/artifacts/{name}/{version}/{krel}/modules.tar", tag = "artifacts",
+    params(("name" = kmodforge_api::names::ModuleName, Path, description = "Module name", example = "v4l2loopback"), ("version" = kmodforge_api::names::ModuleVersion, Path, description = "Module version", example = "0.12.7"), ("krel" = kmodforge_api::names::KernelRelease, Path, description = "Kernel release (`uname -r`)", example = "6.1.0-47-amd64"), ArchQuery),
+    responses((status = 200, description = "The modules and `manifest.json` as a tar", body = Vec<u8>, content_type = "application/x-tar")))]
 pub(super) async fn tarball(
     State(s): State<AppState>,
     Path((name, version, krel)): Path<(String, String, String)>,
@@ -177,6 +192,12 @@ pub(super) async fn blob_by_hash(s: &AppState, sha256: &str) -> Result<Response,
     Ok(octets(bytes, sha256).into_response())
 }
 
+#[utoipa::path(get, path = "/v1/blobs/{sha256}", tag = "artifacts",
+    params(("sha256" = String, Path, description = "The blob's sha256, lowercase hex", pattern = "^[0-9a-f]{64}$")),
+    responses(
+        (status = 200, description = "The blob", body = Vec<u8>, content_type = "application/octet-stream"),
+        (status = 307, description = "Redirect to a presigned object-store URL (when the server presigns)"),
+    ))]
 pub(super) async fn blob(
     State(s): State<AppState>,
     Path(sha256): Path<String>,

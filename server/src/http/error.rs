@@ -5,7 +5,7 @@
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use kmodforge_api::wire::{ErrorBody, ErrorDetail, Failure, FailureKind};
+use kmodforge_api::wire::{ErrorBody, ErrorDetail, ErrorKind, Failure, FailureKind};
 
 use crate::auth::{Denied, TokenError};
 use crate::builds::BuildError;
@@ -60,6 +60,18 @@ pub enum AppError {
         /// The query parameter that says the real value.
         param: &'static str,
     },
+    /// A request axum's extractors refused (a query string, path or body that does
+    /// not parse, a body over the limit), mapped by [`super::reject`].
+    #[error("{}", .0.message)]
+    Rejected(Rejection),
+}
+
+/// A refused request's status, kind and axum's one-line reason.
+#[derive(Debug)]
+pub struct Rejection {
+    pub status: StatusCode,
+    pub kind: ErrorKind,
+    pub message: String,
 }
 
 impl From<crate::store::BlobError> for AppError {
@@ -103,33 +115,31 @@ fn unavailable(e: &AppError) -> Option<String> {
 }
 
 impl AppError {
-    fn status_and_kind(&self) -> (StatusCode, String) {
+    fn status_and_kind(&self) -> (StatusCode, ErrorKind) {
         use AppError as E;
-        let s = |code, kind: &str| (code, kind.to_string());
+        use ErrorKind as K;
         if unavailable(self).is_some() {
-            return s(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable");
+            return (StatusCode::SERVICE_UNAVAILABLE, K::StoreUnavailable);
         }
         match self {
-            E::BadRequest(_) => s(StatusCode::BAD_REQUEST, "invalid_request"),
-            E::InvalidName { .. } => s(StatusCode::BAD_REQUEST, "invalid_name"),
-            E::InvalidSettings(_) => s(StatusCode::BAD_REQUEST, "invalid_settings"),
-            E::NotFound(_) => s(StatusCode::NOT_FOUND, "not_found"),
+            E::BadRequest(_) => (StatusCode::BAD_REQUEST, K::InvalidRequest),
+            E::InvalidName { .. } => (StatusCode::BAD_REQUEST, K::InvalidName),
+            E::InvalidSettings(_) => (StatusCode::BAD_REQUEST, K::InvalidSettings),
+            E::NotFound(_) => (StatusCode::NOT_FOUND, K::NotFound),
             E::Source(e) => source_status(e),
             E::Build(e) => match e {
-                BuildError::UnknownModule { .. } => s(StatusCode::NOT_FOUND, "unknown_module"),
-                BuildError::UnsupportedArch { .. } => {
-                    s(StatusCode::BAD_REQUEST, "unsupported_arch")
-                }
-                BuildError::NotFound(_) => s(StatusCode::NOT_FOUND, "not_found"),
+                BuildError::UnknownModule { .. } => (StatusCode::NOT_FOUND, K::UnknownModule),
+                BuildError::UnsupportedArch { .. } => (StatusCode::BAD_REQUEST, K::UnsupportedArch),
+                BuildError::NotFound(_) => (StatusCode::NOT_FOUND, K::NotFound),
                 BuildError::Records(_)
                 | BuildError::Settings { .. }
                 | BuildError::NotClustered
-                | BuildError::Encode(_) => s(StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+                | BuildError::Encode(_) => (StatusCode::INTERNAL_SERVER_ERROR, K::Internal),
             },
             E::Image(e) => match e {
-                ImageError::UnknownKernel { .. } => s(StatusCode::NOT_FOUND, e.kind()),
-                ImageError::UnsupportedKernel(_) => s(StatusCode::BAD_REQUEST, e.kind()),
-                _ => s(StatusCode::BAD_GATEWAY, e.kind()),
+                ImageError::UnknownKernel { .. } => (StatusCode::NOT_FOUND, e.kind()),
+                ImageError::UnsupportedKernel(_) => (StatusCode::BAD_REQUEST, e.kind()),
+                _ => (StatusCode::BAD_GATEWAY, e.kind()),
             },
             E::BuildFailed { failure, .. } => {
                 let code = match failure.kind {
@@ -137,46 +147,49 @@ impl AppError {
                     FailureKind::UnknownKernel => StatusCode::NOT_FOUND,
                     _ => StatusCode::UNPROCESSABLE_ENTITY,
                 };
-                (code, failure.kind.as_str().to_string())
+                (code, failure.kind.into())
             }
-            E::WaitTimeout(_) => s(StatusCode::GATEWAY_TIMEOUT, "wait_timeout"),
-            E::Denied(d) if d.is_unauthenticated() => s(StatusCode::UNAUTHORIZED, "unauthorized"),
-            E::Denied(_) => s(StatusCode::FORBIDDEN, "forbidden"),
+            E::WaitTimeout(_) => (StatusCode::GATEWAY_TIMEOUT, K::WaitTimeout),
+            E::Denied(d) if d.is_unauthenticated() => (StatusCode::UNAUTHORIZED, K::Unauthorized),
+            E::Denied(_) => (StatusCode::FORBIDDEN, K::Forbidden),
             E::Token(t) => match t {
-                TokenError::Invalid(_) => s(StatusCode::BAD_REQUEST, "invalid_request"),
-                TokenError::Exists(_) => s(StatusCode::CONFLICT, "conflict"),
-                TokenError::Unknown(_) => s(StatusCode::NOT_FOUND, "not_found"),
-                _ => s(StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+                TokenError::Invalid(_) => (StatusCode::BAD_REQUEST, K::InvalidRequest),
+                TokenError::Exists(_) => (StatusCode::CONFLICT, K::Conflict),
+                TokenError::Unknown(_) => (StatusCode::NOT_FOUND, K::NotFound),
+                _ => (StatusCode::INTERNAL_SERVER_ERROR, K::Internal),
             },
-            E::TooLarge(_) => s(StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
-            E::BadGateway(_) => s(StatusCode::BAD_GATEWAY, "upstream"),
-            E::MethodNotAllowed(_) => s(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
-            E::Internal(_) => s(StatusCode::INTERNAL_SERVER_ERROR, "internal"),
-            E::StoreUnavailable(_) => s(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
-            E::Placeholder { .. } => s(StatusCode::UNPROCESSABLE_ENTITY, "placeholder"),
+            E::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, K::TooLarge),
+            E::BadGateway(_) => (StatusCode::BAD_GATEWAY, K::Upstream),
+            E::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, K::MethodNotAllowed),
+            E::Rejected(r) => (r.status, r.kind),
+            E::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, K::Internal),
+            E::StoreUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, K::StoreUnavailable),
+            E::Placeholder { .. } => (StatusCode::UNPROCESSABLE_ENTITY, K::Placeholder),
         }
     }
 }
 
-fn source_status(e: &SourceError) -> (StatusCode, String) {
+fn source_status(e: &SourceError) -> (StatusCode, ErrorKind) {
+    use ErrorKind as K;
     match e {
         SourceError::Archive(a) => {
-            let code = if a.kind() == "too_large" {
+            let kind = ErrorKind::from(a);
+            let code = if kind == K::TooLarge {
                 StatusCode::PAYLOAD_TOO_LARGE
             } else {
                 StatusCode::BAD_REQUEST
             };
-            (code, a.kind().to_string())
+            (code, kind)
         }
-        SourceError::Conflict { .. } => (StatusCode::CONFLICT, "conflict".into()),
-        SourceError::Immutable { .. } => (StatusCode::CONFLICT, "immutable_version".into()),
+        SourceError::Conflict { .. } => (StatusCode::CONFLICT, K::Conflict),
+        SourceError::Immutable { .. } => (StatusCode::CONFLICT, K::ImmutableVersion),
         SourceError::Denied(d) if d.is_unauthenticated() => {
-            (StatusCode::UNAUTHORIZED, "unauthorized".into())
+            (StatusCode::UNAUTHORIZED, K::Unauthorized)
         }
-        SourceError::Denied(_) => (StatusCode::FORBIDDEN, "forbidden".into()),
-        SourceError::Busy { .. } => (StatusCode::CONFLICT, "busy".into()),
-        SourceError::NotFound { .. } => (StatusCode::NOT_FOUND, "unknown_module".into()),
-        _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal".into()),
+        SourceError::Denied(_) => (StatusCode::FORBIDDEN, K::Forbidden),
+        SourceError::Busy { .. } => (StatusCode::CONFLICT, K::Busy),
+        SourceError::NotFound { .. } => (StatusCode::NOT_FOUND, K::UnknownModule),
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, K::Internal),
     }
 }
 

@@ -10,6 +10,8 @@ use super::{AppError, AppState};
 use crate::keys::CertificateError;
 
 /// Every key the server signs or signed with, the current one of each purpose marked.
+#[utoipa::path(get, path = "/v1/keys", tag = "keys",
+    responses((status = 200, description = "Public keys", body = Vec<kmodforge_api::wire::PublicKey>)))]
 pub(super) async fn list(State(s): State<AppState>) -> Result<Response, AppError> {
     let keys = s
         .store
@@ -21,6 +23,8 @@ pub(super) async fn list(State(s): State<AppState>) -> Result<Response, AppError
 }
 
 /// The current module-signing certificate, DER (`mokutil --import` takes it as is).
+#[utoipa::path(get, path = "/v1/keys/module-signing.der", tag = "keys",
+    responses((status = 200, description = "The module-signing certificate (DER)", body = Vec<u8>, content_type = "application/pkix-cert")))]
 pub(super) async fn module_der(State(s): State<AppState>) -> Response {
     (
         [
@@ -36,6 +40,8 @@ pub(super) async fn module_der(State(s): State<AppState>) -> Response {
 }
 
 /// The current module-signing certificate, PEM.
+#[utoipa::path(get, path = "/v1/keys/module-signing.pem", tag = "keys",
+    responses((status = 200, description = "The module-signing certificate (PEM)", body = String, content_type = "application/x-pem-file")))]
 pub(super) async fn module_pem(State(s): State<AppState>) -> Response {
     (
         [(header::CONTENT_TYPE, "application/x-pem-file")],
@@ -45,6 +51,8 @@ pub(super) async fn module_pem(State(s): State<AppState>) -> Response {
 }
 
 /// The current manifest key, `ed25519:<hex>` and a newline (an agent's `trusted_keys` entry).
+#[utoipa::path(get, path = "/v1/keys/manifest.pub", tag = "keys",
+    responses((status = 200, description = "The manifest key, `ed25519:<hex>`", body = String, content_type = "text/plain")))]
 pub(super) async fn manifest_pub(State(s): State<AppState>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
@@ -55,6 +63,9 @@ pub(super) async fn manifest_pub(State(s): State<AppState>) -> Response {
 
 /// A module-signing certificate by its sha256 (DER): the current one or an
 /// earlier one, for artifacts signed before a key change.
+#[utoipa::path(get, path = "/v1/keys/module-signing/{sha256}", tag = "keys",
+    params(("sha256" = String, Path, description = "The certificate's sha256, lowercase hex", pattern = "^[0-9a-f]{64}$")),
+    responses((status = 200, description = "That certificate (DER)", body = Vec<u8>, content_type = "application/pkix-cert")))]
 pub(super) async fn module_by_sha(
     State(s): State<AppState>,
     axum::extract::Path(sha256): axum::extract::Path<String>,

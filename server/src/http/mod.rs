@@ -7,7 +7,9 @@ mod error;
 mod guard;
 mod keys;
 mod oneshot;
+mod openapi;
 mod readiness;
+mod reject;
 mod settings;
 
 use std::sync::Arc;
@@ -20,7 +22,9 @@ use axum::{Extension, Json, Router};
 use futures_util::stream;
 use kmodforge_api::auth::{AuditAction, Scope};
 use kmodforge_api::names::{KernelRelease, ModuleName, ModuleVersion};
-use kmodforge_api::wire::BuildRequest;
+use kmodforge_api::wire::{
+    AddModuleResponse, BuildRecord, BuildRequest, BuildResponse, KernelInfo, ModuleSource,
+};
 use serde::Deserialize;
 
 use crate::auth::{Audit, Auth, Caller, Tokens};
@@ -62,6 +66,7 @@ fn routes() -> Routes {
     Routes::new()
         .add(Method::GET, "/healthz", Public, healthz)
         .add(Method::GET, "/metrics", S(Read), metrics)
+        .add(Method::GET, "/openapi.json", Public, openapi::openapi_json)
         .add(Method::GET, "/", S(Read), readiness::page)
         .add(Method::GET, "/v1/matrix", S(Read), readiness::matrix_json)
         .add(
@@ -205,6 +210,8 @@ pub fn app(state: AppState) -> Router {
         .fallback(unknown_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(upload_limit))
+        // axum's own refusals (extractors, body limit) become our JSON errors.
+        .layer(axum::middleware::from_fn(reject::json_errors))
         .layer(axum::middleware::from_fn_with_state(
             state.metrics.clone(),
             access_log,
@@ -280,11 +287,19 @@ pub(crate) fn kernel(krel: &str) -> Result<KernelRelease, AppError> {
     })
 }
 
-async fn healthz() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }))
+/// `GET /healthz`: the server answers.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct Health {
+    /// Always `ok`.
+    status: &'static str,
+    /// The server's version.
+    version: &'static str,
 }
 
 /// `GET /metrics`: this process's metrics in the Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "meta",
+    responses((status = 200, description = "This process's metrics in the Prometheus text exposition format (version 0.0.4)",
+        body = String, content_type = "text/plain")))]
 async fn metrics(State(s): State<AppState>) -> Response {
     let (queued, running) = s.builds.load();
     s.metrics.set_build_load(queued, running);
@@ -295,6 +310,19 @@ async fn metrics(State(s): State<AppState>) -> Response {
         .into_response()
 }
 
+/// Liveness: the server answers (no store is asked).
+#[utoipa::path(get, path = "/healthz", tag = "meta",
+    responses((status = 200, description = "The server is up", body = Health)))]
+async fn healthz() -> Json<Health> {
+    Json(Health {
+        status: "ok",
+        version: env!("CARGO_PKG_VERSION"),
+    })
+}
+
+/// The prepared builder images, with their compilers and verifier images.
+#[utoipa::path(get, path = "/v1/kernels", tag = "kernels",
+    responses((status = 200, description = "Prepared kernels", body = Vec<KernelInfo>)))]
 async fn list_kernels(State(s): State<AppState>) -> Result<Response, AppError> {
     let mut kernels = s.images.list().await?;
     for k in &mut kernels {
@@ -308,7 +336,8 @@ async fn list_kernels(State(s): State<AppState>) -> Result<Response, AppError> {
     Ok(Json(kernels).into_response())
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct PrepareQuery {
     /// Also prepare the verifier image (default: the server's boot-check default).
     boot_check: Option<bool>,
@@ -316,6 +345,12 @@ struct PrepareQuery {
 
 /// Prepares a kernel ahead of its first build: the builder image, and the verifier
 /// image when boot checks are wanted.
+#[utoipa::path(put, path = "/v1/kernels/{krel}", tag = "kernels",
+    params(("krel" = kmodforge_api::names::KernelRelease, Path, description = "Kernel release (`uname -r`)", example = "6.1.0-47-amd64"), PrepareQuery),
+    responses(
+        (status = 200, description = "The prepared kernel", body = KernelInfo),
+        (status = 502, description = "The image build failed (`infrastructure`, with `log_tail`)", body = kmodforge_api::wire::ErrorBody),
+    ))]
 async fn prepare_kernel(
     State(s): State<AppState>,
     Path(krel): Path<String>,
@@ -333,11 +368,15 @@ async fn prepare_kernel(
     Ok(Json(info).into_response())
 }
 
+/// Every registered module version.
+#[utoipa::path(get, path = "/v1/modules", tag = "modules",
+    responses((status = 200, description = "Registered module sources", body = Vec<ModuleSource>)))]
 async fn list_modules(State(s): State<AppState>) -> Result<Response, AppError> {
     Ok(Json(s.sources.list().await?).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct AddQuery {
     /// An admin's explicit consent to register other content under a name and
     /// version that had artifacts (deleted since).
@@ -345,6 +384,16 @@ struct AddQuery {
     replace: bool,
 }
 
+/// Registers a module source (`dkms add`): the body is a tar or tar.gz of the
+/// source tree with `dkms.conf` at its root (or in its only top-level folder).
+#[utoipa::path(put, path = "/v1/modules/{name}/{version}", tag = "modules",
+    params(("name" = kmodforge_api::names::ModuleName, Path, description = "Module name (DKMS PACKAGE_NAME)", example = "v4l2loopback"), ("version" = kmodforge_api::names::ModuleVersion, Path, description = "Module version", example = "0.12.7"), AddQuery),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "tar or tar.gz of the source tree"),
+    responses(
+        (status = 201, description = "Registered", body = AddModuleResponse),
+        (status = 200, description = "The same content was registered already", body = AddModuleResponse),
+        (status = 409, description = "Other content under this name and version (`conflict`, `immutable_version`, `busy`)", body = kmodforge_api::wire::ErrorBody),
+    ))]
 async fn add_module(
     State(s): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -373,6 +422,10 @@ async fn add_module(
     Ok((status, Json(added)).into_response())
 }
 
+/// A registered module version.
+#[utoipa::path(get, path = "/v1/modules/{name}/{version}", tag = "modules",
+    params(("name" = kmodforge_api::names::ModuleName, Path, description = "Module name (DKMS PACKAGE_NAME)", example = "v4l2loopback"), ("version" = kmodforge_api::names::ModuleVersion, Path, description = "Module version", example = "0.12.7")),
+    responses((status = 200, description = "The module source", body = ModuleSource)))]
 async fn get_module(
     State(s): State<AppState>,
     Path((name, version)): Path<(String, String)>,
@@ -381,6 +434,13 @@ async fn get_module(
     Ok(Json(s.sources.get(&name, &version).await?).into_response())
 }
 
+/// Deletes a module version's source (its artifacts stay).
+#[utoipa::path(delete, path = "/v1/modules/{name}/{version}", tag = "modules",
+    params(("name" = kmodforge_api::names::ModuleName, Path, description = "Module name (DKMS PACKAGE_NAME)", example = "v4l2loopback"), ("version" = kmodforge_api::names::ModuleVersion, Path, description = "Module version", example = "0.12.7")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 409, description = "A build of it is in progress (`busy`)", body = kmodforge_api::wire::ErrorBody),
+    ))]
 async fn delete_module(
     State(s): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -399,6 +459,17 @@ pub(crate) fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T
         .map_err(|e| AppError::BadRequest(format!("invalid JSON body: {e}")))
 }
 
+/// Asks for a build: a cache hit answers at once (200), a new or joined build is 202
+/// (`Location` names it).
+#[utoipa::path(post, path = "/v1/builds", tag = "builds",
+    request_body(content = BuildRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Finished: a cache hit or a final state", body = BuildResponse),
+        (status = 202, description = "Queued or running", body = BuildResponse,
+            headers(("Location" = String, description = "The build, `/v1/builds/{id}`"))),
+        (status = 404, description = "The module version is not registered (`unknown_module`), or no headers exist for the kernel (`unknown_kernel`)", body = kmodforge_api::wire::ErrorBody),
+        (status = 502, description = "The builder image could not be prepared", body = kmodforge_api::wire::ErrorBody),
+    ))]
 async fn submit_build(
     State(s): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -421,11 +492,16 @@ async fn submit_build(
         .into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Most builds to answer (default 100, at most 1000).
     limit: Option<u32>,
 }
 
+/// The newest builds first.
+#[utoipa::path(get, path = "/v1/builds", tag = "builds", params(ListQuery),
+    responses((status = 200, description = "Build records", body = Vec<BuildRecord>)))]
 async fn list_builds(
     State(s): State<AppState>,
     Query(q): Query<ListQuery>,
@@ -434,6 +510,10 @@ async fn list_builds(
     Ok(Json(s.builds.list(limit).await?).into_response())
 }
 
+/// A build, its failure or its artifact.
+#[utoipa::path(get, path = "/v1/builds/{id}", tag = "builds",
+    params(("id" = String, Path, description = "Build id")),
+    responses((status = 200, description = "The build", body = BuildResponse)))]
 async fn get_build(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -442,6 +522,9 @@ async fn get_build(
 }
 
 /// The build log: streamed live while the build runs (`curl -N` follows it).
+#[utoipa::path(get, path = "/v1/builds/{id}/log", tag = "builds",
+    params(("id" = String, Path, description = "Build id")),
+    responses((status = 200, description = "The log (live while the build runs)", body = String, content_type = "text/plain")))]
 async fn build_log(
     State(s): State<AppState>,
     Path(id): Path<String>,

@@ -16,11 +16,16 @@ use super::{kernel, module_id, AppError, AppState};
 use crate::auth::Caller;
 use crate::sources::{AddSource, SourceError};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct OneShot {
+    /// The kernel release to build for (required).
+    #[param(value_type = kmodforge_api::names::KernelRelease, required = true)]
     kernel: Option<String>,
     /// Module name and version; default: dkms.conf's PACKAGE_NAME/PACKAGE_VERSION.
+    #[param(value_type = Option<kmodforge_api::names::ModuleName>)]
     name: Option<String>,
+    #[param(value_type = Option<kmodforge_api::names::ModuleVersion>)]
     version: Option<String>,
     /// Boot-check the modules before answering (default: the server's).
     boot_check: Option<bool>,
@@ -31,6 +36,16 @@ pub(super) struct OneShot {
 /// Adds, builds and answers the modules. The token must be allowed to publish the
 /// module: checked before the body is read when the query names it, else once
 /// dkms.conf has.
+#[utoipa::path(post, path = "/v1/build", tag = "builds", params(OneShot),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "tar or tar.gz of the source tree"),
+    responses(
+        (status = 200, description = "The modules and `manifest.json` as a tar", body = Vec<u8>, content_type = "application/x-tar"),
+        (status = 404, description = "No headers exist for the kernel (`unknown_kernel`)", body = kmodforge_api::wire::ErrorBody),
+        (status = 409, description = "Other content under this name and version", body = kmodforge_api::wire::ErrorBody),
+        (status = 422, description = "The build failed: `kind` is its failure kind, with `log_tail` and `build_id`", body = kmodforge_api::wire::ErrorBody),
+        (status = 502, description = "The service failed (`infrastructure`)", body = kmodforge_api::wire::ErrorBody),
+        (status = 504, description = "Still building after the server's wait (`wait_timeout`, `build_id`)", body = kmodforge_api::wire::ErrorBody),
+    ))]
 pub(super) async fn build(
     State(s): State<AppState>,
     Extension(caller): Extension<Caller>,

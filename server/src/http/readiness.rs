@@ -13,11 +13,17 @@ use kmodforge_api::wire::{CellState, Matrix, MatrixCell};
 use super::{kernel, AppError, AppState};
 use crate::matrix::matrix;
 
+/// Readiness of every module version on every known kernel.
+#[utoipa::path(get, path = "/v1/matrix", tag = "readiness",
+    responses((status = 200, description = "The matrix", body = Matrix)))]
 pub(super) async fn matrix_json(State(s): State<AppState>) -> Result<Response, AppError> {
     let m = matrix(&s.store).await.map_err(AppError::from)?;
     Ok(Json(m).into_response())
 }
 
+/// The matrix as a page for people (HTML, no scripts).
+#[utoipa::path(get, path = "/", tag = "readiness",
+    responses((status = 200, description = "The readiness page", body = String, content_type = "text/html")))]
 pub(super) async fn page(State(s): State<AppState>) -> Result<Response, AppError> {
     let m = matrix(&s.store).await.map_err(AppError::from)?;
     Ok((
@@ -29,6 +35,9 @@ pub(super) async fn page(State(s): State<AppState>) -> Result<Response, AppError
 
 /// `POST /v1/kernels/{krel}/prebuild`: the prebuild of every AUTOINSTALL module
 /// (or the configured set), now, at background priority.
+#[utoipa::path(post, path = "/v1/kernels/{krel}/prebuild", tag = "readiness",
+    params(("krel" = kmodforge_api::names::KernelRelease, Path, description = "Kernel release (`uname -r`)", example = "6.1.0-47-amd64")),
+    responses((status = 202, description = "The prebuild started", body = kmodforge_api::wire::Prebuild)))]
 pub(super) async fn prebuild(
     State(s): State<AppState>,
     Path(krel): Path<String>,
@@ -47,14 +56,26 @@ pub(super) async fn prebuild(
     Ok((StatusCode::ACCEPTED, Json(p)).into_response())
 }
 
+/// What a scan found.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(super) struct Scanned {
+    /// Kernels newly published, whose prebuilds started.
+    prebuilding: Vec<kmodforge_api::names::KernelRelease>,
+}
+
 /// `POST /v1/archive/scan`: scan the watched archives now.
+#[utoipa::path(post, path = "/v1/archive/scan", tag = "readiness",
+    responses(
+        (status = 200, description = "Scanned", body = Scanned),
+        (status = 502, description = "An archive could not be read (`upstream`)", body = kmodforge_api::wire::ErrorBody),
+    ))]
 pub(super) async fn scan(State(s): State<AppState>) -> Result<Response, AppError> {
     let new = s
         .watcher
         .scan()
         .await
         .map_err(|e| AppError::BadGateway(e.to_string()))?;
-    Ok(Json(serde_json::json!({ "prebuilding": new })).into_response())
+    Ok(Json(Scanned { prebuilding: new }).into_response())
 }
 
 fn esc(s: &str) -> String {

@@ -45,6 +45,10 @@ async fn audit(
 }
 
 /// Replaces the module's settings; answers them in canonical form.
+#[utoipa::path(put, path = "/v1/modules/{name}/settings", tag = "modules",
+    params(("name" = kmodforge_api::names::ModuleName, Path, description = "Module name", example = "v4l2loopback")),
+    request_body(content = ModuleSettings, content_type = "application/json"),
+    responses((status = 200, description = "The settings as stored", body = SettingsRecord)))]
 pub(super) async fn put(
     State(s): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -76,6 +80,9 @@ pub(super) async fn put(
 }
 
 /// The module's settings; empty ones when none were set.
+#[utoipa::path(get, path = "/v1/modules/{name}/settings", tag = "modules",
+    params(("name" = kmodforge_api::names::ModuleName, Path, description = "Module name", example = "v4l2loopback")),
+    responses((status = 200, description = "The settings", body = SettingsRecord)))]
 pub(super) async fn get(
     State(s): State<AppState>,
     Path(name): Path<String>,
@@ -95,6 +102,10 @@ pub(super) async fn get(
     .into_response())
 }
 
+/// Deletes the module's settings (204 also when there were none).
+#[utoipa::path(delete, path = "/v1/modules/{name}/settings", tag = "modules",
+    params(("name" = kmodforge_api::names::ModuleName, Path, description = "Module name", example = "v4l2loopback")),
+    responses((status = 204, description = "Deleted")))]
 pub(super) async fn delete(
     State(s): State<AppState>,
     Extension(caller): Extension<Caller>,

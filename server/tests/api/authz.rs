@@ -271,6 +271,7 @@ fn the_scope_table_is_the_documented_one() {
     let want: Vec<(&str, &str, Access)> = vec![
         ("GET", "/healthz", Public),
         ("GET", "/metrics", S(Read)),
+        ("GET", "/openapi.json", Public),
         ("GET", "/", S(Read)),
         ("GET", "/v1/matrix", S(Read)),
         ("POST", "/v1/kernels/{krel}/prebuild", S(Admin)),
