@@ -112,8 +112,14 @@ impl Builds {
             Ok(_) => {}
             Err(e) => return Err(infra(e.to_string())),
         }
-        let modules = self.modules_to_load(manifest).await.map_err(infra)?;
-        let enforce = self.enforcement(manifest, &modules).await.map_err(infra)?;
+        let modules = self
+            .modules_to_load(manifest)
+            .await
+            .map_err(|e| infra(e.to_string()))?;
+        let enforce = self
+            .enforcement(manifest, &modules)
+            .await
+            .map_err(|e| infra(e.to_string()))?;
         let permit = match self.slot(job).await {
             Ok(p) => p,
             Err(Outcome::Failed(f)) => return Err(f),
@@ -169,7 +175,7 @@ impl Builds {
         &self,
         manifest: &Manifest,
         modules: &[(String, Vec<u8>)],
-    ) -> Result<Option<Enforcement>, String> {
+    ) -> Result<Option<Enforcement>, CheckInputError> {
         let Some(sha) = manifest
             .module_signing
             .as_ref()
@@ -181,21 +187,17 @@ impl Builds {
         if !self.checker.enforce_signed() {
             return Ok(None);
         }
-        let (cert_der, cert_cn) = self
-            .keys
-            .certificate(sha, &*self.store.records)
-            .await
-            .map_err(|e| e.to_string())?;
+        let (cert_der, cert_cn) = self.keys.certificate(sha, &*self.store.records).await?;
         let Some((file, signed)) = modules.first() else {
             return Ok(None);
         };
-        let (unsigned, _) = split_signature(signed)
-            .ok_or_else(|| format!("{file} is recorded as signed but carries no signature"))?;
+        let (unsigned, _) =
+            split_signature(signed).ok_or_else(|| CheckInputError::NoSignature(file.clone()))?;
         let foreign = self
             .keys
             .foreign()
             .and_then(|k| k.sign(unsigned))
-            .map_err(|e| format!("signing the foreign probe: {e}"))?;
+            .map_err(CheckInputError::Probe)?;
         Ok(Some(Enforcement {
             cert_der,
             cert_cn,
@@ -216,7 +218,10 @@ impl Builds {
 
     /// The artifact's `.ko` files and those of its BUILD_DEPENDS artifacts (all
     /// the way down), which a host would have installed before it.
-    async fn modules_to_load(&self, manifest: &Manifest) -> Result<Vec<(String, Vec<u8>)>, String> {
+    async fn modules_to_load(
+        &self,
+        manifest: &Manifest,
+    ) -> Result<Vec<(String, Vec<u8>)>, CheckInputError> {
         let mut modules = Vec::new();
         let mut seen = vec![manifest.key.clone()];
         let mut todo = vec![manifest.clone()];
@@ -224,8 +229,13 @@ impl Builds {
             for f in &m.files {
                 match self.store.objects.get_blob(&f.sha256).await {
                     Ok(Some(bytes)) => modules.push((f.file.clone(), bytes.to_vec())),
-                    Ok(None) => return Err(format!("blob {} of {} is missing", f.sha256, f.file)),
-                    Err(e) => return Err(e.to_string()),
+                    Ok(None) => {
+                        return Err(CheckInputError::MissingBlob {
+                            sha256: f.sha256.clone(),
+                            file: f.file.clone(),
+                        })
+                    }
+                    Err(e) => return Err(e.into()),
                 }
             }
             for d in &m.dependencies {
@@ -236,12 +246,12 @@ impl Builds {
                 match self.store.records.get_artifact(&d.key).await {
                     Ok(Some(dm)) => todo.push(dm),
                     Ok(None) => {
-                        return Err(format!(
-                            "dependency {}/{} (artifact {}) is gone",
+                        return Err(CheckInputError::DependencyGone(format!(
+                            "{}/{} (artifact {})",
                             d.name, d.version, d.key
-                        ))
+                        )))
                     }
-                    Err(e) => return Err(e.to_string()),
+                    Err(e) => return Err(e.into()),
                 }
             }
         }
@@ -254,6 +264,25 @@ impl Builds {
         locks.retain(|_, l| Arc::strong_count(l) > 1);
         locks.entry(key.clone()).or_default().clone()
     }
+}
+
+/// Why the inputs of a boot check could not be gathered (the service's trouble).
+#[derive(Debug, thiserror::Error)]
+enum CheckInputError {
+    #[error("blob {sha256} of {file} is missing")]
+    MissingBlob { sha256: String, file: String },
+    #[error("dependency {0} is gone")]
+    DependencyGone(String),
+    #[error(transparent)]
+    Blob(#[from] crate::store::BlobError),
+    #[error(transparent)]
+    Records(#[from] crate::store::RecordsError),
+    #[error(transparent)]
+    Certificate(#[from] crate::keys::CertificateError),
+    #[error("{0} is recorded as signed but carries no signature")]
+    NoSignature(String),
+    #[error("signing the foreign probe: {0}")]
+    Probe(crate::keys::SignError),
 }
 
 /// The kernel's own lines about the modules that did not load, for the log tail.
