@@ -18,6 +18,7 @@ pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod flat_tar;
+pub mod gc;
 pub mod http;
 pub mod images;
 pub mod keys;
@@ -116,6 +117,7 @@ pub async fn init(config: &Config) -> Result<AppState, StartError> {
         })?;
         tracing::warn!(dir = %dir.display(), "writing a copy of every container input (audit trace)");
     }
+    let gc_engine = engine.clone();
     let image_settings = images::ImageSettings {
         images_dir: config.images_dir.clone(),
         base_image: config.base_image.clone(),
@@ -157,6 +159,13 @@ pub async fn init(config: &Config) -> Result<AppState, StartError> {
     );
     builds.recover().await?;
     builds.spawn_claimer();
+    let gc = gc::Gc::new(
+        store.clone(),
+        builds.clone(),
+        gc_engine,
+        config.gc_settings(),
+    );
+    gc.clone().spawn();
     let prebuilder = prebuild::Prebuilder::new(
         builds.clone(),
         store.clone(),
@@ -186,6 +195,7 @@ pub async fn init(config: &Config) -> Result<AppState, StartError> {
         keys,
         prebuilder,
         watcher,
+        gc,
         oneshot_wait: std::time::Duration::from_secs(config.oneshot_wait_secs),
         presign: (config.presign_downloads_secs > 0)
             .then(|| std::time::Duration::from_secs(config.presign_downloads_secs)),

@@ -79,6 +79,7 @@ impl Prebuilder {
                 published: false,
                 requested: false,
                 first_seen: now_rfc3339(),
+                last_requested: None,
                 prebuild: None,
             });
         let mut prebuild = Prebuild {

@@ -51,6 +51,10 @@ pub enum AppError {
     /// The database or the object store cannot be reached: retry later (503).
     #[error("{0}")]
     StoreUnavailable(String),
+    /// The data directory's disk is full: nothing was stored; retry once space is
+    /// freed (507). The message names the store.
+    #[error("{0}")]
+    InsufficientStorage(String),
 }
 
 impl From<crate::store::BlobError> for AppError {
@@ -62,13 +66,16 @@ impl From<crate::store::BlobError> for AppError {
             e @ crate::store::BlobError::Unavailable { .. } => {
                 AppError::StoreUnavailable(e.to_string())
             }
+            e @ crate::store::BlobError::Full { .. } => AppError::InsufficientStorage(e.to_string()),
         }
     }
 }
 
 impl From<crate::store::RecordsError> for AppError {
     fn from(e: crate::store::RecordsError) -> Self {
-        if e.is_unavailable() {
+        if e.is_disk_full() {
+            AppError::InsufficientStorage(format!("the records' disk is full: {e}"))
+        } else if e.is_unavailable() {
             AppError::StoreUnavailable(e.to_string())
         } else {
             AppError::Internal(e.to_string())
@@ -91,10 +98,31 @@ fn unavailable(e: &AppError) -> Option<String> {
     }
 }
 
+/// The message of a store whose disk is full, wherever it sits in `e`.
+fn full(e: &AppError) -> Option<String> {
+    use crate::store::{BlobError, RecordsError};
+    let records = |r: &RecordsError| {
+        r.is_disk_full()
+            .then(|| format!("the records' disk is full: {r}"))
+    };
+    let blobs = |b: &BlobError| matches!(b, BlobError::Full { .. }).then(|| b.to_string());
+    match e {
+        AppError::InsufficientStorage(m) => Some(m.clone()),
+        AppError::Build(BuildError::Records(r)) => records(r),
+        AppError::Source(SourceError::Records(r)) => records(r),
+        AppError::Source(SourceError::Blob(b)) => blobs(b),
+        AppError::Token(TokenError::Records(r)) => records(r),
+        _ => None,
+    }
+}
+
 impl AppError {
     fn status_and_kind(&self) -> (StatusCode, String) {
         use AppError as E;
         let s = |code, kind: &str| (code, kind.to_string());
+        if full(self).is_some() {
+            return s(StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage");
+        }
         if unavailable(self).is_some() {
             return s(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable");
         }
@@ -122,6 +150,7 @@ impl AppError {
             E::BuildFailed { failure, .. } => {
                 let code = match failure.kind {
                     FailureKind::Infrastructure => StatusCode::BAD_GATEWAY,
+                    FailureKind::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
                     FailureKind::UnknownKernel => StatusCode::NOT_FOUND,
                     _ => StatusCode::UNPROCESSABLE_ENTITY,
                 };
@@ -141,6 +170,7 @@ impl AppError {
             E::MethodNotAllowed(_) => s(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             E::Internal(_) => s(StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             E::StoreUnavailable(_) => s(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
+            E::InsufficientStorage(_) => s(StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage"),
         }
     }
 }
@@ -176,6 +206,9 @@ impl IntoResponse for AppError {
         }
         let message = if internal {
             "internal server error (see the server log)".to_string()
+        } else if let Some(m) = full(&self) {
+            tracing::error!(error = %m, "request failed: store full");
+            m
         } else if let Some(m) = unavailable(&self) {
             tracing::error!(error = %m, "request failed: store unavailable");
             m
