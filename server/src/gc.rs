@@ -5,8 +5,8 @@
 //!   except records an artifact's manifest names and builds still queued or running;
 //! - blobs no artifact refers to and source tars no module refers to;
 //! - per-kernel images (builder, verifier, builder-with-packages) of kernels no
-//!   build was requested for within `--retain-kernels-unused`, and the `/usr`
-//!   volumes of images that are gone. A kernel this server has no record of is
+//!   build was requested for within `--retain-kernels-unused`, with their `/usr`
+//!   volumes. A kernel this server has no record of is
 //!   never touched (the engine may be shared with other servers), nor a kernel a
 //!   queued or running build is for (its image is in use or being prepared).
 //!
@@ -349,26 +349,25 @@ impl Gc {
                 kernel,
             });
         }
-        self.collect_volumes(&images, &gone, r).await;
+        self.collect_volumes(&gone, r).await;
         Ok(())
     }
 
-    /// The volumes of images removed now, and of images gone before.
-    async fn collect_volumes(&self, images: &[ImageInfo], gone: &HashSet<String>, r: &mut GcReport) {
+    /// The `/usr` volumes of the images removed now. (Volumes of images removed
+    /// otherwise are left alone: on an engine shared with other servers, this one
+    /// cannot tell whose they are.)
+    async fn collect_volumes(&self, gone: &HashSet<String>, r: &mut GcReport) {
+        if gone.is_empty() {
+            return;
+        }
         let label = crate::usr_volumes::IMAGE_LABEL;
         let selector = LabelSelector::default().has(label);
         let volumes = match self.engine.list_volumes(&selector).await {
             Ok(v) => v,
             Err(e) => return r.errors.push(format!("volumes not collected: {e}")),
         };
-        let present: HashSet<&str> = images.iter().map(|i| i.id.as_str()).collect();
         for v in volumes {
-            let Some(image) = v.labels.get(label) else {
-                continue;
-            };
-            let orphan = !present.contains(image.as_str())
-                && self.engine.inspect_image(image).await.is_err();
-            if !gone.contains(image) && !orphan {
+            if !v.labels.get(label).is_some_and(|image| gone.contains(image)) {
                 continue;
             }
             if !r.dry_run {

@@ -479,7 +479,7 @@ async fn retention_contract(r: &dyn Records) {
     r.put_build(&build("b-old-queued", "queued", old)).await.unwrap();
     r.put_build(&build("b-new", "failed", new)).await.unwrap();
     // b-old-kept made an artifact: its record stays as long as the manifest names it.
-    r.put_artifact(&manifest('k', "6.1.0-47-amd64", &[&"1".repeat(64)], "b-old-kept"))
+    r.put_artifact(&manifest('c', "6.1.0-47-amd64", &[&"1".repeat(64)], "b-old-kept"))
         .await
         .unwrap();
     let cutoff = "2026-06-01T00:00:00Z";
@@ -508,7 +508,7 @@ async fn retention_contract(r: &dyn Records) {
     assert_eq!(unfinished, ["b-old-queued", "b-old-running"]);
 
     let symvers = "2".repeat(64);
-    let mut m = manifest('l', "6.1.0-47-amd64", &[&"3".repeat(64)], "b-x");
+    let mut m = manifest('f', "6.1.0-47-amd64", &[&"3".repeat(64)], "b-x");
     m.symvers = Some(serde_json::from_value(json!({"sha256": symvers, "size": 1})).unwrap());
     r.put_artifact(&m).await.unwrap();
     let blobs = r.referenced_blobs().await.unwrap();

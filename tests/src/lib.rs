@@ -30,6 +30,7 @@ mod modinfo;
 mod server;
 pub mod signature;
 pub mod tls;
+pub mod tmpfs;
 
 use std::time::Duration;
 
