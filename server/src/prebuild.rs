@@ -118,6 +118,11 @@ impl Prebuilder {
         }
         tracing::info!(%kernel, trigger, builds = prebuild.builds.len(), "prebuild submitted");
         known.prebuild = Some(prebuild.clone());
+        // The submissions noted the request (retention reads it): keep that note.
+        if let Some(now) = records.get_kernel(kernel).await? {
+            known.requested = now.requested;
+            known.last_requested = now.last_requested;
+        }
         records.put_kernel(&known).await?;
         Ok(prebuild)
     }
