@@ -229,7 +229,11 @@ pub struct Config {
     /// Builder and verifier images (and their `/usr` volumes) of kernels no build
     /// was requested for within this long are removed (`30days`; `0s`: every kernel
     /// without a build in flight).
-    #[arg(long, env = "KMODFORGE_RETAIN_KERNELS_UNUSED", default_value = "30days")]
+    #[arg(
+        long,
+        env = "KMODFORGE_RETAIN_KERNELS_UNUSED",
+        default_value = "30days"
+    )]
     pub retain_kernels_unused: humantime::Duration,
 
     /// Seconds between garbage collections (records, logs, blobs, images,

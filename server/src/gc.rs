@@ -334,7 +334,12 @@ impl Gc {
             let kernel = img.labels.get(KERNEL_LABEL).cloned().unwrap_or_default();
             if !r.dry_run {
                 // A build for the kernel may have started since the listing.
-                if self.builds.in_flight().iter().any(|b| b.kernel.as_str() == kernel) {
+                if self
+                    .builds
+                    .in_flight()
+                    .iter()
+                    .any(|b| b.kernel.as_str() == kernel)
+                {
                     continue;
                 }
                 if let Err(e) = self.engine.remove_image(&img.id).await {
@@ -367,7 +372,11 @@ impl Gc {
             Err(e) => return r.errors.push(format!("volumes not collected: {e}")),
         };
         for v in volumes {
-            if !v.labels.get(label).is_some_and(|image| gone.contains(image)) {
+            if !v
+                .labels
+                .get(label)
+                .is_some_and(|image| gone.contains(image))
+            {
                 continue;
             }
             if !r.dry_run {
@@ -496,7 +505,11 @@ mod tests {
     fn kernels_last_used_before_the_cutoff_lose_their_images() {
         let images = vec![
             image("old-builder", "6.1.0-1-amd64", &[]),
-            image("old-pkgs", "6.1.0-1-amd64", &[("kmodforge.base", "old-builder")]),
+            image(
+                "old-pkgs",
+                "6.1.0-1-amd64",
+                &[("kmodforge.base", "old-builder")],
+            ),
             image("recent", "6.1.0-2-amd64", &[]),
             image("unknown", "6.1.0-3-amd64", &[]),
             image("busy", "6.1.0-4-amd64", &[]),

@@ -473,15 +473,28 @@ async fn records_contract_on_postgresql() {
 async fn retention_contract(r: &dyn Records) {
     let old = "2026-01-01T00:00:00Z";
     let new = "2026-12-07T00:00:00Z";
-    r.put_build(&build("b-old-failed", "failed", old)).await.unwrap();
-    r.put_build(&build("b-old-kept", "succeeded", old)).await.unwrap();
-    r.put_build(&build("b-old-running", "running", old)).await.unwrap();
-    r.put_build(&build("b-old-queued", "queued", old)).await.unwrap();
-    r.put_build(&build("b-new", "failed", new)).await.unwrap();
-    // b-old-kept made an artifact: its record stays as long as the manifest names it.
-    r.put_artifact(&manifest('c', "6.1.0-47-amd64", &[&"1".repeat(64)], "b-old-kept"))
+    r.put_build(&build("b-old-failed", "failed", old))
         .await
         .unwrap();
+    r.put_build(&build("b-old-kept", "succeeded", old))
+        .await
+        .unwrap();
+    r.put_build(&build("b-old-running", "running", old))
+        .await
+        .unwrap();
+    r.put_build(&build("b-old-queued", "queued", old))
+        .await
+        .unwrap();
+    r.put_build(&build("b-new", "failed", new)).await.unwrap();
+    // b-old-kept made an artifact: its record stays as long as the manifest names it.
+    r.put_artifact(&manifest(
+        'c',
+        "6.1.0-47-amd64",
+        &[&"1".repeat(64)],
+        "b-old-kept",
+    ))
+    .await
+    .unwrap();
     let cutoff = "2026-06-01T00:00:00Z";
     assert_eq!(
         r.expired_builds(cutoff, 100).await.unwrap(),
@@ -489,9 +502,15 @@ async fn retention_contract(r: &dyn Records) {
     );
     assert!(r.expired_builds(cutoff, 0).await.unwrap().is_empty());
     // Deleting re-checks: in-flight, referenced and unknown ids are left alone.
-    let asked: Vec<String> = ["b-old-failed", "b-old-kept", "b-old-running", "b-new", "nope"]
-        .map(String::from)
-        .to_vec();
+    let asked: Vec<String> = [
+        "b-old-failed",
+        "b-old-kept",
+        "b-old-running",
+        "b-new",
+        "nope",
+    ]
+    .map(String::from)
+    .to_vec();
     let mut gone = r.delete_builds(&asked).await.unwrap();
     gone.sort();
     assert_eq!(gone, ["b-new", "b-old-failed"]);
@@ -517,14 +536,19 @@ async fn retention_contract(r: &dyn Records) {
     }
     assert!(!blobs.contains(&"4".repeat(64)));
     r.put_module(&module("m", "1", 'd')).await.unwrap();
-    assert!(r.referenced_sources().await.unwrap().contains(&"d".repeat(64)));
-    assert!(!r.referenced_sources().await.unwrap().contains(&"e".repeat(64)));
+    assert!(r
+        .referenced_sources()
+        .await
+        .unwrap()
+        .contains(&"d".repeat(64)));
+    assert!(!r
+        .referenced_sources()
+        .await
+        .unwrap()
+        .contains(&"e".repeat(64)));
     // Once the manifest is gone, so is the protection of its build's record.
     r.delete_artifacts(&name("m"), &version("1")).await.unwrap();
-    assert_eq!(
-        r.expired_builds(cutoff, 100).await.unwrap(),
-        ["b-old-kept"]
-    );
+    assert_eq!(r.expired_builds(cutoff, 100).await.unwrap(), ["b-old-kept"]);
     assert!(r.referenced_blobs().await.unwrap().is_empty());
 }
 
@@ -549,8 +573,14 @@ async fn postgresql_gc_lock_is_held_by_one_replica_at_a_time() {
     let a = PgRecords::connect(&db.url).await.unwrap();
     let b = PgRecords::connect(&db.url).await.unwrap();
     let held = a.try_gc_lock().await.unwrap().expect("first replica locks");
-    assert!(b.try_gc_lock().await.unwrap().is_none(), "second is refused");
-    assert!(a.try_gc_lock().await.unwrap().is_none(), "not re-entrant per session pool");
+    assert!(
+        b.try_gc_lock().await.unwrap().is_none(),
+        "second is refused"
+    );
+    assert!(
+        a.try_gc_lock().await.unwrap().is_none(),
+        "not re-entrant per session pool"
+    );
     drop(held);
     // The lock goes with its session, which closes asynchronously.
     let mut got = None;
@@ -757,7 +787,10 @@ async fn objects_listing_contract(o: &Objects) {
     let mine = listed.iter().find(|b| b.name == sha).expect("listed");
     assert_eq!(mine.size, data.len() as u64);
     assert!(mine.modified > before, "{:?}", mine.modified);
-    assert_eq!(o.blob_meta(&sha).await.unwrap().unwrap().size, data.len() as u64);
+    assert_eq!(
+        o.blob_meta(&sha).await.unwrap().unwrap().size,
+        data.len() as u64
+    );
     o.delete_blob(&sha).await.unwrap();
     assert!(o.blob_meta(&sha).await.unwrap().is_none());
     assert!(!o.list_blobs().await.unwrap().iter().any(|b| b.name == sha));
@@ -769,13 +802,18 @@ async fn objects_listing_contract(o: &Objects) {
         .await
         .unwrap();
     let sources = o.list_sources().await.unwrap();
-    let mine = sources.iter().find(|s| s.name == digest.as_str()).expect("listed");
+    let mine = sources
+        .iter()
+        .find(|s| s.name == digest.as_str())
+        .expect("listed");
     assert_eq!(mine.size, 3);
     o.delete_source(&digest).await.unwrap();
 
     let id = format!("{:016x}", rand::random::<u64>());
     assert_eq!(o.log_size(&id).await.unwrap(), None);
-    o.put_log(&id, bytes::Bytes::from_static(b"12345")).await.unwrap();
+    o.put_log(&id, bytes::Bytes::from_static(b"12345"))
+        .await
+        .unwrap();
     assert_eq!(o.log_size(&id).await.unwrap(), Some(5));
     o.delete_log(&id).await.unwrap();
     assert_eq!(o.log_size(&id).await.unwrap(), None);
@@ -813,7 +851,9 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(self.0.path()).status();
+        let _ = std::process::Command::new("umount")
+            .arg(self.0.path())
+            .status();
     }
 }
 

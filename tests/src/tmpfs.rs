@@ -33,8 +33,8 @@ impl SmallFs {
     /// Writes `<dir>/filler` until the filesystem is full (ENOSPC); returns its path.
     pub fn fill(&self) -> Result<PathBuf> {
         let path = self.dir.join("filler");
-        let mut f = std::fs::File::create(&path)
-            .with_context(|| format!("creating {}", path.display()))?;
+        let mut f =
+            std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
         let chunk = vec![0u8; 64 * 1024];
         loop {
             match f.write_all(&chunk) {

@@ -51,7 +51,11 @@ async fn a_full_data_directory_answers_507_keeps_serving_and_recovers() -> Resul
     c.add_module("kmf-full-b", "1.0", &fixture("hello")).await?;
     let (_, a) = c.build(&request("kmf-full-a", "1.0", KERNEL_A)?).await?;
     let a = c.wait(&a.build.id).await?;
-    ensure!(a.build.state == BuildState::Succeeded, "{:?}", a.build.failure);
+    ensure!(
+        a.build.state == BuildState::Succeeded,
+        "{:?}",
+        a.build.failure
+    );
     let manifest = c.manifest("kmf-full-a", "1.0", KERNEL_A).await?;
     let blobs_before = blobs_are_whole(&fs, &dir.data())?;
 
@@ -60,7 +64,10 @@ async fn a_full_data_directory_answers_507_keeps_serving_and_recovers() -> Resul
     let body = tar_gz_dir(&fixture("hello"))?;
     let resp = c.put_module("kmf-full-c", "1.0", body.clone()).await?;
     let (status, err) = error_body(resp).await?;
-    ensure!(status == StatusCode::INSUFFICIENT_STORAGE, "{status} {err:?}");
+    ensure!(
+        status == StatusCode::INSUFFICIENT_STORAGE,
+        "{status} {err:?}"
+    );
     ensure!(err.error.kind == "insufficient_storage", "{err:?}");
     ensure!(err.error.message.contains("full"), "{err:?}");
     let data = dir.data().display().to_string();
@@ -70,18 +77,28 @@ async fn a_full_data_directory_answers_507_keeps_serving_and_recovers() -> Resul
         err.error.message
     );
     let missing = c.get("/v1/modules/kmf-full-c/1.0").await?;
-    ensure!(missing.status() == StatusCode::NOT_FOUND, "a refused upload was registered");
+    ensure!(
+        missing.status() == StatusCode::NOT_FOUND,
+        "a refused upload was registered"
+    );
 
     // A new build: refused with 507, or it runs and ends with its own kind.
     let resp = c
-        .post_build(&serde_json::to_value(request("kmf-full-b", "1.0", KERNEL_A)?)?)
+        .post_build(&serde_json::to_value(request(
+            "kmf-full-b",
+            "1.0",
+            KERNEL_A,
+        )?)?)
         .await?;
     let status = resp.status();
     if status == StatusCode::INSUFFICIENT_STORAGE {
         let (_, err) = error_body(resp).await?;
         ensure!(err.error.kind == "insufficient_storage", "{err:?}");
     } else {
-        ensure!(status == StatusCode::ACCEPTED, "build on a full disk answered {status}");
+        ensure!(
+            status == StatusCode::ACCEPTED,
+            "build on a full disk answered {status}"
+        );
         let started: kmodforge_api::wire::BuildResponse = resp.json().await?;
         let done = c.wait(&started.build.id).await?;
         let f = kmodforge_e2e::expect_failure(&done, FailureKind::InsufficientStorage)?;
@@ -101,10 +118,18 @@ async fn a_full_data_directory_answers_507_keeps_serving_and_recovers() -> Resul
     // Space returns: the same requests succeed.
     std::fs::remove_file(&filler)?;
     let resp = c.put_module("kmf-full-c", "1.0", body).await?;
-    ensure!(resp.status() == StatusCode::CREATED, "upload after: {}", resp.status());
+    ensure!(
+        resp.status() == StatusCode::CREATED,
+        "upload after: {}",
+        resp.status()
+    );
     let (_, b) = c.build(&request("kmf-full-b", "1.0", KERNEL_A)?).await?;
     let b = c.wait(&b.build.id).await?;
-    ensure!(b.build.state == BuildState::Succeeded, "{:?}", b.build.failure);
+    ensure!(
+        b.build.state == BuildState::Succeeded,
+        "{:?}",
+        b.build.failure
+    );
     let m = c.manifest("kmf-full-b", "1.0", KERNEL_A).await?;
     check_downloads(c, &m).await?;
     blobs_are_whole(&fs, &dir.data())?;

@@ -63,7 +63,8 @@ async fn expired_records_go_what_artifacts_and_running_builds_use_stays() -> Res
     .await?;
     let c = &env.client;
     // A build that made an artifact, and one that failed (its record and log are garbage).
-    c.add_module("kmf-gc-hello", "1.0", &fixture("hello")).await?;
+    c.add_module("kmf-gc-hello", "1.0", &fixture("hello"))
+        .await?;
     let (_, made) = c.build(&request("kmf-gc-hello", "1.0", KERNEL_A)?).await?;
     let made = c.wait(&made.build.id).await?;
     ensure!(made.build.state == BuildState::Succeeded, "{made:?}");
@@ -90,20 +91,44 @@ async fn expired_records_go_what_artifacts_and_running_builds_use_stays() -> Res
     // A dry run names the expired record and removes nothing.
     let dry = c.gc(true).await?;
     ensure!(dry["dry_run"] == true, "{dry}");
-    ensure!(strings(&dry, "builds") == [broken.build.id.clone()], "{dry}");
-    ensure!(c.has_build(&broken.build.id).await?, "dry run removed a record");
+    ensure!(
+        strings(&dry, "builds") == [broken.build.id.clone()],
+        "{dry}"
+    );
+    ensure!(
+        c.has_build(&broken.build.id).await?,
+        "dry run removed a record"
+    );
 
     let builder = env_builder_image().await?;
     let volumes_before = volumes_of(&builder)?;
     let report = c.gc(false).await?;
     eprintln!("gc report: {report}");
     // Only the failed build's record and log: the artifact's build and the running one stay.
-    ensure!(strings(&report, "builds") == [broken.build.id.clone()], "{report}");
-    ensure!(report["logs"] == 1 && report["bytes"].as_u64() > Some(0), "{report}");
-    ensure!(!c.has_build(&broken.build.id).await?, "expired record still served");
-    let log = c.get(&format!("/v1/builds/{}/log", broken.build.id)).await?;
-    ensure!(log.status() == StatusCode::NOT_FOUND, "log of a removed build: {}", log.status());
-    ensure!(c.has_build(&made.build.id).await?, "the artifact's build record went");
+    ensure!(
+        strings(&report, "builds") == [broken.build.id.clone()],
+        "{report}"
+    );
+    ensure!(
+        report["logs"] == 1 && report["bytes"].as_u64() > Some(0),
+        "{report}"
+    );
+    ensure!(
+        !c.has_build(&broken.build.id).await?,
+        "expired record still served"
+    );
+    let log = c
+        .get(&format!("/v1/builds/{}/log", broken.build.id))
+        .await?;
+    ensure!(
+        log.status() == StatusCode::NOT_FOUND,
+        "log of a removed build: {}",
+        log.status()
+    );
+    ensure!(
+        c.has_build(&made.build.id).await?,
+        "the artifact's build record went"
+    );
     // The artifact still downloads and verifies.
     let m = c.manifest("kmf-gc-hello", "1.0", KERNEL_A).await?;
     check_downloads(c, &m).await?;
@@ -119,7 +144,11 @@ async fn expired_records_go_what_artifacts_and_running_builds_use_stays() -> Res
     }
     ensure!(volumes_of(&builder)? == volumes_before, "volumes changed");
     let slow = c.wait(&slow.build.id).await?;
-    ensure!(slow.build.state == BuildState::Succeeded, "{:?}", slow.build.failure);
+    ensure!(
+        slow.build.state == BuildState::Succeeded,
+        "{:?}",
+        slow.build.failure
+    );
     // No second collection here: with kernels unused for "0s", KERNEL_A (shared with
     // other tests) would be unprotected once no build of it runs.
     env.assert_no_job_containers().await?;
@@ -148,9 +177,8 @@ impl TestImage {
     fn make(kernel: &str) -> Result<TestImage> {
         let nonce = format!("{:016x}", rand_nonce());
         let tag = format!("kmodforge-gc-test:{kernel}-{nonce}");
-        let dockerfile = format!(
-            "FROM scratch\nLABEL kmodforge.kernel={kernel} kmodforge.gc-test={nonce}\n"
-        );
+        let dockerfile =
+            format!("FROM scratch\nLABEL kmodforge.kernel={kernel} kmodforge.gc-test={nonce}\n");
         let mut child = Command::new("docker")
             .args(["build", "-q", "-t", &tag, "-"])
             .stdin(std::process::Stdio::piped())
@@ -213,7 +241,11 @@ async fn an_unused_kernels_images_and_volumes_go_and_no_others() -> Result<()> {
         .post(c.url(&format!("/v1/kernels/{known}/prebuild")))
         .send()
         .await?;
-    ensure!(resp.status() == StatusCode::ACCEPTED, "prebuild: {}", resp.status());
+    ensure!(
+        resp.status() == StatusCode::ACCEPTED,
+        "prebuild: {}",
+        resp.status()
+    );
     tokio::time::sleep(Duration::from_millis(2100)).await;
 
     let expect = |report: &Value| -> Result<()> {
@@ -221,27 +253,56 @@ async fn an_unused_kernels_images_and_volumes_go_and_no_others() -> Result<()> {
             .as_array()
             .context("images")?
             .iter()
-            .map(|i| (i["id"].as_str().unwrap_or("").into(), i["kernel"].as_str().unwrap_or("").into()))
+            .map(|i| {
+                (
+                    i["id"].as_str().unwrap_or("").into(),
+                    i["kernel"].as_str().unwrap_or("").into(),
+                )
+            })
             .collect();
         // Exactly the test image of the known kernel: KERNEL_A/KERNEL_B images and
         // the image of the kernel the server never heard of are not candidates.
-        ensure!(images == [(unused.id.clone(), known.to_string())], "{report}");
-        ensure!(strings(report, "volumes") == [unused.volume.clone()], "{report}");
+        ensure!(
+            images == [(unused.id.clone(), known.to_string())],
+            "{report}"
+        );
+        ensure!(
+            strings(report, "volumes") == [unused.volume.clone()],
+            "{report}"
+        );
         ensure!(strings(report, "builds").is_empty(), "{report}");
         Ok(())
     };
     let dry = c.gc(true).await?;
     expect(&dry)?;
     ensure!(image_exists(&unused.id), "dry run removed the image");
-    ensure!(volumes_of(&unused.id)? == [unused.volume.clone()], "dry run removed the volume");
+    ensure!(
+        volumes_of(&unused.id)? == [unused.volume.clone()],
+        "dry run removed the volume"
+    );
 
     let report = c.gc(false).await?;
     expect(&report)?;
-    ensure!(report["errors"].as_array().is_some_and(Vec::is_empty), "{report}");
-    ensure!(!image_exists(&unused.id), "the unused kernel's image is still there");
-    ensure!(volumes_of(&unused.id)?.is_empty(), "its volume is still there");
-    ensure!(image_exists(&foreign.id), "an unknown kernel's image was removed");
-    ensure!(volumes_of(&foreign.id)? == [foreign.volume.clone()], "{report}");
+    ensure!(
+        report["errors"].as_array().is_some_and(Vec::is_empty),
+        "{report}"
+    );
+    ensure!(
+        !image_exists(&unused.id),
+        "the unused kernel's image is still there"
+    );
+    ensure!(
+        volumes_of(&unused.id)?.is_empty(),
+        "its volume is still there"
+    );
+    ensure!(
+        image_exists(&foreign.id),
+        "an unknown kernel's image was removed"
+    );
+    ensure!(
+        volumes_of(&foreign.id)? == [foreign.volume.clone()],
+        "{report}"
+    );
 
     // A second collection finds nothing more.
     let again = c.gc(false).await?;

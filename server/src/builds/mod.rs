@@ -343,7 +343,10 @@ impl Builds {
         let records = &self.store.records;
         let known = records.get_kernel(kernel).await.ok().flatten();
         let now = now_rfc3339();
-        if known.as_ref().is_some_and(|k| k.requested && !request_note_stale(k, &now)) {
+        if known
+            .as_ref()
+            .is_some_and(|k| k.requested && !request_note_stale(k, &now))
+        {
             return;
         }
         let record = match known {
@@ -414,11 +417,18 @@ impl Builds {
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-                let pending = unsaved.lock().unwrap_or_else(|p| p.into_inner()).get(&id).cloned();
+                let pending = unsaved
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&id)
+                    .cloned();
                 let Some(build) = pending else { return };
                 if records.put_build(&build).await.is_ok() {
                     tracing::info!(build = %id, "build record stored after all");
-                    unsaved.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+                    unsaved
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&id);
                     return;
                 }
             }

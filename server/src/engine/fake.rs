@@ -12,8 +12,7 @@ use futures_util::StreamExt;
 
 use super::{
     BuildEvent, ContainerConfig, ContainerEngine, ContainerSummary, EngineError, ExecOutput,
-    ExecRequest, ExecSession, ImageBuild, ImageInfo, LabelSelector, Labels, ObjectKind,
-    VolumeInfo,
+    ExecRequest, ExecSession, ImageBuild, ImageInfo, LabelSelector, Labels, ObjectKind, VolumeInfo,
 };
 
 /// One recorded engine call.
@@ -408,7 +407,12 @@ impl ContainerEngine for FakeEngine {
         s.images
             .retain(|tag, i| tag != reference && i.id != reference);
         if s.images.len() == before {
-            return Err(fail("remove", ObjectKind::Image, reference, "no such image"));
+            return Err(fail(
+                "remove",
+                ObjectKind::Image,
+                reference,
+                "no such image",
+            ));
         }
         Ok(())
     }

@@ -66,7 +66,9 @@ impl From<crate::store::BlobError> for AppError {
             e @ crate::store::BlobError::Unavailable { .. } => {
                 AppError::StoreUnavailable(e.to_string())
             }
-            e @ crate::store::BlobError::Full { .. } => AppError::InsufficientStorage(e.to_string()),
+            e @ crate::store::BlobError::Full { .. } => {
+                AppError::InsufficientStorage(e.to_string())
+            }
         }
     }
 }
@@ -170,7 +172,9 @@ impl AppError {
             E::MethodNotAllowed(_) => s(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             E::Internal(_) => s(StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             E::StoreUnavailable(_) => s(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
-            E::InsufficientStorage(_) => s(StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage"),
+            E::InsufficientStorage(_) => {
+                s(StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage")
+            }
         }
     }
 }
