@@ -311,3 +311,39 @@ async fn an_unused_kernels_images_and_volumes_go_and_no_others() -> Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_periodic_collection_removes_expired_records_and_logs_what_it_freed() -> Result<()> {
+    let env = Env::start(
+        ServerOpts::default()
+            .env("KMODFORGE_RETAIN_BUILDS", "1s")
+            .env("KMODFORGE_GC_INTERVAL_SECS", 1),
+    )
+    .await?;
+    let c = &env.client;
+    c.add_module("kmf-gc-periodic", "1.0", &fixture("compile-error"))
+        .await?;
+    let (_, b) = c
+        .build(&request("kmf-gc-periodic", "1.0", KERNEL_A)?)
+        .await?;
+    let b = c.wait(&b.build.id).await?;
+    expect_failure(&b, FailureKind::CompileError)?;
+    // Collections run every second; the record expires one second after it was made.
+    let mut gone = false;
+    for _ in 0..60 {
+        if !c.has_build(&b.build.id).await? {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    ensure!(gone, "build {} was not collected within 30 s", b.build.id);
+    let log = env.server.log_text();
+    ensure!(
+        log.lines().any(|l| l.contains("gc: collected")
+            && l.contains("records=1")
+            && l.contains("logs=1")),
+        "no info line of the collection in the server log:\n{log}"
+    );
+    Ok(())
+}
