@@ -85,6 +85,8 @@ error_kinds! {
     StoreUnavailable = "store_unavailable",
     /// A fault of the server (the log has the cause).
     Internal = "internal",
+    /// The data directory's (or the object store's) disk is full: nothing was stored (507).
+    InsufficientStorage = "insufficient_storage",
     // Build failures (one-shot answers; the same strings as `FailureKind`).
     CompileError = "compile_error",
     PatchFailed = "patch_failed",
@@ -149,6 +151,7 @@ impl From<FailureKind> for ErrorKind {
             F::BootCheckFailed => E::BootCheckFailed,
             F::BootCheckNotRun => E::BootCheckNotRun,
             F::Infrastructure => E::Infrastructure,
+            F::InsufficientStorage => E::InsufficientStorage,
         }
     }
 }
@@ -217,6 +220,7 @@ mod tests {
             FailureKind::BootCheckFailed,
             FailureKind::BootCheckNotRun,
             FailureKind::Infrastructure,
+            FailureKind::InsufficientStorage,
         ];
         for f in all {
             assert_eq!(ErrorKind::from(f).as_str(), f.as_str());

@@ -150,6 +150,9 @@ pub enum FailureKind {
     BootCheckNotRun,
     /// The service failed (Docker, disk, image build), not the module.
     Infrastructure,
+    /// The modules built, but the server's store is full (ENOSPC): nothing was
+    /// stored; the same request succeeds once space is freed.
+    InsufficientStorage,
 }
 
 impl FailureKind {
@@ -179,6 +182,7 @@ impl FailureKind {
             FailureKind::BootCheckFailed => "boot_check_failed",
             FailureKind::BootCheckNotRun => "boot_check_not_run",
             FailureKind::Infrastructure => "infrastructure",
+            FailureKind::InsufficientStorage => "insufficient_storage",
         }
     }
 }
@@ -525,6 +529,10 @@ pub struct KnownKernel {
     pub requested: bool,
     /// When the server first saw it.
     pub first_seen: String,
+    /// When a build was last requested for it (RFC 3339, refreshed at most once a
+    /// minute); retention removes the images of kernels unused for long.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_requested: Option<String>,
     /// When a prebuild of its modules started, and the builds it submitted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prebuild: Option<Prebuild>,

@@ -211,6 +211,7 @@ impl Watcher {
                 published: true,
                 requested: before.is_some_and(|k| k.requested),
                 first_seen: before.map_or_else(now_rfc3339, |k| k.first_seen.clone()),
+                last_requested: before.and_then(|k| k.last_requested.clone()),
                 prebuild: before.and_then(|k| k.prebuild.clone()),
             };
             match records.publish_kernel(&record).await {

@@ -125,6 +125,11 @@ impl BootChecker {
         self.images.ensure(kernel).await
     }
 
+    /// Forgets the verifier image resolved for `kernel` (retention removed it).
+    pub fn forget(&self, kernel: &KernelRelease) {
+        self.images.forget(kernel);
+    }
+
     /// The verifier image of `kernel` if it is ready (never builds).
     pub async fn existing(&self, kernel: &KernelRelease) -> Option<ReadyImage> {
         self.images.existing(kernel).await

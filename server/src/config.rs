@@ -237,6 +237,26 @@ pub struct Config {
     #[arg(long, env = "KMODFORGE_S3_CREDENTIALS_FILE")]
     pub s3_credentials_file: Option<PathBuf>,
 
+    /// Build records and their logs older than this are removed (`30days`, `12h`,
+    /// `1s`); records an artifact's manifest names, and builds in flight, stay.
+    #[arg(long, env = "KMODFORGE_RETAIN_BUILDS", default_value = "30days")]
+    pub retain_builds: humantime::Duration,
+
+    /// Builder and verifier images (and their `/usr` volumes) of kernels no build
+    /// was requested for within this long are removed (`30days`; `0s`: every kernel
+    /// without a build in flight).
+    #[arg(
+        long,
+        env = "KMODFORGE_RETAIN_KERNELS_UNUSED",
+        default_value = "30days"
+    )]
+    pub retain_kernels_unused: humantime::Duration,
+
+    /// Seconds between garbage collections (records, logs, blobs, images,
+    /// volumes); 0: only on `POST /v1/gc`.
+    #[arg(long, env = "KMODFORGE_GC_INTERVAL_SECS", default_value_t = 3600)]
+    pub gc_interval_secs: u64,
+
     /// Answer blob downloads with a redirect to a presigned object-store URL valid
     /// this many seconds (S3 only; 0: serve the bytes through the server).
     #[arg(long, env = "KMODFORGE_PRESIGN_DOWNLOADS_SECS", default_value_t = 0)]
@@ -313,6 +333,17 @@ impl Config {
             log_cap_bytes: self.log_cap_kib * 1024,
             output_cap_bytes: self.build_output_cap_mib * 1024 * 1024,
             artifact_cap_bytes: self.artifact_cap_mib * 1024 * 1024,
+        }
+    }
+
+    /// What retention keeps, and how often it collects.
+    pub fn gc_settings(&self) -> crate::gc::GcSettings {
+        crate::gc::GcSettings {
+            retain_builds: *self.retain_builds,
+            retain_kernels_unused: *self.retain_kernels_unused,
+            interval: (self.gc_interval_secs > 0)
+                .then(|| Duration::from_secs(self.gc_interval_secs)),
+            grace: crate::gc::DEFAULT_GRACE,
         }
     }
 

@@ -274,6 +274,12 @@ impl KernelImages {
         self.prepared().get(kernel).cloned()
     }
 
+    /// Forgets the image resolved for `kernel` (retention removed it): the next
+    /// build for the kernel resolves, or builds, it again.
+    pub fn forget(&self, kernel: &KernelRelease) {
+        self.prepared().remove(kernel);
+    }
+
     /// The image for `kernel` if it is ready in the engine (never builds).
     pub async fn existing(&self, kernel: &KernelRelease) -> Option<ReadyImage> {
         if let Some(info) = self.cached(kernel) {
@@ -547,6 +553,11 @@ impl BuilderImages {
         let mut map = self.compilers.lock().unwrap_or_else(|p| p.into_inner());
         map.insert(image_id.to_string(), text.clone());
         text
+    }
+
+    /// Forgets the builder image resolved for `kernel` (see [`KernelImages::forget`]).
+    pub fn forget(&self, kernel: &KernelRelease) {
+        self.images.forget(kernel);
     }
 
     /// The builder image for `kernel` if it is ready in the engine (never builds).

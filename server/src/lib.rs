@@ -18,6 +18,7 @@ pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod flat_tar;
+pub mod gc;
 pub mod http;
 pub mod images;
 pub mod keys;
@@ -120,6 +121,7 @@ pub async fn init(config: &Config) -> Result<AppState, StartError> {
         tracing::warn!(dir = %dir.display(), "writing a copy of every container input (audit trace)");
     }
     let metrics = Arc::new(metrics::Metrics::new());
+    let gc_engine = engine.clone();
     let image_settings = images::ImageSettings {
         images_dir: config.images_dir.clone(),
         base_image: config.base_image.clone(),
@@ -164,6 +166,14 @@ pub async fn init(config: &Config) -> Result<AppState, StartError> {
     );
     builds.recover().await?;
     builds.spawn_claimer();
+    let gc = gc::Gc::new(
+        store.clone(),
+        builds.clone(),
+        gc_engine,
+        config.gc_settings(),
+    );
+    gc.totals.register(&metrics);
+    gc.clone().spawn();
     let prebuilder = prebuild::Prebuilder::new(
         builds.clone(),
         store.clone(),
@@ -194,6 +204,7 @@ pub async fn init(config: &Config) -> Result<AppState, StartError> {
         prebuilder,
         watcher,
         metrics,
+        gc,
         oneshot_wait: std::time::Duration::from_secs(config.oneshot_wait_secs),
         presign: (config.presign_downloads_secs > 0)
             .then(|| std::time::Duration::from_secs(config.presign_downloads_secs)),

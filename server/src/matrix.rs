@@ -40,6 +40,7 @@ pub async fn matrix(store: &Store) -> Result<Matrix, RecordsError> {
                 published: false,
                 requested: true,
                 first_seen: b.created_at.clone(),
+                last_requested: Some(b.created_at.clone()),
                 prebuild: None,
             });
         }

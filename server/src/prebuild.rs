@@ -79,6 +79,7 @@ impl Prebuilder {
                 published: false,
                 requested: false,
                 first_seen: now_rfc3339(),
+                last_requested: None,
                 prebuild: None,
             });
         let mut prebuild = Prebuild {
@@ -117,6 +118,11 @@ impl Prebuilder {
         }
         tracing::info!(%kernel, trigger, builds = prebuild.builds.len(), "prebuild submitted");
         known.prebuild = Some(prebuild.clone());
+        // The submissions noted the request (retention reads it): keep that note.
+        if let Some(now) = records.get_kernel(kernel).await? {
+            known.requested = now.requested;
+            known.last_requested = now.last_requested;
+        }
         records.put_kernel(&known).await?;
         Ok(prebuild)
     }

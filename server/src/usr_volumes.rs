@@ -27,7 +27,7 @@ use crate::engine::{ContainerEngine, Labels};
 use crate::sandbox::{ContainerSpec, Sandbox, SOURCE_TREE};
 
 /// Label naming the image a volume was copied from.
-const IMAGE_LABEL: &str = "kmodforge.image";
+pub(crate) const IMAGE_LABEL: &str = "kmodforge.image";
 
 /// (volume name, mount target) pairs for one image.
 pub type UsrVolumes = Vec<(String, String)>;
@@ -48,6 +48,14 @@ impl UsrVolumeCache {
             enabled,
             cells: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Forgets the volumes prepared for `image_id` (retention removed them).
+    pub fn forget(&self, image_id: &str) {
+        self.cells
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(image_id);
     }
 
     /// The volumes to mount for builds in `image` (empty: build from the image alone).

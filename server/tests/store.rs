@@ -16,7 +16,7 @@ use kmodforge_api::wire::{
 use kmodforge_server::store::postgres::{PgRecords, MIGRATIONS};
 use kmodforge_server::store::{
     AccessRecords, AuditQuery, BlobError, KernelRecords, Objects, ObjectsConfig, PutModule,
-    Records, Revoked, S3Config, SqliteRecords, TokenRow,
+    Records, RetentionRecords, Revoked, S3Config, SqliteRecords, TokenRow,
 };
 use serde_json::json;
 
@@ -468,6 +468,132 @@ async fn records_contract_on_postgresql() {
     records_contract(&r).await;
 }
 
+/// Retention's queries: expired records (final, unreferenced, old), blob and
+/// source references, and what is in flight.
+async fn retention_contract(r: &dyn Records) {
+    let old = "2026-01-01T00:00:00Z";
+    let new = "2026-12-07T00:00:00Z";
+    r.put_build(&build("b-old-failed", "failed", old))
+        .await
+        .unwrap();
+    r.put_build(&build("b-old-kept", "succeeded", old))
+        .await
+        .unwrap();
+    r.put_build(&build("b-old-running", "running", old))
+        .await
+        .unwrap();
+    r.put_build(&build("b-old-queued", "queued", old))
+        .await
+        .unwrap();
+    r.put_build(&build("b-new", "failed", new)).await.unwrap();
+    // b-old-kept made an artifact: its record stays as long as the manifest names it.
+    r.put_artifact(&manifest(
+        'c',
+        "6.1.0-47-amd64",
+        &[&"1".repeat(64)],
+        "b-old-kept",
+    ))
+    .await
+    .unwrap();
+    let cutoff = "2026-06-01T00:00:00Z";
+    assert_eq!(
+        r.expired_builds(cutoff, 100).await.unwrap(),
+        ["b-old-failed"]
+    );
+    assert!(r.expired_builds(cutoff, 0).await.unwrap().is_empty());
+    // Deleting re-checks: in-flight, referenced and unknown ids are left alone.
+    let asked: Vec<String> = [
+        "b-old-failed",
+        "b-old-kept",
+        "b-old-running",
+        "b-new",
+        "nope",
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut gone = r.delete_builds(&asked).await.unwrap();
+    gone.sort();
+    assert_eq!(gone, ["b-new", "b-old-failed"]);
+    assert!(r.get_build("b-old-failed").await.unwrap().is_none());
+    assert!(r.get_build("b-old-kept").await.unwrap().is_some());
+    let mut unfinished: Vec<String> = r
+        .unfinished_builds()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|b| b.id)
+        .collect();
+    unfinished.sort();
+    assert_eq!(unfinished, ["b-old-queued", "b-old-running"]);
+
+    let symvers = "2".repeat(64);
+    let mut m = manifest('f', "6.1.0-47-amd64", &[&"3".repeat(64)], "b-x");
+    m.symvers = Some(serde_json::from_value(json!({"sha256": symvers, "size": 1})).unwrap());
+    r.put_artifact(&m).await.unwrap();
+    let blobs = r.referenced_blobs().await.unwrap();
+    for sha in ["1".repeat(64), symvers, "3".repeat(64)] {
+        assert!(blobs.contains(&sha), "{sha} is referenced");
+    }
+    assert!(!blobs.contains(&"4".repeat(64)));
+    r.put_module(&module("m", "1", 'd')).await.unwrap();
+    assert!(r
+        .referenced_sources()
+        .await
+        .unwrap()
+        .contains(&"d".repeat(64)));
+    assert!(!r
+        .referenced_sources()
+        .await
+        .unwrap()
+        .contains(&"e".repeat(64)));
+    // Once the manifest is gone, so is the protection of its build's record.
+    r.delete_artifacts(&name("m"), &version("1")).await.unwrap();
+    assert_eq!(r.expired_builds(cutoff, 100).await.unwrap(), ["b-old-kept"]);
+    assert!(r.referenced_blobs().await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_contract_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = SqliteRecords::open(&dir.path().join("db")).unwrap();
+    retention_contract(&r).await;
+    assert!(r.try_gc_lock().await.unwrap().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_contract_on_postgresql() {
+    let db = FreshDb::new().await;
+    let r = PgRecords::connect(&db.url).await.unwrap();
+    retention_contract(&r).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgresql_gc_lock_is_held_by_one_replica_at_a_time() {
+    let db = FreshDb::new().await;
+    let a = PgRecords::connect(&db.url).await.unwrap();
+    let b = PgRecords::connect(&db.url).await.unwrap();
+    let held = a.try_gc_lock().await.unwrap().expect("first replica locks");
+    assert!(
+        b.try_gc_lock().await.unwrap().is_none(),
+        "second is refused"
+    );
+    assert!(
+        a.try_gc_lock().await.unwrap().is_none(),
+        "not re-entrant per session pool"
+    );
+    drop(held);
+    // The lock goes with its session, which closes asynchronously.
+    let mut got = None;
+    for _ in 0..50 {
+        got = b.try_gc_lock().await.unwrap();
+        if got.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(got.is_some(), "released when dropped");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgresql_migrates_once_when_replicas_start_together() {
     let db = FreshDb::new().await;
@@ -650,6 +776,136 @@ async fn objects_contract(o: &Objects) {
         o.get_log("../x").await,
         Err(BlobError::BadAddress(_))
     ));
+}
+
+/// Retention's view of the object store: listings with sizes and times, log sizes.
+async fn objects_listing_contract(o: &Objects) {
+    let data = format!("listed {}", rand::random::<u64>()).into_bytes();
+    let before = std::time::SystemTime::now() - Duration::from_secs(60);
+    let sha = o.put_blob(&data).await.unwrap();
+    let listed = o.list_blobs().await.unwrap();
+    let mine = listed.iter().find(|b| b.name == sha).expect("listed");
+    assert_eq!(mine.size, data.len() as u64);
+    assert!(mine.modified > before, "{:?}", mine.modified);
+    assert_eq!(
+        o.blob_meta(&sha).await.unwrap().unwrap().size,
+        data.len() as u64
+    );
+    o.delete_blob(&sha).await.unwrap();
+    assert!(o.blob_meta(&sha).await.unwrap().is_none());
+    assert!(!o.list_blobs().await.unwrap().iter().any(|b| b.name == sha));
+
+    let digest =
+        kmodforge_api::names::SourceDigest::parse(&format!("{:064x}", rand::random::<u128>()))
+            .unwrap();
+    o.put_source(&digest, bytes::Bytes::from_static(b"tar"))
+        .await
+        .unwrap();
+    let sources = o.list_sources().await.unwrap();
+    let mine = sources
+        .iter()
+        .find(|s| s.name == digest.as_str())
+        .expect("listed");
+    assert_eq!(mine.size, 3);
+    o.delete_source(&digest).await.unwrap();
+
+    let id = format!("{:016x}", rand::random::<u64>());
+    assert_eq!(o.log_size(&id).await.unwrap(), None);
+    o.put_log(&id, bytes::Bytes::from_static(b"12345"))
+        .await
+        .unwrap();
+    assert_eq!(o.log_size(&id).await.unwrap(), Some(5));
+    o.delete_log(&id).await.unwrap();
+    assert_eq!(o.log_size(&id).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn objects_listing_contract_on_a_local_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = Objects::open(&ObjectsConfig::Local(dir.path().to_path_buf())).unwrap();
+    objects_listing_contract(&o).await;
+}
+
+#[tokio::test]
+async fn objects_listing_contract_on_s3() {
+    let o = Objects::open(&ObjectsConfig::S3(s3_config())).unwrap();
+    objects_listing_contract(&o).await;
+}
+
+/// A small tmpfs, unmounted (and its directory removed) on drop.
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    fn mount(size: &str) -> Tmpfs {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mount -t tmpfs failed: this test needs root");
+        Tmpfs(dir)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+/// Fills the filesystem of `dir` with one file, until ENOSPC.
+fn fill(dir: &std::path::Path) -> std::path::PathBuf {
+    use std::io::Write;
+    let path = dir.join("filler");
+    let mut f = std::fs::File::create(&path).unwrap();
+    let chunk = vec![0u8; 64 * 1024];
+    loop {
+        if let Err(e) = f.write_all(&chunk) {
+            assert_eq!(e.raw_os_error(), Some(28), "{e}");
+            break;
+        }
+    }
+    path
+}
+
+#[tokio::test]
+async fn a_full_local_store_says_so_and_keeps_nothing_half_written() {
+    let fs = Tmpfs::mount("1m");
+    let o = Objects::open(&ObjectsConfig::Local(fs.0.path().to_path_buf())).unwrap();
+    let small = o.put_blob(b"before").await.unwrap();
+    let filler = fill(fs.0.path());
+    let data = vec![7u8; 256 * 1024];
+    let err = o.put_blob(&data).await.unwrap_err();
+    assert!(matches!(err, BlobError::Full { .. }), "{err:?}");
+    assert!(err.to_string().contains("is full"), "{err}");
+    assert_eq!(err.store(), Some(o.name()));
+    // Nothing of it was left, listed or served; what was there still is.
+    let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&data));
+    assert!(o.get_blob(&sha).await.unwrap().is_none());
+    assert!(!o.list_blobs().await.unwrap().iter().any(|b| b.name == sha));
+    let leftovers = walk(&fs.0.path().join("blobs"));
+    assert_eq!(leftovers.len(), 1, "{leftovers:?}");
+    assert_eq!(&o.get_blob(&small).await.unwrap().unwrap()[..], b"before");
+    // Space returns: the same write succeeds.
+    std::fs::remove_file(filler).unwrap();
+    assert_eq!(o.put_blob(&data).await.unwrap(), sha);
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }
 
 #[tokio::test]

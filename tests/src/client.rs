@@ -243,6 +243,20 @@ impl Client {
         self.bytes(&path).await
     }
 
+    /// `POST /v1/gc` (`?dry_run=true` when `dry_run`); expects 200 and returns the report.
+    pub async fn gc(&self, dry_run: bool) -> Result<Value> {
+        let url = self.url(&format!("/v1/gc?dry_run={dry_run}"));
+        let resp = self
+            .http
+            .post(&url)
+            .timeout(REQUEST_TIMEOUT)
+            .send()
+            .await
+            .with_context(|| format!("POST {url}"))?;
+        let resp = expect_status(resp, &[StatusCode::OK]).await?;
+        resp.json().await.context("the GC report")
+    }
+
     /// A `GET` whose body is returned as bytes; any status but 200 is an error.
     pub async fn bytes(&self, path: &str) -> Result<Vec<u8>> {
         let resp = expect_status(self.get(path).await?, &[StatusCode::OK]).await?;

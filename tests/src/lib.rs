@@ -33,6 +33,7 @@ pub mod promtext;
 mod server;
 pub mod signature;
 pub mod tls;
+pub mod tmpfs;
 
 use std::time::Duration;
 

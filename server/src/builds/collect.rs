@@ -51,6 +51,8 @@ pub enum CollectError {
         what: String,
         file: String,
         reason: String,
+        /// The store's disk is full (not the module's fault, nor a service outage).
+        full: bool,
     },
 }
 
@@ -60,6 +62,7 @@ impl CollectError {
             CollectError::Missing { .. } => FailureKind::MissingModule,
             CollectError::WrongVermagic { .. } => FailureKind::WrongVermagic,
             CollectError::NotAModule { .. } => FailureKind::CompileError,
+            CollectError::Store { full: true, .. } => FailureKind::InsufficientStorage,
             CollectError::BadTar { .. }
             | CollectError::Store { .. }
             | CollectError::Sign { .. } => FailureKind::Infrastructure,
@@ -171,6 +174,7 @@ pub async fn collect_artifact(
     let store_err = |file: &str, e: crate::store::BlobError| CollectError::Store {
         what: input.what(),
         file: file.to_string(),
+        full: matches!(e, crate::store::BlobError::Full { .. }),
         reason: e.to_string(),
     };
     let symvers = match files.remove(SYMVERS) {
@@ -235,6 +239,7 @@ pub async fn collect_artifact(
         .map_err(|e| CollectError::Store {
             what: input.what(),
             file: "manifest".into(),
+            full: e.is_disk_full(),
             reason: e.to_string(),
         })?;
     Ok(manifest)

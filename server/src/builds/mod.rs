@@ -197,6 +197,10 @@ pub struct Builds {
     engine_retry_wait: std::time::Duration,
     cluster: Option<ClusterSettings>,
     metrics: Arc<crate::metrics::Metrics>,
+    /// Final records the store refused (its disk full): served from here and
+    /// written again until the store takes them, so that no build reads as
+    /// running forever.
+    unsaved: Arc<Mutex<HashMap<String, BuildRecord>>>,
 }
 
 /// The answer to a submission.
@@ -231,6 +235,7 @@ impl Builds {
             engine_retry_wait: settings.engine_retry_wait,
             cluster: settings.cluster,
             metrics: settings.metrics,
+            unsaved: Arc::default(),
         })
     }
 
@@ -382,16 +387,23 @@ impl Builds {
         })
     }
 
-    /// Records that a build was asked for `kernel` (the matrix lists it).
-    async fn note_requested(&self, kernel: &kmodforge_api::names::KernelRelease) {
+    /// Records that a build was asked for `kernel` (the matrix lists it), and when
+    /// (retention keeps the images of kernels in use); written at most once a
+    /// minute per kernel.
+    pub(crate) async fn note_requested(&self, kernel: &kmodforge_api::names::KernelRelease) {
         let records = &self.store.records;
         let known = records.get_kernel(kernel).await.ok().flatten();
-        if known.as_ref().is_some_and(|k| k.requested) {
+        let now = now_rfc3339();
+        if known
+            .as_ref()
+            .is_some_and(|k| k.requested && !request_note_stale(k, &now))
+        {
             return;
         }
         let record = match known {
             Some(k) => kmodforge_api::wire::KnownKernel {
                 requested: true,
+                last_requested: Some(now),
                 ..k
             },
             None => kmodforge_api::wire::KnownKernel {
@@ -400,13 +412,28 @@ impl Builds {
                 headers_version: None,
                 published: false,
                 requested: true,
-                first_seen: now_rfc3339(),
+                first_seen: now.clone(),
+                last_requested: Some(now),
                 prebuild: None,
             },
         };
         if let Err(e) = records.put_kernel(&record).await {
             tracing::warn!(%kernel, error = %e, "could not record the requested kernel");
         }
+    }
+
+    /// The jobs in flight on this replica (their records as they stand).
+    pub fn in_flight(&self) -> Vec<BuildRecord> {
+        self.inflight()
+            .by_id
+            .values()
+            .map(|j| j.snapshot().build)
+            .collect()
+    }
+
+    /// The per-kernel images and their `/usr` volumes (retention removes them).
+    pub(crate) fn image_caches(&self) -> (&BuilderImages, &BootChecker, &UsrVolumeCache) {
+        (&self.images, &self.checker, &self.usr_volumes)
     }
 
     /// The boot-check settings and verifier images (`GET`/`PUT /v1/kernels`).
@@ -445,14 +472,55 @@ impl Builds {
         self.recorded(id).await
     }
 
+    /// Serves `build` until the store takes it, retrying every few seconds.
+    pub(crate) fn keep_unsaved(&self, build: BuildRecord) {
+        let id = build.id.clone();
+        let first = {
+            let mut unsaved = self.unsaved.lock().unwrap_or_else(|p| p.into_inner());
+            unsaved.insert(id.clone(), build).is_none()
+        };
+        if !first {
+            return;
+        }
+        let (unsaved, records) = (self.unsaved.clone(), self.store.records.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                let pending = unsaved
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&id)
+                    .cloned();
+                let Some(build) = pending else { return };
+                if records.put_build(&build).await.is_ok() {
+                    tracing::info!(build = %id, "build record stored after all");
+                    unsaved
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&id);
+                    return;
+                }
+            }
+        });
+    }
+
     /// A build's state as the records hold it (written by whichever replica runs it).
     pub(crate) async fn recorded(&self, id: &str) -> Result<BuildResponse, BuildError> {
-        let build = self
-            .store
-            .records
-            .get_build(id)
-            .await?
-            .ok_or_else(|| BuildError::NotFound(id.to_string()))?;
+        let unsaved = self
+            .unsaved
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned();
+        let build = match unsaved {
+            Some(b) => b,
+            None => self
+                .store
+                .records
+                .get_build(id)
+                .await?
+                .ok_or_else(|| BuildError::NotFound(id.to_string()))?,
+        };
         // A build whose boot check failed (or could not run) made its modules: they
         // are shown with the check.
         let check_failed = build
@@ -582,6 +650,17 @@ fn request_key(
         "boot_check": boot_check, "signing": signing,
     });
     kmodforge_api::canonical::hex_digest("kmodforge-request-key-v1\n", &inputs)
+}
+
+/// True when `k`'s last request is over a minute before `now` (or unknown).
+fn request_note_stale(k: &kmodforge_api::wire::KnownKernel, now: &str) -> bool {
+    let parse = |t: &str| humantime::parse_rfc3339(t).ok();
+    match (k.last_requested.as_deref().and_then(parse), parse(now)) {
+        (Some(last), Some(now)) => now
+            .duration_since(last)
+            .is_ok_and(|d| d >= std::time::Duration::from_secs(60)),
+        _ => true,
+    }
 }
 
 fn new_build_id() -> String {

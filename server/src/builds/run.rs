@@ -155,8 +155,12 @@ impl Builds {
     }
 
     async fn persist(&self, job: &Job) {
-        if let Err(e) = self.store.records.put_build(&job.snapshot().build).await {
+        let build = job.snapshot().build;
+        if let Err(e) = self.store.records.put_build(&build).await {
             tracing::error!(build = %job.id, error = %e, "cannot persist build record");
+            if build.state.is_final() {
+                self.keep_unsaved(build);
+            }
         }
     }
 

@@ -9,7 +9,7 @@ use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType, VolumeC
 use bollard::query_parameters::{
     BuildImageOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
     KillContainerOptionsBuilder, ListContainersOptionsBuilder, ListImagesOptionsBuilder,
-    RemoveContainerOptionsBuilder, RemoveVolumeOptions, StatsOptionsBuilder,
+    RemoveContainerOptionsBuilder, RemoveImageOptions, RemoveVolumeOptions, StatsOptionsBuilder,
 };
 use bollard::Docker;
 use futures_util::stream::BoxStream;
@@ -18,7 +18,7 @@ use futures_util::StreamExt;
 use super::{
     BuildEvent, ContainerConfig, ContainerEngine, ContainerSummary, EngineError, ExecOutput,
     ExecRequest, ExecSession, ImageBuild, ImageInfo, LabelSelector, Labels, ObjectKind, PidsUsage,
-    Tmpfs,
+    Tmpfs, VolumeInfo,
 };
 
 const ENGINE: &str = "Docker";
@@ -443,6 +443,34 @@ impl ContainerEngine for DockerEngine {
             .remove_volume(name, None::<RemoveVolumeOptions>)
             .await
             .map_err(volume_err("remove", name))
+    }
+
+    async fn remove_image(&self, reference: &str) -> Result<(), EngineError> {
+        self.docker
+            .remove_image(reference, None::<RemoveImageOptions>, None)
+            .await
+            .map_err(image_err("remove", reference))?;
+        Ok(())
+    }
+
+    async fn list_volumes(&self, selector: &LabelSelector) -> Result<Vec<VolumeInfo>, EngineError> {
+        let options = bollard::query_parameters::ListVolumesOptions {
+            filters: Some(label_filters(selector)),
+        };
+        let list = self
+            .docker
+            .list_volumes(Some(options))
+            .await
+            .map_err(volume_err("list", "*"))?;
+        Ok(list
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            .map(|v| VolumeInfo {
+                name: v.name,
+                labels: v.labels.into_iter().collect(),
+            })
+            .collect())
     }
 }
 

@@ -12,7 +12,7 @@ use futures_util::StreamExt;
 
 use super::{
     BuildEvent, ContainerConfig, ContainerEngine, ContainerSummary, EngineError, ExecOutput,
-    ExecRequest, ExecSession, ImageBuild, ImageInfo, LabelSelector, Labels, ObjectKind,
+    ExecRequest, ExecSession, ImageBuild, ImageInfo, LabelSelector, Labels, ObjectKind, VolumeInfo,
 };
 
 /// One recorded engine call.
@@ -58,6 +58,8 @@ struct State {
     stdin: BTreeMap<String, Arc<Mutex<Vec<u8>>>>,
     images: BTreeMap<String, ImageInfo>,
     volumes: BTreeSet<String>,
+    /// Labels of volumes created with any.
+    volume_labels: BTreeMap<String, Labels>,
     next: u64,
 }
 
@@ -385,9 +387,11 @@ impl ContainerEngine for FakeEngine {
         .boxed()
     }
 
-    async fn create_volume(&self, name: &str, _labels: &Labels) -> Result<(), EngineError> {
+    async fn create_volume(&self, name: &str, labels: &Labels) -> Result<(), EngineError> {
         self.record(Call::CreateVolume(name.to_string()));
-        self.state().volumes.insert(name.to_string());
+        let mut s = self.state();
+        s.volumes.insert(name.to_string());
+        s.volume_labels.insert(name.to_string(), labels.clone());
         Ok(())
     }
 
@@ -395,6 +399,34 @@ impl ContainerEngine for FakeEngine {
         self.record(Call::RemoveVolume(name.to_string()));
         self.state().volumes.remove(name);
         Ok(())
+    }
+
+    async fn remove_image(&self, reference: &str) -> Result<(), EngineError> {
+        let mut s = self.state();
+        let before = s.images.len();
+        s.images
+            .retain(|tag, i| tag != reference && i.id != reference);
+        if s.images.len() == before {
+            return Err(fail(
+                "remove",
+                ObjectKind::Image,
+                reference,
+                "no such image",
+            ));
+        }
+        Ok(())
+    }
+
+    async fn list_volumes(&self, selector: &LabelSelector) -> Result<Vec<VolumeInfo>, EngineError> {
+        let s = self.state();
+        Ok(s.volumes
+            .iter()
+            .map(|name| VolumeInfo {
+                name: name.clone(),
+                labels: s.volume_labels.get(name).cloned().unwrap_or_default(),
+            })
+            .filter(|v| selector.matches(&v.labels))
+            .collect())
     }
 }
 

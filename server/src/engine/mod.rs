@@ -241,6 +241,13 @@ pub struct ImageInfo {
     pub labels: Labels,
 }
 
+/// A named volume found by [`ContainerEngine::list_volumes`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VolumeInfo {
+    pub name: String,
+    pub labels: Labels,
+}
+
 /// An image to build from a Dockerfile in a build context.
 #[derive(Clone, Debug)]
 pub struct ImageBuild {
@@ -349,4 +356,13 @@ pub trait ContainerEngine: Send + Sync {
     async fn create_volume(&self, name: &str, labels: &Labels) -> Result<(), EngineError>;
 
     async fn remove_volume(&self, name: &str) -> Result<(), EngineError>;
+
+    // --- Retention (`gc`) ---
+
+    /// Removes an image by id or tag, never by force: an image a container uses
+    /// (or that more than one tag names) is refused with `Err`.
+    async fn remove_image(&self, reference: &str) -> Result<(), EngineError>;
+
+    /// Every volume whose labels match `selector`.
+    async fn list_volumes(&self, selector: &LabelSelector) -> Result<Vec<VolumeInfo>, EngineError>;
 }

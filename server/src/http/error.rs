@@ -60,6 +60,10 @@ pub enum AppError {
         /// The query parameter that says the real value.
         param: &'static str,
     },
+    /// The data directory's disk is full: nothing was stored; retry once space is
+    /// freed (507). The message names the store.
+    #[error("{0}")]
+    InsufficientStorage(String),
     /// A request axum's extractors refused (a query string, path or body that does
     /// not parse, a body over the limit), mapped by [`super::reject`].
     #[error("{}", .0.message)]
@@ -83,13 +87,18 @@ impl From<crate::store::BlobError> for AppError {
             e @ crate::store::BlobError::Unavailable { .. } => {
                 AppError::StoreUnavailable(e.to_string())
             }
+            e @ crate::store::BlobError::Full { .. } => {
+                AppError::InsufficientStorage(e.to_string())
+            }
         }
     }
 }
 
 impl From<crate::store::RecordsError> for AppError {
     fn from(e: crate::store::RecordsError) -> Self {
-        if e.is_unavailable() {
+        if e.is_disk_full() {
+            AppError::InsufficientStorage(format!("the records' disk is full: {e}"))
+        } else if e.is_unavailable() {
             AppError::StoreUnavailable(e.to_string())
         } else {
             AppError::Internal(e.to_string())
@@ -114,10 +123,31 @@ fn unavailable(e: &AppError) -> Option<String> {
     }
 }
 
+/// The message of a store whose disk is full, wherever it sits in `e`.
+fn full(e: &AppError) -> Option<String> {
+    use crate::store::{BlobError, RecordsError};
+    let records = |r: &RecordsError| {
+        r.is_disk_full()
+            .then(|| format!("the records' disk is full: {r}"))
+    };
+    let blobs = |b: &BlobError| matches!(b, BlobError::Full { .. }).then(|| b.to_string());
+    match e {
+        AppError::InsufficientStorage(m) => Some(m.clone()),
+        AppError::Build(BuildError::Records(r)) => records(r),
+        AppError::Source(SourceError::Records(r)) => records(r),
+        AppError::Source(SourceError::Blob(b)) => blobs(b),
+        AppError::Token(TokenError::Records(r)) => records(r),
+        _ => None,
+    }
+}
+
 impl AppError {
     fn status_and_kind(&self) -> (StatusCode, ErrorKind) {
         use AppError as E;
         use ErrorKind as K;
+        if full(self).is_some() {
+            return (StatusCode::INSUFFICIENT_STORAGE, K::InsufficientStorage);
+        }
         if unavailable(self).is_some() {
             return (StatusCode::SERVICE_UNAVAILABLE, K::StoreUnavailable);
         }
@@ -144,6 +174,7 @@ impl AppError {
             E::BuildFailed { failure, .. } => {
                 let code = match failure.kind {
                     FailureKind::Infrastructure => StatusCode::BAD_GATEWAY,
+                    FailureKind::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
                     FailureKind::UnknownKernel => StatusCode::NOT_FOUND,
                     _ => StatusCode::UNPROCESSABLE_ENTITY,
                 };
@@ -165,6 +196,7 @@ impl AppError {
             E::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, K::Internal),
             E::StoreUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, K::StoreUnavailable),
             E::Placeholder { .. } => (StatusCode::UNPROCESSABLE_ENTITY, K::Placeholder),
+            E::InsufficientStorage(_) => (StatusCode::INSUFFICIENT_STORAGE, K::InsufficientStorage),
         }
     }
 }
@@ -202,6 +234,9 @@ impl IntoResponse for AppError {
         }
         let message = if internal {
             "internal server error (see the server log)".to_string()
+        } else if let Some(m) = full(&self) {
+            tracing::error!(error = %m, "request failed: store full");
+            m
         } else if let Some(m) = unavailable(&self) {
             tracing::error!(error = %m, "request failed: store unavailable");
             m

@@ -4,6 +4,7 @@
 mod access;
 mod artifacts;
 mod error;
+mod gc;
 mod guard;
 mod keys;
 mod oneshot;
@@ -51,6 +52,8 @@ pub struct AppState {
     pub keys: Arc<crate::keys::Keys>,
     pub prebuilder: Arc<crate::prebuild::Prebuilder>,
     pub watcher: Arc<crate::archive::Watcher>,
+    /// Retention (`POST /v1/gc`); its totals are exported as metrics.
+    pub gc: Arc<crate::gc::Gc>,
     /// Blob downloads redirect to presigned object-store URLs valid this long.
     pub presign: Option<std::time::Duration>,
     /// This process's metrics (`GET /metrics`).
@@ -76,6 +79,7 @@ fn routes() -> Routes {
             readiness::prebuild,
         )
         .add(Method::POST, "/v1/archive/scan", S(Admin), readiness::scan)
+        .add(Method::POST, "/v1/gc", S(Admin), gc::collect)
         .add(Method::GET, "/v1/keys", Public, keys::list)
         .add(
             Method::GET,
@@ -357,6 +361,7 @@ async fn prepare_kernel(
     Query(q): Query<PrepareQuery>,
 ) -> Result<Response, AppError> {
     let kernel = kernel(&krel)?;
+    s.builds.note_requested(&kernel).await;
     let mut info = s.images.ensure(&kernel).await?;
     info.compiler = s.images.compiler_of(&info.image.id).await;
     let checker = s.builds.checker();

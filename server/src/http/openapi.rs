@@ -63,6 +63,7 @@ use super::{Access, RouteSpec};
         super::access::list_tokens,
         super::access::revoke_token,
         super::access::audit_log,
+        super::gc::collect,
     ),
     components(schemas(ErrorBody, ErrorKind)),
     modifiers(&FromRouteTable)

@@ -16,6 +16,7 @@ pub mod migrate;
 pub mod objects;
 pub mod postgres;
 pub mod records;
+pub mod retention;
 pub mod sqlite;
 
 use std::path::Path;
@@ -25,8 +26,9 @@ pub use access::{AccessRecords, AuditQuery, Revoked, TokenRow};
 pub use files::write_secret;
 pub use jobs::{ClaimedJob, Enqueued, JobQueue};
 pub use kernels::KernelRecords;
-pub use objects::{BlobError, Objects, ObjectsConfig, S3Config};
+pub use objects::{BlobError, Objects, ObjectsConfig, S3Config, StoredObject};
 pub use records::{PutModule, Records, RecordsError, SqliteRecords};
+pub use retention::{GcLock, RetentionRecords};
 
 /// Where the records live.
 #[derive(Clone, Debug, PartialEq, Eq)]

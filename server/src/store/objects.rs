@@ -31,6 +31,16 @@ pub enum BlobError {
         #[source]
         source: Box<object_store::Error>,
     },
+    /// The store's disk is full (ENOSPC, EDQUOT): nothing was stored; retrying
+    /// helps once space is freed (507).
+    #[error("object store {store} is full ({op} {key}): {source}")]
+    Full {
+        store: String,
+        op: &'static str,
+        key: String,
+        #[source]
+        source: Box<object_store::Error>,
+    },
     #[error("invalid blob address {0:?}")]
     BadAddress(String),
 }
@@ -39,7 +49,7 @@ impl BlobError {
     /// The store's name, for a 503 that tells an operator where to look.
     pub fn store(&self) -> Option<&str> {
         match self {
-            BlobError::Unavailable { store, .. } => Some(store),
+            BlobError::Unavailable { store, .. } | BlobError::Full { store, .. } => Some(store),
             BlobError::BadAddress(_) => None,
         }
     }
@@ -175,11 +185,24 @@ impl Objects {
         key: &ObjectPath,
     ) -> impl FnOnce(object_store::Error) -> BlobError + '_ {
         let key = key.to_string();
-        move |source| BlobError::Unavailable {
-            store: self.name.clone(),
-            op,
-            key,
-            source: Box::new(source),
+        move |source| {
+            let store = self.name.clone();
+            let source = Box::new(source);
+            if is_disk_full(source.as_ref()) {
+                BlobError::Full {
+                    store,
+                    op,
+                    key,
+                    source,
+                }
+            } else {
+                BlobError::Unavailable {
+                    store,
+                    op,
+                    key,
+                    source,
+                }
+            }
         }
     }
 
@@ -218,13 +241,16 @@ impl Objects {
         }
     }
 
-    /// Stores `bytes` under their sha256 (once); returns the lowercase hex digest.
+    /// Stores `bytes` under their sha256; returns the lowercase hex digest.
+    ///
+    /// Written even when the blob exists: the write refreshes its modification
+    /// time, which retention reads as "in use by a build in flight" (see `gc`), so
+    /// a blob that a new build reuses is never collected before its artifact is
+    /// recorded. Either way the object is replaced whole, never seen half-written.
     pub async fn put_blob(&self, bytes: &[u8]) -> Result<String, BlobError> {
         let sha = hex::encode(Sha256::digest(bytes));
         let key = blob_key(&sha)?;
-        if !self.exists(&key).await? {
-            self.put(&key, Bytes::copy_from_slice(bytes)).await?;
-        }
+        self.put(&key, Bytes::copy_from_slice(bytes)).await?;
         Ok(sha)
     }
 
@@ -310,6 +336,106 @@ impl Objects {
     pub async fn get_log(&self, build_id: &str) -> Result<Option<Bytes>, BlobError> {
         self.get(&log_key(build_id)?).await
     }
+}
+
+/// An object found by a listing: what retention needs to decide on it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredObject {
+    /// The blob's sha256, the source's digest, or the build id of a log.
+    pub name: String,
+    pub size: u64,
+    pub modified: std::time::SystemTime,
+}
+
+impl Objects {
+    async fn list(&self, prefix: &str) -> Result<Vec<object_store::ObjectMeta>, BlobError> {
+        use futures_util::TryStreamExt;
+        let prefix = ObjectPath::from(prefix);
+        self.inner
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(self.unavailable("list", &prefix))
+    }
+
+    /// Every stored blob (objects under `blobs/sha256/` with a valid address).
+    pub async fn list_blobs(&self) -> Result<Vec<StoredObject>, BlobError> {
+        Ok(self
+            .list("blobs/sha256")
+            .await?
+            .into_iter()
+            .filter_map(|m| {
+                let sha = m.location.filename()?.to_string();
+                blob_key(&sha).ok()?;
+                Some(stored(sha, &m))
+            })
+            .collect())
+    }
+
+    /// Every stored source tar, named by its digest.
+    pub async fn list_sources(&self) -> Result<Vec<StoredObject>, BlobError> {
+        Ok(self
+            .list("sources")
+            .await?
+            .into_iter()
+            .filter_map(|m| {
+                let name = m.location.filename()?.strip_suffix(".tar")?.to_string();
+                SourceDigest::parse(&name).ok()?;
+                Some(stored(name, &m))
+            })
+            .collect())
+    }
+
+    /// A build's log size, `None` when there is none.
+    pub async fn log_size(&self, build_id: &str) -> Result<Option<u64>, BlobError> {
+        let key = log_key(build_id)?;
+        match self.inner.head(&key).await {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.unavailable("head", &key)(e)),
+        }
+    }
+
+    pub async fn delete_log(&self, build_id: &str) -> Result<(), BlobError> {
+        self.delete(&log_key(build_id)?).await
+    }
+
+    /// A blob's size and modification time, `None` when absent.
+    pub async fn blob_meta(&self, sha256: &str) -> Result<Option<StoredObject>, BlobError> {
+        let key = blob_key(sha256)?;
+        match self.inner.head(&key).await {
+            Ok(meta) => Ok(Some(stored(sha256.to_string(), &meta))),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.unavailable("head", &key)(e)),
+        }
+    }
+}
+
+fn stored(name: String, m: &object_store::ObjectMeta) -> StoredObject {
+    StoredObject {
+        name,
+        size: m.size,
+        modified: std::time::SystemTime::from(m.last_modified),
+    }
+}
+
+/// True when the store failed for want of space: an `ENOSPC` or `EDQUOT`
+/// anywhere in the error's chain (the local store wraps the `io::Error`).
+pub fn is_disk_full(e: &(dyn std::error::Error + 'static)) -> bool {
+    const ENOSPC: i32 = 28;
+    const EDQUOT: i32 = 122;
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if matches!(io.raw_os_error(), Some(ENOSPC | EDQUOT))
+                || io.kind() == std::io::ErrorKind::StorageFull
+            {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    false
 }
 
 /// The HTTP client to the store; connections are kept and reused.

@@ -70,7 +70,7 @@ impl PgRecords {
         Ok(records)
     }
 
-    async fn client(&self) -> Result<deadpool_postgres::Object, RecordsError> {
+    pub(super) async fn client(&self) -> Result<deadpool_postgres::Object, RecordsError> {
         self.pool
             .get()
             .await

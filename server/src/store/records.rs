@@ -15,6 +15,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::access::AccessRecords;
 use super::kernels::KernelRecords;
+use super::retention::RetentionRecords;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecordsError {
@@ -45,9 +46,20 @@ impl RecordsError {
                 f.code,
                 rusqlite::ErrorCode::DatabaseBusy
                     | rusqlite::ErrorCode::DatabaseLocked
-                    | rusqlite::ErrorCode::DiskFull
                     | rusqlite::ErrorCode::CannotOpen
             ),
+            _ => false,
+        }
+    }
+
+    /// The database's disk is full (`SQLITE_FULL`, or an I/O error whose cause is
+    /// ENOSPC/EDQUOT): answered 507 until space is freed.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            RecordsError::Sql(rusqlite::Error::SqliteFailure(f, _)) => {
+                f.code == rusqlite::ErrorCode::DiskFull
+            }
+            RecordsError::Pg(e) => e.code() == Some(&tokio_postgres::error::SqlState::DISK_FULL),
             _ => false,
         }
     }
@@ -65,7 +77,7 @@ pub enum PutModule {
 
 /// The persistence seam (tokens, audit and version pins are in [`AccessRecords`]).
 #[async_trait::async_trait]
-pub trait Records: AccessRecords + KernelRecords + Send + Sync {
+pub trait Records: AccessRecords + KernelRecords + RetentionRecords + Send + Sync {
     async fn put_module(&self, m: &ModuleSource) -> Result<PutModule, RecordsError>;
     async fn get_module(
         &self,

@@ -276,6 +276,7 @@ fn the_scope_table_is_the_documented_one() {
         ("GET", "/v1/matrix", S(Read)),
         ("POST", "/v1/kernels/{krel}/prebuild", S(Admin)),
         ("POST", "/v1/archive/scan", S(Admin)),
+        ("POST", "/v1/gc", S(Admin)),
         ("GET", "/v1/keys", Public),
         ("GET", "/v1/keys/module-signing.der", Public),
         ("GET", "/v1/keys/module-signing.pem", Public),
