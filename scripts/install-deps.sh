@@ -12,6 +12,8 @@ need=()
 command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
 [[ -x /sbin/modinfo || -x /usr/sbin/modinfo ]] || need+=(kmod)
 command -v curl >/dev/null || need+=(curl)
+# The Docker-restart test gives its private dockerd a bridge of its own (ip link).
+command -v ip >/dev/null || need+=(iproute2)
 command -v pkg-config >/dev/null || need+=(pkg-config)
 [[ -e /usr/include/openssl/cms.h ]] || need+=(libssl-dev)
 command -v dpkg-deb >/dev/null || need+=(dpkg)

@@ -2,8 +2,13 @@
 //! with its own socket, data root, exec root (its own containerd) and pid file,
 //! so that restarting it never disturbs the shared engine other tests use.
 //!
-//! The engine has no bridge network and touches no iptables rules (job containers
-//! run with network `none` anyway), and uses the shared engine's storage driver.
+//! The engine has a bridge of its own (`kmfbr-<name>`, made here with an address
+//! of 10.254.0.0/16, removed when the engine is dropped) and touches no iptables
+//! rules (job containers run with network `none` anyway), and uses the shared
+//! engine's storage driver. Not `--bridge none`: a dockerd started so deletes the
+//! host's `docker0` (moby removes "the default bridge interface" when the bridge is
+//! disabled), which cut the shared engine's image builds off the network; the
+//! engine checks at every start that `docker0` is still there.
 //! Its data root is kept under `/tmp/kmf-dockerd-<name>/data` between runs, so the
 //! images loaded into it (see [`PrivateEngine::load_from`]) are loaded once; its
 //! exec root and socket are removed when it stops.
@@ -31,7 +36,34 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(90);
 pub struct PrivateEngine {
     dir: PathBuf,
     storage_driver: String,
+    /// The engine's own bridge interface.
+    bridge: String,
     child: Option<Child>,
+}
+
+/// Whether the host has network interface `name`.
+fn link_exists(name: &str) -> bool {
+    Path::new("/sys/class/net").join(name).exists()
+}
+
+/// Runs `ip ARGS`.
+fn ip(args: &[&str]) -> Result<()> {
+    let status = Command::new("ip")
+        .args(args)
+        .status()
+        .context("running ip (iproute2)")?;
+    ensure!(status.success(), "ip {} failed ({status})", args.join(" "));
+    Ok(())
+}
+
+/// Makes bridge `name` with address `10.254.<n>.1/24` unless it exists.
+fn make_bridge(name: &str, n: u8) -> Result<()> {
+    if link_exists(name) {
+        return Ok(());
+    }
+    ip(&["link", "add", name, "type", "bridge"])?;
+    ip(&["addr", "add", &format!("10.254.{n}.1/24"), "dev", name])?;
+    ip(&["link", "set", name, "up"])
 }
 
 impl PrivateEngine {
@@ -46,9 +78,16 @@ impl PrivateEngine {
         // An empty config file: /etc/docker/daemon.json may set data-root, which
         // dockerd refuses to see both there and as a flag.
         std::fs::write(dir.join("daemon.json"), "{}\n")?;
+        // An interface name has at most 15 bytes.
+        let bridge: String = format!("kmfbr-{name}").chars().take(15).collect();
+        let subnet = name
+            .bytes()
+            .fold(7u8, |h, b| h.wrapping_mul(31).wrapping_add(b));
+        make_bridge(&bridge, subnet)?;
         let mut engine = PrivateEngine {
             dir,
             storage_driver,
+            bridge,
             child: None,
         };
         engine.start_again().await?;
@@ -99,7 +138,12 @@ impl PrivateEngine {
             .arg(arg("exec"))
             .arg("--pidfile")
             .arg(arg("docker.pid"))
-            .args(["--bridge", "none", "--iptables=false", "--ip6tables=false"])
+            .args([
+                "--bridge",
+                &self.bridge,
+                "--iptables=false",
+                "--ip6tables=false",
+            ])
             .args(["--ip-masq=false", "--storage-driver", &self.storage_driver])
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -107,6 +151,7 @@ impl PrivateEngine {
             .spawn()
             .context("spawning dockerd (the private engine needs root and dockerd)")?;
         self.child = Some(child);
+        let had_docker0 = link_exists("docker0");
         let started = Instant::now();
         loop {
             if let Some(status) = self
@@ -123,6 +168,10 @@ impl PrivateEngine {
             // The client refuses a socket that does not exist yet.
             if let Ok(docker) = self.client() {
                 if docker.ping().await.is_ok() {
+                    ensure!(
+                        !had_docker0 || link_exists("docker0"),
+                        "starting the private dockerd removed the host's docker0"
+                    );
                     return Ok(());
                 }
             }
@@ -195,7 +244,7 @@ impl PrivateEngine {
 }
 
 impl Drop for PrivateEngine {
-    /// Stops the engine (its containers with it) and removes its exec root.
+    /// Stops the engine (its containers with it), removes its exec root and its bridge.
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             if let Ok(pid) = i32::try_from(child.id()) {
@@ -212,6 +261,7 @@ impl Drop for PrivateEngine {
             let _ = child.wait();
         }
         let _ = std::fs::remove_dir_all(self.dir.join("exec"));
+        let _ = ip(&["link", "del", &self.bridge]);
     }
 }
 
