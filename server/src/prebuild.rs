@@ -118,7 +118,7 @@ impl Prebuilder {
         }
         tracing::info!(%kernel, trigger, builds = prebuild.builds.len(), "prebuild submitted");
         known.prebuild = Some(prebuild.clone());
-        // The submissions noted the request (retention reads it): keep that note.
+        // A client may have asked for the kernel meanwhile (retention reads that note): keep it.
         if let Some(now) = records.get_kernel(kernel).await? {
             known.requested = now.requested;
             known.last_requested = now.last_requested;

@@ -356,7 +356,9 @@ async fn an_unused_kernels_images_and_volumes_go_and_no_others() -> Result<()> {
 async fn the_periodic_collection_removes_expired_records_and_logs_what_it_freed() -> Result<()> {
     let env = Env::start(
         ServerOpts::default()
-            .env("KMODFORGE_RETAIN_BUILDS", "1s")
+            // Long enough for the client to see the build end before its record may go
+            // (a collection every second would otherwise race the client's poll).
+            .env("KMODFORGE_RETAIN_BUILDS", "20s")
             .env("KMODFORGE_GC_INTERVAL_SECS", 1),
     )
     .await?;
@@ -368,16 +370,16 @@ async fn the_periodic_collection_removes_expired_records_and_logs_what_it_freed(
         .await?;
     let b = c.wait(&b.build.id).await?;
     expect_failure(&b, FailureKind::CompileError)?;
-    // Collections run every second; the record expires one second after it was made.
+    // Collections run every second; the record expires 20 s after it was made.
     let mut gone = false;
-    for _ in 0..60 {
+    for _ in 0..120 {
         if !c.has_build(&b.build.id).await? {
             gone = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    ensure!(gone, "build {} was not collected within 30 s", b.build.id);
+    ensure!(gone, "build {} was not collected within 60 s", b.build.id);
     let log = env.server.log_text();
     ensure!(
         log.lines().any(|l| l.contains("gc: collected")

@@ -262,7 +262,11 @@ impl Builds {
         req: BuildRequest,
         priority: Priority,
     ) -> Result<Submitted, BuildError> {
-        self.note_requested(&req.kernel).await;
+        // A client's request, not a prebuild: `requested` says a host or CI asked for
+        // the kernel (the matrix shows it; retention keeps its images in use).
+        if priority == Priority::Foreground {
+            self.note_requested(&req.kernel).await;
+        }
         let module = self
             .store
             .records
