@@ -8,7 +8,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use serde::Deserialize;
 
 /// The parser's output: every sample with its family's name and type.
@@ -119,4 +119,25 @@ impl Scrape {
             .find(|s| s.family == family)
             .map(|s| s.kind.as_str())
     }
+}
+
+/// `GET /metrics` of a real server: 200, the text format's content type, parsed.
+pub async fn scrape(client: &crate::Client) -> Result<Scrape> {
+    let resp = client.get("/metrics").await?;
+    ensure!(
+        resp.status() == reqwest::StatusCode::OK,
+        "GET /metrics: {}",
+        resp.status()
+    );
+    let ctype = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    ensure!(
+        ctype == "text/plain; version=0.0.4; charset=utf-8",
+        "content type {ctype:?}"
+    );
+    parse(&resp.text().await?)
 }

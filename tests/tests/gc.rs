@@ -13,24 +13,13 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use kmodforge_api::wire::{BuildState, FailureKind};
-use kmodforge_e2e::promtext::{self, Scrape};
+use kmodforge_e2e::promtext::{scrape, Scrape};
 use kmodforge_e2e::{
-    check_downloads, e2e_fixture, expect_failure, fixture, request, Client, DockerProbe, Env,
-    ServerOpts, KERNEL_A,
+    check_downloads, e2e_fixture, expect_failure, fixture, request, DockerProbe, Env, ServerOpts,
+    KERNEL_A,
 };
 use reqwest::StatusCode;
 use serde_json::Value;
-
-/// `GET /metrics`, parsed by the Prometheus text parser.
-async fn scrape(c: &Client) -> Result<Scrape> {
-    let resp = c.get("/metrics").await?;
-    ensure!(
-        resp.status() == StatusCode::OK,
-        "GET /metrics: {}",
-        resp.status()
-    );
-    promtext::parse(&resp.text().await?)
-}
 
 /// How much each GC counter moved between two scrapes.
 fn gc_moved(before: &Scrape, after: &Scrape, what: &str) -> Result<f64> {

@@ -10,25 +10,7 @@ use kmodforge_e2e::{
 };
 use reqwest::StatusCode;
 
-async fn scrape(client: &Client) -> Result<Scrape> {
-    let resp = client.get("/metrics").await?;
-    ensure!(
-        resp.status() == StatusCode::OK,
-        "GET /metrics: {}",
-        resp.status()
-    );
-    let ctype = resp
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
-    ensure!(
-        ctype == "text/plain; version=0.0.4; charset=utf-8",
-        "content type {ctype:?}"
-    );
-    promtext::parse(&resp.text().await?)
-}
+use promtext::scrape;
 
 /// Polls build `id` to its end; also returns how many `GET /v1/builds/{id}` it sent.
 async fn wait_counting(client: &Client, id: &str) -> Result<(BuildResponse, f64)> {
