@@ -163,6 +163,10 @@ pub enum AuditAction {
     TokenRevoke,
     /// A signing key was created, imported or replaced.
     KeyChange,
+    /// A package uploaded into the apt repository (`PUT /v1/apt/packages`).
+    AptUpload,
+    /// An uploaded package removed from the apt repository.
+    AptDelete,
 }
 
 impl AuditAction {
@@ -175,6 +179,8 @@ impl AuditAction {
             AuditAction::TokenCreate => "token_create",
             AuditAction::TokenRevoke => "token_revoke",
             AuditAction::KeyChange => "key_change",
+            AuditAction::AptUpload => "apt_upload",
+            AuditAction::AptDelete => "apt_delete",
         }
     }
 }

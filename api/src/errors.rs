@@ -48,6 +48,8 @@ error_kinds! {
     InvalidName = "invalid_name",
     /// Module settings that do not validate (the message names the field).
     InvalidSettings = "invalid_settings",
+    /// An uploaded Debian package the apt repository cannot take (the message says why).
+    InvalidPackage = "invalid_package",
     /// No such route, build, artifact, token or blob.
     NotFound = "not_found",
     /// The route exists, not with this method.

@@ -477,6 +477,11 @@ pub enum KeyPurpose {
     ModuleSigning,
     /// Manifests (Ed25519): what agents pin in `trusted_keys`.
     Manifest,
+    /// The apt repository's `Release` files (OpenPGP, Ed25519): what `signed-by` names.
+    AptRepository,
+    /// A purpose this client does not know (from a newer server).
+    #[serde(other)]
+    Other,
 }
 
 impl KeyPurpose {
@@ -484,6 +489,8 @@ impl KeyPurpose {
         match self {
             KeyPurpose::ModuleSigning => "module_signing",
             KeyPurpose::Manifest => "manifest",
+            KeyPurpose::AptRepository => "apt_repository",
+            KeyPurpose::Other => "other",
         }
     }
 }
@@ -493,9 +500,10 @@ impl KeyPurpose {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PublicKey {
     pub purpose: KeyPurpose,
-    /// The certificate's sha256 (module signing) or `ed25519:<hex>` (manifests).
+    /// The certificate's sha256 (module signing), `ed25519:<hex>` (manifests) or the
+    /// OpenPGP fingerprint (apt repository).
     pub id: String,
-    /// The certificate as PEM, or the `ed25519:<hex>` key.
+    /// The certificate as PEM, the `ed25519:<hex>` key, or the ASCII-armored OpenPGP key.
     pub public: String,
     /// Module signing: the certificate's common name and serial (`modinfo`'s
     /// `signer` and `sig_key`).
@@ -638,4 +646,42 @@ pub struct CellFailure {
 pub struct CellCheck {
     pub passed: bool,
     pub signature_enforced: bool,
+}
+
+/// A package of the server's apt repository (`GET /v1/apt/packages`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AptPackage {
+    /// The Debian package name, e.g. `r8152-modules-6.1.0-47-amd64`.
+    pub package: String,
+    /// The Debian version, e.g. `2.17.1-kmf20261207072233`.
+    pub version: String,
+    /// The Debian architecture, e.g. `amd64`.
+    pub architecture: String,
+    /// Path of the `.deb` under the repository root (`pool/main/...`).
+    pub filename: String,
+    /// sha256 of the `.deb`; also its blob address.
+    pub sha256: String,
+    pub size: u64,
+    /// The package's control stanza, as in the `.deb`.
+    pub control: String,
+    pub origin: AptOrigin,
+    pub added_at: String,
+}
+
+/// Where an apt package came from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum AptOrigin {
+    /// Made by the server from an artifact (the newest of its module, version, kernel).
+    Artifact {
+        key: ArtifactKey,
+        name: ModuleName,
+        version: ModuleVersion,
+        kernel: KernelRelease,
+        arch: Arch,
+    },
+    /// Uploaded by an administrator (`PUT /v1/apt/packages`), e.g. `kmodforge-agent`.
+    Upload { by: String },
 }

@@ -10,6 +10,7 @@
 //! `sources` (uploads), `store` (SQLite records + content-addressed blobs behind
 //! traits).
 
+pub mod apt;
 pub mod archive;
 pub mod auth;
 pub mod bootcheck;
@@ -193,6 +194,7 @@ pub async fn init(config: &Config) -> Result<AppState, StartError> {
         ..ArchiveLimits::default()
     };
     Ok(AppState {
+        apt: Arc::new(apt::AptRepo::new(store.clone(), keys.clone())),
         sources: sources::Sources::new(store.clone(), limits),
         auth: auth::Auth::new(store.records.clone(), config.anonymous_read),
         tokens: auth::Tokens::new(store.records.clone()),

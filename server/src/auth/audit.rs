@@ -121,6 +121,19 @@ impl Audit {
         self.append(e).await
     }
 
+    /// A change to the apt repository's uploaded packages.
+    pub async fn apt(
+        &self,
+        by: &Caller,
+        action: AuditAction,
+        package: &str,
+        detail: String,
+    ) -> Result<u64, RecordsError> {
+        let mut e = Self::entry(by, action, AuditOutcome::Done, detail);
+        e.digest = Some(package.to_string());
+        self.append(e).await
+    }
+
     pub async fn list(&self, q: &AuditQuery) -> Result<Vec<AuditEntry>, RecordsError> {
         self.records.list_audit(q).await
     }

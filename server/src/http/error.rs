@@ -64,6 +64,9 @@ pub enum AppError {
     /// freed (507). The message names the store.
     #[error("{0}")]
     InsufficientStorage(String),
+    /// An uploaded package the apt repository cannot take (422).
+    #[error("{0}")]
+    InvalidPackage(String),
     /// A request axum's extractors refused (a query string, path or body that does
     /// not parse, a body over the limit), mapped by [`super::reject`].
     #[error("{}", .0.message)]
@@ -196,6 +199,7 @@ impl AppError {
             E::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, K::Internal),
             E::StoreUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, K::StoreUnavailable),
             E::Placeholder { .. } => (StatusCode::UNPROCESSABLE_ENTITY, K::Placeholder),
+            E::InvalidPackage(_) => (StatusCode::UNPROCESSABLE_ENTITY, K::InvalidPackage),
             E::InsufficientStorage(_) => (StatusCode::INSUFFICIENT_STORAGE, K::InsufficientStorage),
         }
     }

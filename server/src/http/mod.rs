@@ -2,6 +2,7 @@
 //! and map their errors through [`AppError`].
 
 mod access;
+mod apt;
 mod artifacts;
 mod error;
 mod gc;
@@ -58,6 +59,8 @@ pub struct AppState {
     pub presign: Option<std::time::Duration>,
     /// This process's metrics (`GET /metrics`).
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The apt repository (`/apt`).
+    pub apt: Arc<crate::apt::AptRepo>,
 }
 
 /// Every route with the access it needs; the router and [`route_table`] are both
@@ -80,6 +83,41 @@ fn routes() -> Routes {
         )
         .add(Method::POST, "/v1/archive/scan", S(Admin), readiness::scan)
         .add(Method::POST, "/v1/gc", S(Admin), gc::collect)
+        .add(Method::GET, "/apt/kmodforge.gpg", Public, apt::keyring)
+        .add(Method::GET, "/apt/kmodforge.asc", Public, apt::keyring_asc)
+        .add(
+            Method::GET,
+            "/apt/dists/{suite}/{file}",
+            S(Read),
+            apt::release,
+        )
+        .add(
+            Method::GET,
+            "/apt/dists/{suite}/{component}/{dir}/{file}",
+            S(Read),
+            apt::packages_index,
+        )
+        .add(
+            Method::GET,
+            "/apt/pool/{component}/{letter}/{package}/{file}",
+            S(Read),
+            apt::pool,
+        )
+        .add(Method::GET, "/v1/apt/packages", S(Read), apt::list)
+        .add_audited(
+            Method::PUT,
+            "/v1/apt/packages",
+            S(Admin),
+            Some(A::AptUpload),
+            apt::upload,
+        )
+        .add_audited(
+            Method::DELETE,
+            "/v1/apt/packages/{package}/{version}/{arch}",
+            S(Admin),
+            Some(A::AptDelete),
+            apt::delete,
+        )
         .add(Method::GET, "/v1/keys", Public, keys::list)
         .add(
             Method::GET,

@@ -11,6 +11,7 @@
 
 pub mod manifest_signing;
 pub mod module_signing;
+pub mod openpgp;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -23,9 +24,12 @@ use crate::builds::now_rfc3339;
 use crate::store::{write_secret, Records, RecordsError};
 pub use manifest_signing::ManifestSigningKey;
 pub use module_signing::{split_signature, CertInfo, ModuleSigningKey, SignError};
+pub use openpgp::OpenPgpKey;
 
 /// Common name of a generated module-signing certificate.
 const MODULE_CN: &str = "kmodforge module signing key";
+/// User ID of the apt repository's OpenPGP key.
+const APT_UID: &str = "kmodforge apt repository signing key";
 
 /// Where keys come from.
 #[derive(Clone, Debug, Default)]
@@ -79,6 +83,8 @@ pub struct Keys {
     module_cert_der: Vec<u8>,
     module_cert_pem: Vec<u8>,
     manifest: ManifestSigningKey,
+    /// Signs the apt repository's `Release` (OpenPGP).
+    apt: OpenPgpKey,
     sign_default: bool,
     /// A key no kernel trusts, for the boot check's "signed by another key" probe.
     foreign: OnceLock<ModuleSigningKey>,
@@ -114,6 +120,7 @@ impl Keys {
         make_private_dir(&dir)?;
         let (module, module_origin) = module_key(&dir, s)?;
         let (manifest, manifest_origin) = manifest_key(&dir, s)?;
+        let (apt, apt_origin) = apt_key(&dir)?;
         let keys = Keys {
             module_cert_der: module
                 .cert_der()
@@ -123,10 +130,11 @@ impl Keys {
                 .map_err(bad_key("module-signing certificate"))?,
             module,
             manifest,
+            apt,
             sign_default: s.sign_default,
             foreign: OnceLock::new(),
         };
-        keys.record_public(records, &module_origin, &manifest_origin)
+        keys.record_public(records, &module_origin, &manifest_origin, &apt_origin)
             .await?;
         Ok(Arc::new(keys))
     }
@@ -137,6 +145,7 @@ impl Keys {
         records: Arc<dyn Records>,
         module_origin: &str,
         manifest_origin: &str,
+        apt_origin: &str,
     ) -> Result<(), KeyError> {
         let audit = Audit::new(records.clone());
         let server = Caller::local("server".into());
@@ -172,7 +181,35 @@ impl Keys {
             tracing::info!(%detail, "new manifest key");
             audit.key(&server, self.manifest.public(), detail).await?;
         }
+        let armored = self
+            .apt
+            .public_armored()
+            .map_err(bad_key("apt repository key"))?;
+        let apt = PublicKey {
+            purpose: KeyPurpose::AptRepository,
+            id: self.apt.fingerprint_hex(),
+            public: armored,
+            signer: None,
+            key_id: None,
+            first_used: now_rfc3339(),
+            current: true,
+        };
+        if records.put_public_key(&apt).await? {
+            let detail = format!(
+                "apt repository key {apt_origin}: OpenPGP {}",
+                self.apt.fingerprint_hex()
+            );
+            tracing::info!(%detail, "new apt repository key");
+            audit
+                .key(&server, &self.apt.fingerprint_hex(), detail)
+                .await?;
+        }
         Ok(())
+    }
+
+    /// The apt repository's OpenPGP key.
+    pub fn apt(&self) -> &OpenPgpKey {
+        &self.apt
     }
 
     /// The key `sign` (the request's choice, else the default) asks for, if any.
@@ -301,6 +338,37 @@ fn module_key(dir: &Path, s: &KeySettings) -> Result<(ModuleSigningKey, String),
         }
         _ => Err(KeyError::Half),
     }
+}
+
+/// The apt repository key: stored (`apt-signing.key`, PKCS#8 Ed25519, and
+/// `apt-signing.created`, the Unix time that is part of its OpenPGP fingerprint),
+/// or generated now and stored.
+fn apt_key(dir: &Path) -> Result<(OpenPgpKey, String), KeyError> {
+    let kp = dir.join("apt-signing.key");
+    let cp = dir.join("apt-signing.created");
+    if kp.exists() {
+        let text = String::from_utf8_lossy(&read(&cp)?).trim().to_string();
+        let created: u32 = text.parse().map_err(|_| KeyError::Key {
+            what: format!("stored apt repository key {}", cp.display()),
+            source: SignError::Key(format!("{text:?} is not a Unix time")),
+        })?;
+        let key = OpenPgpKey::from_pem(&read(&kp)?, created, APT_UID).map_err(bad_key(format!(
+            "stored apt repository key {}",
+            kp.display()
+        )))?;
+        return Ok((key, "stored".into()));
+    }
+    let created = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as u32)
+        .unwrap_or(0);
+    let key = OpenPgpKey::generate(APT_UID, created)
+        .map_err(bad_key("generating the apt repository key"))?;
+    let pem = key.key_pem().map_err(bad_key("apt repository key"))?;
+    // The creation time first: the key file is what makes the pair "stored".
+    std::fs::write(&cp, format!("{created}\n")).map_err(io(format!("writing {}", cp.display())))?;
+    write_secret(&kp, &pem).map_err(io(format!("writing {}", kp.display())))?;
+    Ok((key, format!("generated in {}", dir.display())))
 }
 
 /// The manifest key: imported, stored, or generated now (and stored).

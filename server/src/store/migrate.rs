@@ -20,6 +20,8 @@ pub const SQLITE: &[&str] = &[
         include_str!("schema/sqlite-1-access.sql"),
         include_str!("schema/sqlite-1-kernels.sql"),
     ),
+    // 2: the apt repository's packages.
+    include_str!("schema/sqlite-2-apt.sql"),
 ];
 
 /// Brings a SQLite database to the newest schema.

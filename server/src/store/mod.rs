@@ -2,13 +2,14 @@
 //! and [`Objects`] (a local directory, or an S3-compatible bucket).
 //!
 //! Records: modules, builds, artifacts (manifests), dkms.conf evaluations,
-//! settings, known kernels; tokens, the audit log, public keys and version pins
+//! settings, known kernels, the apt repository's packages; tokens, the audit log, public keys and version pins
 //! (`access`). Objects: `.ko` blobs, source tars, build logs.
 //!
 //! Embedded layout under the data directory: `kmodforge.db`, `blobs/sha256/..`,
 //! `sources/<source digest>.tar`, `logs/<build id>.log`.
 
 pub mod access;
+pub mod apt;
 pub mod files;
 pub mod jobs;
 pub mod kernels;
@@ -23,6 +24,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub use access::{AccessRecords, AuditQuery, Revoked, TokenRow};
+pub use apt::AptRecords;
 pub use files::write_secret;
 pub use jobs::{ClaimedJob, Enqueued, JobQueue};
 pub use kernels::KernelRecords;

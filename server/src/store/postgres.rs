@@ -30,6 +30,7 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("schema/postgres-1.sql"),
     include_str!("schema/postgres-2-jobs.sql"),
     include_str!("schema/postgres-3-cluster.sql"),
+    include_str!("schema/postgres-4-apt.sql"),
 ];
 
 /// Serialises migrations of replicas that start together (any constant of ours).
@@ -123,7 +124,7 @@ impl PgRecords {
             .get(0))
     }
 
-    async fn query_json<T: serde::de::DeserializeOwned>(
+    pub(super) async fn query_json<T: serde::de::DeserializeOwned>(
         &self,
         table: &'static str,
         sql: &str,
@@ -137,7 +138,7 @@ impl PgRecords {
             .collect()
     }
 
-    async fn execute(&self, sql: &str, args: &[Param<'_>]) -> Result<u64, RecordsError> {
+    pub(super) async fn execute(&self, sql: &str, args: &[Param<'_>]) -> Result<u64, RecordsError> {
         let client = self.client().await?;
         let stmt = client.prepare_cached(sql).await?;
         Ok(client.execute(&stmt, args).await?)
@@ -393,7 +394,8 @@ impl Records for PgRecords {
 
     async fn blob_in_use(&self, sha256: &str) -> Result<bool, RecordsError> {
         self.exists(
-            "SELECT 1 FROM artifact_blobs WHERE sha256 = $1 LIMIT 1",
+            "SELECT 1 FROM artifact_blobs WHERE sha256 = $1
+             UNION ALL SELECT 1 FROM apt_packages WHERE sha256 = $1 LIMIT 1",
             &[&sha256],
         )
         .await

@@ -77,7 +77,9 @@ pub enum PutModule {
 
 /// The persistence seam (tokens, audit and version pins are in [`AccessRecords`]).
 #[async_trait::async_trait]
-pub trait Records: AccessRecords + KernelRecords + RetentionRecords + Send + Sync {
+pub trait Records:
+    AccessRecords + KernelRecords + RetentionRecords + super::apt::AptRecords + Send + Sync
+{
     async fn put_module(&self, m: &ModuleSource) -> Result<PutModule, RecordsError>;
     async fn get_module(
         &self,
@@ -395,7 +397,8 @@ impl SqliteRecords {
 
     pub(crate) fn blob_in_use(&self, sha256: &str) -> Result<bool, RecordsError> {
         self.exists(
-            "SELECT 1 FROM artifact_blobs WHERE sha256 = ?1 LIMIT 1",
+            "SELECT 1 FROM artifact_blobs WHERE sha256 = ?1
+             UNION ALL SELECT 1 FROM apt_packages WHERE sha256 = ?1 LIMIT 1",
             sha256,
         )
     }

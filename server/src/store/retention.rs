@@ -92,7 +92,10 @@ impl SqliteRecords {
 
     pub(crate) fn referenced_blobs(&self) -> Result<HashSet<String>, RecordsError> {
         Ok(self
-            .strings("SELECT DISTINCT sha256 FROM artifact_blobs", [])?
+            .strings(
+                "SELECT sha256 FROM artifact_blobs UNION SELECT sha256 FROM apt_packages",
+                [],
+            )?
             .into_iter()
             .collect())
     }
@@ -188,7 +191,10 @@ impl RetentionRecords for super::postgres::PgRecords {
     async fn referenced_blobs(&self) -> Result<HashSet<String>, RecordsError> {
         let client = self.client().await?;
         let rows = client
-            .query("SELECT DISTINCT sha256 FROM artifact_blobs", &[])
+            .query(
+                "SELECT sha256 FROM artifact_blobs UNION SELECT sha256 FROM apt_packages",
+                &[],
+            )
             .await?;
         Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
     }
