@@ -15,8 +15,8 @@ use kmodforge_api::wire::{
 };
 use kmodforge_server::store::postgres::{PgRecords, MIGRATIONS};
 use kmodforge_server::store::{
-    AccessRecords, AuditQuery, BlobError, KernelRecords, Objects, ObjectsConfig, PutModule,
-    Records, RetentionRecords, Revoked, S3Config, SqliteRecords, TokenRow,
+    AccessRecords, AptRecords, AuditQuery, BlobError, KernelRecords, Objects, ObjectsConfig,
+    PutModule, Records, RetentionRecords, Revoked, S3Config, SqliteRecords, TokenRow,
 };
 use serde_json::json;
 
@@ -466,6 +466,86 @@ async fn records_contract_on_postgresql() {
     let db = FreshDb::new().await;
     let r = PgRecords::connect(&db.url).await.unwrap();
     records_contract(&r).await;
+}
+
+/// The apt repository's records: packages keyed by (name, version, arch),
+/// replaced in place; their blobs count as referenced; the newest artifact of
+/// each (module, version, kernel, arch).
+async fn apt_contract(r: &dyn Records) {
+    use kmodforge_api::wire::{AptOrigin, AptPackage};
+    let pkg = |version: &str, sha: char| AptPackage {
+        package: "kmodforge-agent".into(),
+        version: version.into(),
+        architecture: "amd64".into(),
+        filename: format!("pool/main/k/kmodforge-agent/kmodforge-agent_{version}_amd64.deb"),
+        sha256: sha.to_string().repeat(64),
+        size: 10,
+        control: "Package: kmodforge-agent\n".into(),
+        origin: AptOrigin::Upload { by: "admin".into() },
+        added_at: "2026-12-07T00:00:00Z".into(),
+    };
+    assert!(r.list_apt_packages().await.unwrap().is_empty());
+    r.put_apt_package(&pkg("1.0-1", 'd')).await.unwrap();
+    r.put_apt_package(&pkg("0.9-1", 'e')).await.unwrap();
+    // The same (name, version, arch) again replaces the row.
+    r.put_apt_package(&pkg("1.0-1", 'f')).await.unwrap();
+    let all = r.list_apt_packages().await.unwrap();
+    assert_eq!(
+        all.iter()
+            .map(|p| (p.version.as_str(), p.sha256.as_bytes()[0]))
+            .collect::<Vec<_>>(),
+        vec![("0.9-1", b'e'), ("1.0-1", b'f')]
+    );
+    assert!(r.blob_in_use(&"f".repeat(64)).await.unwrap());
+    assert!(!r.blob_in_use(&"d".repeat(64)).await.unwrap());
+    assert!(r
+        .referenced_blobs()
+        .await
+        .unwrap()
+        .contains(&"e".repeat(64)));
+    assert!(r
+        .delete_apt_package("kmodforge-agent", "0.9-1", "amd64")
+        .await
+        .unwrap());
+    assert!(!r
+        .delete_apt_package("kmodforge-agent", "0.9-1", "amd64")
+        .await
+        .unwrap());
+    assert!(!r.blob_in_use(&"e".repeat(64)).await.unwrap());
+
+    // Two artifacts of one (module, version, kernel, arch): only the newer is listed.
+    assert!(r.latest_artifacts().await.unwrap().is_empty());
+    r.put_artifact(&manifest('1', "6.1.0-47-amd64", &[&"1".repeat(64)], "b1"))
+        .await
+        .unwrap();
+    r.put_artifact(&manifest('2', "6.1.0-47-amd64", &[&"2".repeat(64)], "b2"))
+        .await
+        .unwrap();
+    r.put_artifact(&manifest('3', "6.1.0-56-amd64", &[&"3".repeat(64)], "b3"))
+        .await
+        .unwrap();
+    let latest: Vec<String> = r
+        .latest_artifacts()
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.build_id.clone())
+        .collect();
+    assert_eq!(latest, vec!["b2", "b3"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apt_contract_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = SqliteRecords::open(&dir.path().join("db")).unwrap();
+    apt_contract(&r).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apt_contract_on_postgresql() {
+    let db = FreshDb::new().await;
+    let r = PgRecords::connect(&db.url).await.unwrap();
+    apt_contract(&r).await;
 }
 
 /// Retention's queries: expired records (final, unreferenced, old), blob and

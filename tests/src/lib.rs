@@ -23,6 +23,7 @@ mod bins;
 mod client;
 pub mod cluster;
 pub mod cutproxy;
+pub mod debhost;
 mod docker;
 pub mod engine;
 mod fixtures;

@@ -49,7 +49,8 @@ fn no_suite(suite: &str) -> AppError {
 #[utoipa::path(get, path = "/apt/dists/{suite}/{file}", tag = "apt",
     params(("suite" = String, Path, description = "The suite", example = "kmodforge"),
            ("file" = String, Path, description = "`InRelease`, `Release` or `Release.gpg`", example = "InRelease")),
-    responses((status = 200, description = "The signed index (InRelease: cleartext-signed; Release.gpg: the detached signature)", body = String, content_type = "text/plain")))]
+    responses((status = 200, description = "The signed index (InRelease: cleartext-signed; Release.gpg: the detached signature)",
+        content((String = "text/plain"), (String = "application/pgp-signature")))))]
 pub(super) async fn release(
     State(s): State<AppState>,
     Path((suite, file)): Path<(String, String)>,
@@ -76,7 +77,8 @@ pub(super) async fn release(
            ("component" = String, Path, description = "The component", example = "main"),
            ("dir" = String, Path, description = "`binary-<Debian arch>`", example = "binary-amd64"),
            ("file" = String, Path, description = "`Packages` or `Packages.gz`", example = "Packages")),
-    responses((status = 200, description = "The package index", body = String, content_type = "text/plain")))]
+    responses((status = 200, description = "The package index (Packages, or gzip-compressed Packages.gz)",
+        content((String = "text/plain"), (Vec<u8> = "application/gzip")))))]
 pub(super) async fn packages_index(
     State(s): State<AppState>,
     Path((suite, component, dir, file)): Path<(String, String, String, String)>,
