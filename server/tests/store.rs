@@ -15,8 +15,8 @@ use kmodforge_api::wire::{
 };
 use kmodforge_server::store::postgres::{PgRecords, MIGRATIONS};
 use kmodforge_server::store::{
-    AccessRecords, AptRecords, AuditQuery, BlobError, KernelRecords, Objects, ObjectsConfig,
-    PutModule, Records, RetentionRecords, Revoked, S3Config, SqliteRecords, TokenRow,
+    AccessRecords, AuditQuery, BlobError, KernelRecords, Objects, ObjectsConfig, PutModule,
+    Records, RetentionRecords, Revoked, S3Config, SqliteRecords, TokenRow,
 };
 use serde_json::json;
 
