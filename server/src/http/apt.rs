@@ -182,8 +182,11 @@ pub(super) async fn list(State(s): State<AppState>) -> Result<Response, AppError
 
 /// Uploads a `.deb` of kmodforge's own (`kmodforge-*`, e.g. `kmodforge-agent`).
 #[utoipa::path(put, path = "/v1/apt/packages", tag = "apt",
-    request_body(content = Vec<u8>, content_type = "application/vnd.debian.binary-package", description = "The .deb"),
-    responses((status = 201, description = "Added (or replaced: the same name, version and architecture)", body = AptPackage)))]
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The .deb (any content type is accepted)"),
+    responses(
+        (status = 201, description = "Added (or replaced: the same name, version and architecture)", body = AptPackage),
+        (status = 422, description = "Not a Debian package, or not one the repository takes (`invalid_package`)", body = kmodforge_api::wire::ErrorBody),
+    ))]
 pub(super) async fn upload(
     State(s): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -210,7 +213,11 @@ pub(super) async fn upload(
     params(("package" = String, Path, description = "The package name", example = "kmodforge-agent"),
            ("version" = String, Path, description = "The package version"),
            ("arch" = String, Path, description = "The Debian architecture", example = "amd64")),
-    responses((status = 204, description = "Removed")))]
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 404, description = "No such package", body = kmodforge_api::wire::ErrorBody),
+        (status = 422, description = "A module's package: it goes with its artifact (`invalid_package`)", body = kmodforge_api::wire::ErrorBody),
+    ))]
 pub(super) async fn delete(
     State(s): State<AppState>,
     Extension(caller): Extension<Caller>,
