@@ -22,7 +22,13 @@ fn request_for(spec: &RouteSpec) -> (String, Vec<u8>) {
         .replace("{id}", "0123456789abcdef")
         .replace("{file}", "x.ko")
         .replace("{sha256}", &"0".repeat(64))
-        .replace("{token}", "nobody");
+        .replace("{token}", "nobody")
+        .replace("{suite}", "kmodforge")
+        .replace("{component}", "main")
+        .replace("{dir}", "binary-amd64")
+        .replace("{letter}", "k")
+        .replace("{package}", "kmodforge-nothing")
+        .replace("{arch}", "amd64");
     assert!(
         !uri.contains('{'),
         "route {} has a parameter this test does not know",
@@ -277,6 +283,26 @@ fn the_scope_table_is_the_documented_one() {
         ("POST", "/v1/kernels/{krel}/prebuild", S(Admin)),
         ("POST", "/v1/archive/scan", S(Admin)),
         ("POST", "/v1/gc", S(Admin)),
+        ("GET", "/apt/kmodforge.gpg", Public),
+        ("GET", "/apt/kmodforge.asc", Public),
+        ("GET", "/apt/dists/{suite}/{file}", S(Read)),
+        (
+            "GET",
+            "/apt/dists/{suite}/{component}/{dir}/{file}",
+            S(Read),
+        ),
+        (
+            "GET",
+            "/apt/pool/{component}/{letter}/{package}/{file}",
+            S(Read),
+        ),
+        ("GET", "/v1/apt/packages", S(Read)),
+        ("PUT", "/v1/apt/packages", S(Admin)),
+        (
+            "DELETE",
+            "/v1/apt/packages/{package}/{version}/{arch}",
+            S(Admin),
+        ),
         ("GET", "/v1/keys", Public),
         ("GET", "/v1/keys/module-signing.der", Public),
         ("GET", "/v1/keys/module-signing.pem", Public),
