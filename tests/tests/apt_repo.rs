@@ -379,7 +379,50 @@ async fn uploads(env: &Env, host: &DebHost, keyring: &[u8], read: &str) -> Resul
     host.must("apt-get update 2>&1")?;
     host.must("DEBIAN_FRONTEND=noninteractive apt-get install -y kmodforge-testtool 2>&1")?;
     host.must("test -x /usr/bin/kmodforge-testtool && /usr/bin/kmodforge-testtool")?;
+
+    // Debian 13's apt verifies with Sequoia's sqv instead of gpgv: it accepts the
+    // key and the signature too, and refuses a tampered index.
+    let trixie = DebHost::start(&trixie_image()?)?;
+    configure(&trixie, &env.server.base_url(), keyring, Some(read))?;
+    let update = trixie.must("apt-get update 2>&1")?;
+    ensure!(!update.stdout.contains("W:"), "apt 3 on trixie: {update}");
+    trixie.must("DEBIAN_FRONTEND=noninteractive apt-get install -y kmodforge-testtool 2>&1")?;
+    trixie.must("/usr/bin/kmodforge-testtool")?;
+    let base = mirror(env, read, |path, bytes| {
+        if path.ends_with("InRelease") {
+            String::from_utf8_lossy(&bytes)
+                .replace("Suite: kmodforge", "Suite: kmodforgf")
+                .into_bytes()
+        } else {
+            bytes
+        }
+    })
+    .await?;
+    configure(&trixie, &base, keyring, None)?;
+    let update = trixie.sh("apt-get update 2>&1")?;
+    ensure!(
+        !update.ok() && update.stdout.contains("not signed"),
+        "sqv must refuse a tampered InRelease: {update}"
+    );
     Ok(())
+}
+
+/// Debian 13 (apt 3, sqv), made from Debian's packages like the bookworm base.
+fn trixie_image() -> Result<String> {
+    let tag = "debian:trixie-slim";
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../images/bootstrap-base.sh");
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .args(["trixie", tag])
+        .output()
+        .context("running images/bootstrap-base.sh")?;
+    ensure!(
+        out.status.success(),
+        "bootstrap-base.sh trixie: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(tag.to_string())
 }
 
 /// A real `.deb` made by `dpkg-deb` (xz, as dpkg-deb and cargo-deb write them).

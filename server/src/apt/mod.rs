@@ -373,7 +373,11 @@ impl AptRepo {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        let date = now - now % 3600;
+        // The hour (identical on every replica), but never before the key was made:
+        // a signature older than its key has no binding signature at its time, and
+        // Sequoia's sqv (apt 3) refuses it.
+        let key = self.keys.apt();
+        let date = (now - now % 3600).max(u64::from(key.created()));
         let mut release = format!(
             "Origin: kmodforge\nLabel: kmodforge\nSuite: {SUITE}\nCodename: {SUITE}\n\
              Date: {}\nValid-Until: {}\nArchitectures: {}\nComponents: {COMPONENT}\n\
@@ -392,7 +396,6 @@ impl AptRepo {
                 ));
             }
         }
-        let key = self.keys.apt();
         let at = date as u32;
         Ok(Snapshot {
             inrelease: key.clearsign(&release, at)?,
