@@ -24,7 +24,8 @@ use std::process::{Command, Stdio};
 use anyhow::{bail, ensure, Context, Result};
 use kmodforge_api::wire::{BuildState, Manifest};
 use kmodforge_e2e::{
-    e2e_fixture, error_body, fixture, request, Client, Env, ServerOpts, KERNEL_A, KERNEL_B,
+    e2e_fixture, error_body, fixture, promtext, request, Client, Env, ServerOpts, KERNEL_A,
+    KERNEL_B,
 };
 use reqwest::StatusCode;
 use sha2::{Digest, Sha256};
@@ -209,6 +210,7 @@ async fn real_dkms_loads_a_bundle_of_two_kernels() -> Result<()> {
 
     let work = tempfile::tempdir()?;
     let mut bundles = BTreeMap::new();
+    let mut served = 0;
     for (name, version, _) in modules() {
         let both = format!(
             "{}?kernels={KERNEL_A},{KERNEL_B}",
@@ -224,7 +226,7 @@ async fn real_dkms_loads_a_bundle_of_two_kernels() -> Result<()> {
         // Every kernel with an artifact is the default; the same artifacts give the same bytes.
         let (default, _) = download(&reader, &bundle_path(name, version)).await?;
         ensure!(default == bytes, "{name}: the default bundle differs");
-        let (_, reversed) = download(
+        let (other_order, reversed) = download(
             &reader,
             &format!(
                 "{}?kernels={KERNEL_B},{KERNEL_A}",
@@ -236,6 +238,7 @@ async fn real_dkms_loads_a_bundle_of_two_kernels() -> Result<()> {
             reversed.contains(&format!("kernel{KERNEL_B}-x86_64-kernel{KERNEL_A}")),
             "{reversed}"
         );
+        served += bytes.len() + default.len() + other_order.len();
         std::fs::write(work.path().join(format!("{name}.tar.gz")), &bytes)?;
         bundles.insert(name, bytes);
         // One kernel alone: what dkms's ldtarball can load after the first (below).
@@ -245,6 +248,7 @@ async fn real_dkms_loads_a_bundle_of_two_kernels() -> Result<()> {
         )
         .await?;
         ensure!(file == format!("{name}-{version}-kernel{KERNEL_B}-x86_64.dkms.tar.gz"));
+        served += alone.len();
         std::fs::write(work.path().join(format!("{name}-b.tar.gz")), &alone)?;
         let mut part = gz_entries(&bundles[name])?;
         part.retain(|path, _| !path.contains(KERNEL_A));
@@ -253,6 +257,14 @@ async fn real_dkms_loads_a_bundle_of_two_kernels() -> Result<()> {
             "{name}: the bundle of {KERNEL_B} alone is not that part of the bundle of both"
         );
     }
+
+    // The bytes are counted with the artifact tars'.
+    let metrics = promtext::scrape(&env.client).await?;
+    let counted = metrics.value("kmodforge_artifact_bytes_served_total", &[("kind", "tar")])?;
+    ensure!(
+        counted == served as f64,
+        "counted {counted}, served {served}"
+    );
 
     // The real dkms loads both bundles, reports them, makes its own tarball, installs.
     let image = dkms_image()?;

@@ -16,13 +16,14 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use futures_util::StreamExt as _;
+use futures_util::{StreamExt as _, TryStreamExt as _};
 use kmodforge_api::names::{Arch, KernelRelease, SourceDigest};
 use kmodforge_api::wire::Manifest;
 use serde::Deserialize;
 
 use super::{kernel, module_id, AppError, AppState};
 use crate::dkms_bundle::{bundled_conf, tarball_name, BundleWriter, KernelPart};
+use crate::metrics::Served;
 use crate::store::Store;
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -128,7 +129,10 @@ pub(super) async fn bundle(
         todo: manifests.into(),
     };
     let rest = futures_util::stream::try_unfold(state, next_chunk);
-    let body = futures_util::stream::once(async { Ok::<_, std::io::Error>(first) }).chain(rest);
+    let metrics = s.metrics.clone();
+    let body = futures_util::stream::once(async { Ok::<_, std::io::Error>(first) })
+        .chain(rest)
+        .inspect_ok(move |chunk| metrics.artifact_served(Served::Tar, chunk.len()));
     Ok((
         [
             (header::CONTENT_TYPE, "application/gzip".to_string()),
