@@ -16,10 +16,13 @@
 //! `load_tarball` takes PACKAGE_NAME and PACKAGE_VERSION from the bundled
 //! `dkms.conf` (it sources it: the two marker files are not read), copies it to
 //! `/var/lib/dkms/<module>/<version>/source/` unless `/usr/src/<module>-<version>`
-//! exists, and copies every `dkms_main_tree/<kernel>/<arch>/` to
-//! `/var/lib/dkms/<module>/<version>/<kernel>/<arch>/`. `dkms status` then calls a
-//! kernel's modules built when `module/` holds `<DEST_MODULE_NAME>.ko` for every
-//! module of the `dkms.conf`, which are the artifact's file names.
+//! exists, and copies `dkms_main_tree/<kernel>/<arch>/` to
+//! `/var/lib/dkms/<module>/<version>/<kernel>/<arch>/`: only the first kernel's
+//! (in glob order), as its loop variables are `local -r` (the bug dkms#415 fixed in
+//! `make_tarball` only; with `--force`, every further kernel's files are copied
+//! over the first's). `dkms status` then calls a kernel's modules built when
+//! `module/` holds `<DEST_MODULE_NAME>.ko` for every module of the `dkms.conf`,
+//! which are the artifact's file names.
 //!
 //! Every entry is owned by root (0:0), directories 0755 and files 0644, with a
 //! fixed mtime (the build time of the artifact it belongs to); the gzip header has

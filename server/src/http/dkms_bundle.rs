@@ -56,9 +56,12 @@ fn kernel_list(list: &str) -> Result<Vec<KernelRelease>, AppError> {
     Ok(kernels)
 }
 
-/// A DKMS binaries-only tarball of the newest artifact of the module version for
-/// each kernel: `dkms ldtarball FILE` loads it, and `dkms status` lists the
-/// module as built for each kernel.
+/// A DKMS binaries-only tarball (the `dkms mktarball --binaries-only` layout) of
+/// the newest artifact of the module version for each kernel. `dkms ldtarball FILE`
+/// loads it, but DKMS's `ldtarball` (3.0.10 to 3.4.3 at least) loads only the first
+/// kernel of a tarball of several, and with `--force` puts the others' modules in
+/// its place: load one kernel per tarball (`?kernels=KREL`, `dkms ldtarball
+/// --force`); see `docs/DKMS-BUNDLES.md`.
 #[utoipa::path(get, path = "/v1/artifacts/{name}/{version}/dkms-binaries.tar.gz", tag = "artifacts",
     params(("name" = kmodforge_api::names::ModuleName, Path, description = "Module name", example = "v4l2loopback"), ("version" = kmodforge_api::names::ModuleVersion, Path, description = "Module version", example = "0.12.7"), BundleQuery),
     responses(
