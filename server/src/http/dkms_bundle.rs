@@ -31,7 +31,10 @@ use crate::store::Store;
 pub(super) struct BundleQuery {
     /// The kernels, comma-separated, in the order to bundle them (default: every
     /// kernel that has an artifact of this module version, in kernel order).
-    #[param(example = "6.1.0-47-amd64,6.1.0-56-amd64")]
+    #[param(
+        example = "6.1.0-47-amd64,6.1.0-56-amd64",
+        pattern = r"^[0-9][A-Za-z0-9._+~-]{0,63}(,[0-9][A-Za-z0-9._+~-]{0,63})*$"
+    )]
     kernels: Option<String>,
     /// The architecture (default: the server's, `x86_64`).
     #[param(value_type = Option<kmodforge_api::names::Arch>)]
