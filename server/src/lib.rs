@@ -17,6 +17,7 @@ pub mod bootcheck;
 pub mod builds;
 pub mod cli;
 pub mod config;
+pub mod dkms_bundle;
 pub mod engine;
 pub mod flat_tar;
 pub mod gc;

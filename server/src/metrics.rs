@@ -97,7 +97,7 @@ pub enum CheckResult {
 pub enum Served {
     /// One `.ko` of an artifact.
     File,
-    /// A `modules.tar` (also the one-shot build's answer).
+    /// A `modules.tar` (also the one-shot build's answer, and a DKMS bundle's chunks).
     Tar,
     /// A blob by its sha256.
     Blob,

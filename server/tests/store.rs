@@ -281,6 +281,30 @@ async fn records_contract(r: &dyn Records) {
             .build_id,
         "b3"
     );
+    // The newest per kernel, for every kernel (the DKMS bundle's default).
+    r.put_artifact(&manifest('e', "6.1.0-56-amd64", &[&sha2], "b4"))
+        .await
+        .unwrap();
+    let per_kernel: Vec<(String, String)> = r
+        .latest_artifacts_per_kernel(&m, &v, &arch)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| (a.kernel.to_string(), a.build_id))
+        .collect();
+    assert_eq!(
+        per_kernel,
+        [
+            ("6.1.0-47-amd64".to_string(), "b3".to_string()),
+            ("6.1.0-56-amd64".to_string(), "b4".to_string())
+        ]
+    );
+    let arm = Arch::parse("aarch64").unwrap();
+    assert!(r
+        .latest_artifacts_per_kernel(&m, &v, &arm)
+        .await
+        .unwrap()
+        .is_empty());
     let mut updated = latest.clone();
     updated.build_seconds = 42.0;
     assert!(r.update_manifest(&updated).await.unwrap());
@@ -298,7 +322,7 @@ async fn records_contract(r: &dyn Records) {
         "a".repeat(64)
     );
     let gone = r.delete_artifacts(&m, &v).await.unwrap();
-    assert_eq!(gone.len(), 2);
+    assert_eq!(gone.len(), 3);
     assert!(!r.blob_in_use(&sha1).await.unwrap());
     assert!(r
         .latest_artifact(&m, &v, &k, &arch)

@@ -4,6 +4,7 @@
 mod access;
 mod apt;
 mod artifacts;
+mod dkms_bundle;
 mod error;
 mod gc;
 mod guard;
@@ -212,6 +213,12 @@ fn routes() -> Routes {
             "/v1/artifacts/{name}/{version}/{krel}/files/{file}",
             S(Read),
             artifacts::file,
+        )
+        .add(
+            Method::GET,
+            "/v1/artifacts/{name}/{version}/dkms-binaries.tar.gz",
+            S(Read),
+            dkms_bundle::bundle,
         )
         .add(Method::GET, "/v1/blobs/{sha256}", S(Read), artifacts::blob)
         .add_audited(

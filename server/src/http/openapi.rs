@@ -58,6 +58,7 @@ use super::{Access, RouteSpec};
         super::artifacts::tarball,
         super::artifacts::file,
         super::artifacts::blob,
+        super::dkms_bundle::bundle,
         super::oneshot::build,
         super::access::create_token,
         super::access::list_tokens,

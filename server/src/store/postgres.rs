@@ -366,6 +366,24 @@ impl Records for PgRecords {
             .pop())
     }
 
+    async fn latest_artifacts_per_kernel(
+        &self,
+        name: &ModuleName,
+        version: &ModuleVersion,
+        arch: &Arch,
+    ) -> Result<Vec<Manifest>, RecordsError> {
+        let sql = "SELECT json FROM artifacts a WHERE name = $1 AND version = $2 AND arch = $3
+                   AND seq = (SELECT MAX(seq) FROM artifacts b WHERE b.name = a.name
+                              AND b.version = a.version AND b.kernel = a.kernel AND b.arch = a.arch)
+                   ORDER BY kernel";
+        self.query_json(
+            "artifacts",
+            sql,
+            &[&name.as_str(), &version.as_str(), &arch.as_str()],
+        )
+        .await
+    }
+
     async fn delete_artifacts(
         &self,
         name: &ModuleName,

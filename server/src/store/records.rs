@@ -114,6 +114,14 @@ pub trait Records:
         kernel: &KernelRelease,
         arch: &Arch,
     ) -> Result<Option<Manifest>, RecordsError>;
+    /// The newest artifact of (name, version, arch) for each kernel that has one,
+    /// in kernel order (the DKMS bundle of every kernel).
+    async fn latest_artifacts_per_kernel(
+        &self,
+        name: &ModuleName,
+        version: &ModuleVersion,
+        arch: &Arch,
+    ) -> Result<Vec<Manifest>, RecordsError>;
     /// Deletes the artifacts of a module version; returns them (for blob clean-up).
     async fn delete_artifacts(
         &self,
@@ -138,6 +146,13 @@ pub trait Records:
         None
     }
 }
+
+/// The newest artifact of (name, version, arch) per kernel, in kernel order.
+const LATEST_PER_KERNEL_SQLITE: &str = "SELECT json FROM artifacts a
+    WHERE name = ?1 AND version = ?2 AND arch = ?3
+    AND seq = (SELECT MAX(seq) FROM artifacts b WHERE b.name = a.name
+               AND b.version = a.version AND b.kernel = a.kernel AND b.arch = a.arch)
+    ORDER BY kernel";
 
 /// SQLite-backed records (one connection, serialized; calls are sub-millisecond).
 pub struct SqliteRecords {
@@ -372,6 +387,16 @@ impl SqliteRecords {
             arch.as_str()
         ];
         Ok(self.query_json("artifacts", sql, args)?.pop())
+    }
+
+    pub(crate) fn latest_artifacts_per_kernel(
+        &self,
+        name: &ModuleName,
+        version: &ModuleVersion,
+        arch: &Arch,
+    ) -> Result<Vec<Manifest>, RecordsError> {
+        let args = params![name.as_str(), version.as_str(), arch.as_str()];
+        self.query_json("artifacts", LATEST_PER_KERNEL_SQLITE, args)
     }
 
     pub(crate) fn delete_artifacts(

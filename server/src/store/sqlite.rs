@@ -80,6 +80,14 @@ impl Records for SqliteRecords {
     ) -> Result<Option<Manifest>, RecordsError> {
         blocking(|| SqliteRecords::latest_artifact(self, name, version, kernel, arch))
     }
+    async fn latest_artifacts_per_kernel(
+        &self,
+        name: &ModuleName,
+        version: &ModuleVersion,
+        arch: &Arch,
+    ) -> Result<Vec<Manifest>, RecordsError> {
+        blocking(|| SqliteRecords::latest_artifacts_per_kernel(self, name, version, arch))
+    }
     async fn delete_artifacts(
         &self,
         name: &ModuleName,

@@ -332,6 +332,11 @@ fn the_scope_table_is_the_documented_one() {
             "/v1/artifacts/{name}/{version}/{krel}/files/{file}",
             S(Read),
         ),
+        (
+            "GET",
+            "/v1/artifacts/{name}/{version}/dkms-binaries.tar.gz",
+            S(Read),
+        ),
         ("GET", "/v1/blobs/{sha256}", S(Read)),
         ("POST", "/v1/build", ModuleInRequest(Publish)),
         ("POST", "/v1/tokens", S(Admin)),
