@@ -143,10 +143,13 @@ fn install_inner(root: &Path, spec: &HookSpec) -> Result<(), HookError> {
 
 /// The packaged boot unit under `root`, when the `kmodforge-agent` package is installed.
 fn packaged(root: &Path) -> Option<PathBuf> {
-    [PKG_UNIT_FILE, "lib/systemd/system/kmodforge-agent-sync.service"]
-        .iter()
-        .map(|rel| root.join(rel))
-        .find(|p| p.is_file())
+    [
+        PKG_UNIT_FILE,
+        "lib/systemd/system/kmodforge-agent-sync.service",
+    ]
+    .iter()
+    .map(|rel| root.join(rel))
+    .find(|p| p.is_file())
 }
 
 /// `hooks install` where the package already provides the hooks and the unit.
@@ -275,7 +278,8 @@ fn has_kernel_install(root: &Path) -> bool {
 }
 
 /// `GRUB_DEFAULT=saved`, for a host booted by GRUB.
-const GRUB_TEXT: &str = "# Written by `kmodforge-agent hooks install`: the boot guard sets saved_entry to
+const GRUB_TEXT: &str =
+    "# Written by `kmodforge-agent hooks install`: the boot guard sets saved_entry to
 # the newest kernel that has every required module; with none set GRUB boots its
 # first entry, as with GRUB_DEFAULT=0.
 GRUB_DEFAULT=saved
@@ -404,7 +408,9 @@ fn unit(layout: Layout, spec: &HookSpec) -> String {
         .unwrap_or_else(|| PathBuf::from(crate::config::DEFAULT_PATH));
     let origin = match layout {
         Layout::Host => "Written by `kmodforge-agent hooks install`",
-        Layout::Package => "Installed by the kmodforge-agent package (`kmodforge-agent hooks render`)",
+        Layout::Package => {
+            "Installed by the kmodforge-agent package (`kmodforge-agent hooks render`)"
+        }
     };
     format!(
         "# {origin}.\n\
@@ -518,13 +524,13 @@ mod tests {
             (PKG_UNIT_FILE, UNIT_FILE),
         ] {
             let rendered = stage.path().join(pkg);
+            assert_eq!(body(&rendered), body(&host.path().join(by_hand)), "{pkg}");
+            let mode = std::fs::metadata(&rendered).unwrap().permissions().mode() & 0o777;
             assert_eq!(
-                body(&rendered),
-                body(&host.path().join(by_hand)),
+                mode,
+                if pkg == PKG_UNIT_FILE { 0o644 } else { 0o755 },
                 "{pkg}"
             );
-            let mode = std::fs::metadata(&rendered).unwrap().permissions().mode() & 0o777;
-            assert_eq!(mode, if pkg == PKG_UNIT_FILE { 0o644 } else { 0o755 }, "{pkg}");
         }
         let post = std::fs::read_to_string(stage.path().join(POSTINST)).unwrap();
         assert!(post.contains("Installed by the kmodforge-agent package"));
