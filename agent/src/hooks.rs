@@ -155,7 +155,7 @@ fn packaged(root: &Path) -> Option<PathBuf> {
 /// `hooks install` where the package already provides the hooks and the unit.
 fn install_packaged(root: &Path, spec: &HookSpec, unit: &Path) -> Exit {
     println!(
-        "the kmodforge-agent package provides the kernel hooks and the boot unit ({}, {}, {}): nothing to write",
+        "the kmodforge-agent package provides the kernel hooks and the boot unit ({}, {}, {}): left to it",
         root.join(POSTINST).display(),
         root.join(PRERM).display(),
         unit.display()
