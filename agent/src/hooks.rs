@@ -215,13 +215,14 @@ fn update_grub(root: &Path) {
 }
 
 /// Removes every hook file that exists under `root`. Where the Debian package provides
-/// the hooks, removes only what `hooks install` wrote (the GRUB setting, a unit in
-/// `/etc/systemd/system` and its link) and says the rest belongs to the package.
+/// the hooks, removes only what `hooks install` wrote (the GRUB setting, a plugin in
+/// `/etc/kernel/install.d`, a unit in `/etc/systemd/system` and its link) and says the
+/// rest belongs to the package.
 pub fn uninstall(root: &Path) -> Exit {
     let packaged = packaged(root);
     let mut paths: Vec<PathBuf> = match &packaged {
         None => [POSTINST, PRERM, KERNEL_INSTALL, UNIT_FILE, GRUB_DROP_IN].as_slice(),
-        Some(_) => [UNIT_FILE, GRUB_DROP_IN].as_slice(),
+        Some(_) => [KERNEL_INSTALL, UNIT_FILE, GRUB_DROP_IN].as_slice(),
     }
     .iter()
     .map(|rel| root.join(rel))

@@ -1,6 +1,8 @@
 //! kmodforge's own Debian packages, with the real dpkg, apt and systemd tools in a
 //! Debian bookworm container: `scripts/package.sh` packages the workspace's binaries
-//! (the ones the other tests run) twice, as version N and N+1; then install both
+//! (the ones the other tests run) twice, as version N and N+1; then, on a host where
+//! `kmodforge-agent hooks install` wrote the hooks by hand (the package takes them
+//! over), install both
 //! packages with apt, check the user, the files, the units (`systemd-analyze verify`,
 //! enabled) and the agent's kernel hooks (a hook on a host with no agent
 //! configuration exits 0 with one line), upgrade to N+1 with dpkg (a changed conffile
@@ -37,6 +39,9 @@ const HOOKS: [&str; 3] = [
     "/usr/lib/kernel/install.d/50-kmodforge-agent.install",
 ];
 const WANTS: &str = "/etc/systemd/system/multi-user.target.wants";
+/// What `kmodforge-agent hooks install` writes besides the run-parts hooks.
+const BY_HAND_PLUGIN: &str = "/etc/kernel/install.d/50-kmodforge-agent.install";
+const BY_HAND_UNIT: &str = "/etc/systemd/system/kmodforge-agent-sync.service";
 
 fn docker(args: &[&str]) -> Result<String> {
     let out = Command::new("docker")
@@ -205,6 +210,22 @@ fn packages_install_upgrade_remove_and_purge() -> Result<()> {
     let b = Container::start(&image, work.path())?;
     let rel = |v: &str| PathBuf::from(v);
 
+    // This host ran `kmodforge-agent hooks install` by hand before (an agent from the
+    // package's own files, not installed): the package takes those files over.
+    let by_hand = b.ok(&format!(
+        "mkdir /opt/agent && dpkg-deb -x /debs/{V1}/kmodforge-agent_{V1}_amd64.deb /opt/agent \
+         && /opt/agent/usr/bin/kmodforge-agent hooks install --agent /usr/local/bin/kmodforge-agent"
+    ))?;
+    for f in [
+        HOOKS[0],
+        HOOKS[1],
+        BY_HAND_PLUGIN,
+        BY_HAND_UNIT,
+        &format!("{WANTS}/kmodforge-agent-sync.service"),
+    ] {
+        ensure!(b.exists(f)?, "hooks install did not write {f}:\n{by_hand}");
+    }
+
     // Install both with apt (which checks their dependencies).
     let install = b.ok(&format!(
         "apt-get install -y --no-install-recommends {}",
@@ -213,6 +234,18 @@ fn packages_install_upgrade_remove_and_purge() -> Result<()> {
     ensure!(
         install.contains("kmodforge-agent: not configured yet"),
         "the agent's postinst says it needs its configuration:\n{install}"
+    );
+    for f in [BY_HAND_PLUGIN, BY_HAND_UNIT] {
+        ensure!(!b.exists(f)?, "{f} (by hand) is left beside the package's");
+        ensure!(
+            install.contains(&format!("kmodforge-agent: removed {f}")),
+            "the preinst says it removed {f}:\n{install}"
+        );
+    }
+    let link = b.ok(&format!("readlink {WANTS}/kmodforge-agent-sync.service"))?;
+    ensure!(
+        link.trim() == AGENT_UNIT || link.trim() == AGENT_UNIT.trim_start_matches("/usr"),
+        "the boot unit's link points at {link}"
     );
 
     // The server's own system user: no login, no other group.
@@ -272,13 +305,14 @@ fn packages_install_upgrade_remove_and_purge() -> Result<()> {
         unit.lines().any(|l| l == "CapabilityBoundingSet="),
         "no capabilities"
     );
-    // The kernel hooks, executable, running the packaged agent.
+    // The kernel hooks, executable, the package's, running the packaged agent.
     for h in HOOKS {
         b.ok(&format!("test -x {h}"))?;
         let text = b.ok(&format!("cat {h}"))?;
         ensure!(
-            text.contains("'/usr/bin/kmodforge-agent'"),
-            "{h} runs another agent:\n{text}"
+            text.contains("'/usr/bin/kmodforge-agent'")
+                && text.contains("Installed by the kmodforge-agent package"),
+            "{h} is not the package's:\n{text}"
         );
     }
     let conffiles = b.ok("cat /var/lib/dpkg/info/kmodforge-agent.conffiles /var/lib/dpkg/info/kmodforge-server.conffiles")?;
@@ -340,8 +374,8 @@ fn packages_install_upgrade_remove_and_purge() -> Result<()> {
         "{hooks}"
     );
     ensure!(
-        !b.exists("/etc/systemd/system/kmodforge-agent-sync.service")?,
-        "hooks install wrote a unit beside the package's"
+        !b.exists(BY_HAND_UNIT)? && !b.exists(BY_HAND_PLUGIN)?,
+        "hooks install wrote a unit or plugin beside the package's"
     );
 
     // Upgrade to N+1 with dpkg: the administrator's settings stay, so do the units.
