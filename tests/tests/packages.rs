@@ -1,13 +1,12 @@
 //! kmodforge's own Debian packages, with the real dpkg, apt and systemd tools in a
 //! Debian bookworm container: `scripts/package.sh` packages the workspace's binaries
-//! (the ones the other tests run) twice, as version N and N+1; then, on a host where
+//! (the ones the other tests run) twice, as version N and N+1. Then, on a host where
 //! `kmodforge-agent hooks install` wrote the hooks by hand (the package takes them
-//! over), install both
-//! packages with apt, check the user, the files, the units (`systemd-analyze verify`,
-//! enabled) and the agent's kernel hooks (a hook on a host with no agent
-//! configuration exits 0 with one line), upgrade to N+1 with dpkg (a changed conffile
-//! kept, the units still enabled), remove, and purge (hooks, units, `/etc` files gone;
-//! `/var/lib/kmodforge` and the user kept, as the README says).
+//! over): install both packages with apt, check the user, the files, the units
+//! (`systemd-analyze verify`, enabled) and the agent's kernel hooks (a hook on a host
+//! with no agent configuration exits 0 with one line); upgrade to N+1 with dpkg (a
+//! changed conffile kept, the units still enabled); remove, and purge (hooks, units,
+//! `/etc` files gone; `/var/lib/kmodforge` and the user kept, as the README says).
 //!
 //! The container runs no systemd (the engine here refuses `--privileged`), so the
 //! server's unit is checked with `systemd-analyze verify` and `systemd-analyze security
@@ -324,9 +323,14 @@ fn packages_install_upgrade_remove_and_purge() -> Result<()> {
     }
 
     // The units: valid for systemd, enabled; the server's sandbox rated by systemd.
-    b.ok(&format!(
+    // (It warns about unknown or misspelt settings without failing: it must say nothing.)
+    let verify = b.ok(&format!(
         "systemd-analyze verify {SERVER_UNIT} {AGENT_UNIT}"
     ))?;
+    ensure!(
+        verify.trim().is_empty(),
+        "systemd-analyze verify:\n{verify}"
+    );
     enabled(&b)?;
     let security = b.ok(&format!(
         "systemd-analyze security --offline=true --no-pager {SERVER_UNIT}"
