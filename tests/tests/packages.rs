@@ -10,7 +10,9 @@
 //!
 //! The container runs no systemd (the engine here refuses `--privileged`), so the
 //! server's unit is checked with `systemd-analyze verify` and `systemd-analyze security
-//! --offline`, not started.
+//! --offline`, and the packaged server is run as the unit would run it (its user, its
+//! environment, the Docker socket's group only, the umask), without the unit's sandbox:
+//! it answers and prepares a builder image from the packaged recipes.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -123,6 +125,12 @@ struct Container {
 impl Container {
     fn start(image: &str, debs: &Path) -> Result<Container> {
         let mount = format!("{}:/debs:ro", debs.display());
+        // The engine's socket where a host's Docker has it, for the packaged server.
+        let sock = std::env::var("DOCKER_HOST")
+            .ok()
+            .and_then(|h| h.strip_prefix("unix://").map(str::to_string))
+            .unwrap_or_else(|| "/var/run/docker.sock".to_string());
+        let engine = format!("{sock}:/run/docker.sock");
         let id = docker(&[
             "run",
             "-d",
@@ -130,6 +138,8 @@ impl Container {
             "none",
             "-v",
             &mount,
+            "-v",
+            &engine,
             image,
             "sleep",
             "infinity",
@@ -142,12 +152,12 @@ impl Container {
     fn exec(&self, script: &str) -> Result<Output> {
         Command::new("docker")
             .args(["exec", "-e", "DEBIAN_FRONTEND=noninteractive", &self.id])
-            .args(["sh", "-c", script])
+            .args(["bash", "-c", script])
             .output()
             .context("running docker exec")
     }
 
-    /// Runs `script` (sh); fails unless it exits 0; answers stdout and stderr.
+    /// Runs `script` (bash); fails unless it exits 0; answers stdout and stderr.
     fn ok(&self, script: &str) -> Result<String> {
         let out = self.exec(script)?;
         let text = format!(
@@ -382,9 +392,61 @@ fn packages_install_upgrade_remove_and_purge() -> Result<()> {
         "hooks install wrote a unit or plugin beside the package's"
     );
 
+    // The packaged server as its unit runs it (no systemd here: the unit's user, its
+    // environment, the Docker socket's group as its only other group, the umask): it
+    // starts, makes its keys and admin token in /var/lib/kmodforge, answers, and prepares
+    // a builder image from the recipes under /usr/share/kmodforge/images.
+    let started = b.ok(&format!(
+        r#"set -e
+        gid=$(stat -c %g /run/docker.sock)
+        env=$(sed -n 's/^Environment=//p' {SERVER_UNIT})
+        user=$(sed -n 's/^User=//p' {SERVER_UNIT})
+        cd /var/lib/kmodforge
+        umask 0077
+        setpriv --reuid "$user" --regid "$user" --groups "$gid" \
+          env -i PATH=/usr/bin:/bin HOME=/var/lib/kmodforge $env /usr/bin/kmodforge-server \
+          >/tmp/server.log 2>&1 &
+        echo $! > /tmp/server.pid
+        for i in $(seq 60); do
+          if out=$( (exec 3<>/dev/tcp/127.0.0.1/8080 && printf 'GET /healthz HTTP/1.0\r\n\r\n' >&3 && head -1 <&3) 2>/dev/null ); then
+            echo "$out"; exit 0
+          fi
+          sleep 1
+        done
+        cat /tmp/server.log; exit 1"#
+    ));
+    let started = match started {
+        Ok(s) => s,
+        Err(e) => bail!("the packaged server did not start: {e:#}"),
+    };
+    ensure!(started.contains("200"), "GET /healthz: {started}");
+    let owned =
+        b.ok("stat -c '%U %a %n' /var/lib/kmodforge/admin.token /var/lib/kmodforge/keys")?;
+    for line in owned.lines() {
+        ensure!(
+            line.starts_with("kmodforge 600 ") || line.starts_with("kmodforge 700 "),
+            "the server's files are its own and private: {owned}"
+        );
+    }
+    let prepared = b.ok(&format!(
+        r#"t=$(cat /var/lib/kmodforge/admin.token)
+        exec 3<>/dev/tcp/127.0.0.1/8080
+        printf 'PUT /v1/kernels/{krel} HTTP/1.0\r\nAuthorization: Bearer %s\r\nContent-Length: 0\r\n\r\n' "$t" >&3
+        timeout 1500 cat <&3"#
+    ))?;
+    ensure!(
+        prepared.starts_with("HTTP/1.0 200") || prepared.starts_with("HTTP/1.1 200"),
+        "PUT /v1/kernels/{krel} (a builder image from /usr/share/kmodforge/images):\n{prepared}\n{}",
+        b.ok("tail -20 /tmp/server.log").unwrap_or_default()
+    );
+    eprintln!(
+        "the packaged server, PUT /v1/kernels/{krel}: {}",
+        prepared.lines().last().unwrap_or_default()
+    );
+    b.ok("kill $(cat /tmp/server.pid)")?;
+
     // Upgrade to N+1 with dpkg: the administrator's settings stay, so do the units.
     b.ok("echo 'KMODFORGE_LISTEN=0.0.0.0:9999' >> /etc/default/kmodforge-server")?;
-    b.ok("echo 'signing key the fleet trusts' > /var/lib/kmodforge/kept && chown kmodforge: /var/lib/kmodforge/kept")?;
     b.ok(&format!("dpkg -i {}", debs(&rel(V2), V2)))?;
     for p in ["kmodforge-server", "kmodforge-agent"] {
         let v = b.ok(&format!("dpkg-query -W -f='${{Version}} ${{Status}}' {p}"))?;
@@ -445,8 +507,8 @@ fn packages_install_upgrade_remove_and_purge() -> Result<()> {
         purge.contains("kmodforge-server: kept /var/lib/kmodforge"),
         "purge says what it keeps:\n{purge}"
     );
-    let kept = b.ok("cat /var/lib/kmodforge/kept")?;
-    ensure!(kept.trim() == "signing key the fleet trusts", "{kept}");
+    // The keys the server made (hosts trust them) are still there.
+    b.ok("test -s /var/lib/kmodforge/admin.token && ls /var/lib/kmodforge/keys | grep -q .")?;
     b.ok("getent passwd kmodforge")?;
     if b.exists("/etc/systemd/system/kmodforge-server.service")? {
         bail!("a unit is left in /etc/systemd/system");
