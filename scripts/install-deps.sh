@@ -51,6 +51,10 @@ if ! garage_ok; then
   command -v cc >/dev/null || need+=(gcc libc6-dev)
   command -v make >/dev/null || need+=(make)
 fi
+# cargo-deb's xz compression (lzma-sys) is C code too.
+if ! cargo_deb_ok; then
+  command -v cc >/dev/null || need+=(gcc libc6-dev)
+fi
 # A Python with venv for the metrics tests' parser (below).
 command -v python3 >/dev/null || need+=(python3 python3-venv)
 command -v python3 >/dev/null && ! python3 -c 'import ensurepip' 2>/dev/null && need+=(python3-venv)
