@@ -6,7 +6,8 @@
 # chromium (the readiness page), postgresql and Garage (the real database and S3 server
 # that scripts/services.sh runs for the tests), prometheus_client's text parser (a venv),
 # schemathesis (fuzzes the server from its OpenAPI document, a venv),
-# and a running Docker engine check. Idempotent.
+# cargo-deb (scripts/package.sh: kmodforge's own Debian packages; dpkg-dev for
+# its dependency detection), and a running Docker engine check. Idempotent.
 set -euo pipefail
 need=()
 command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
@@ -17,6 +18,9 @@ command -v ip >/dev/null || need+=(iproute2)
 command -v pkg-config >/dev/null || need+=(pkg-config)
 [[ -e /usr/include/openssl/cms.h ]] || need+=(libssl-dev)
 command -v dpkg-deb >/dev/null || need+=(dpkg)
+# cargo-deb computes the packages' library dependencies with dpkg-shlibdeps.
+command -v dpkg-shlibdeps >/dev/null || need+=(dpkg-dev)
+command -v strip >/dev/null || need+=(binutils)
 # Module signatures: openssl checks them from outside, mokutil answers "enrolled?"
 # (on a machine without EFI variables it says so, which a test checks).
 command -v openssl >/dev/null || need+=(openssl)
@@ -40,9 +44,16 @@ tools=${KMODFORGE_TOOLS:-$HOME/.cache/kmodforge/tools}
 garage_version=2.5.0
 # (`garage --version` says e.g. "garage cargo:2.5.0 [features: ...]".)
 garage_ok() { [[ -x $tools/bin/garage && " $("$tools/bin/garage" --version 2>/dev/null) " == *[!0-9.]"$garage_version"[!0-9.]* ]]; }
+# cargo-deb (scripts/package.sh), pinned, built from crates.io once into the same cache.
+cargo_deb_version=3.8.0
+cargo_deb_ok() { [[ -x $tools/bin/cargo-deb && "$("$tools/bin/cargo-deb" --version 2>/dev/null)" == *" $cargo_deb_version" ]]; }
 if ! garage_ok; then
   command -v cc >/dev/null || need+=(gcc libc6-dev)
   command -v make >/dev/null || need+=(make)
+fi
+# cargo-deb's xz compression (lzma-sys) is C code too.
+if ! cargo_deb_ok; then
+  command -v cc >/dev/null || need+=(gcc libc6-dev)
 fi
 # A Python with venv for the metrics tests' parser (below).
 command -v python3 >/dev/null || need+=(python3 python3-venv)
@@ -72,6 +83,11 @@ if ! garage_ok; then
   cargo install garage --version "$garage_version" --locked --no-default-features \
     --features bundled-libs,lmdb,sqlite --root "$tools"
   garage_ok || { echo "install-deps: $tools/bin/garage is not Garage $garage_version after cargo install" >&2; exit 1; }
+fi
+if ! cargo_deb_ok; then
+  command -v cargo >/dev/null || { echo "install-deps: cargo is needed to build cargo-deb $cargo_deb_version" >&2; exit 1; }
+  cargo install cargo-deb --version "$cargo_deb_version" --locked --root "$tools"
+  cargo_deb_ok || { echo "install-deps: $tools/bin/cargo-deb is not cargo-deb $cargo_deb_version after cargo install" >&2; exit 1; }
 fi
 # The metrics tests parse /metrics and the agent's textfile with the Prometheus text
 # parser of prometheus_client (PyPI), kept in a venv in the tools cache.

@@ -1,5 +1,6 @@
 //! `kmodforge-agent hooks install|uninstall`: kernel package hooks and the boot unit,
-//! written under the configured root.
+//! written under the configured root; `hooks render DIR`: the same files in the
+//! Debian package's layout, for `scripts/package.sh` (one text for both).
 //!
 //! - `/etc/kernel/postinst.d/dkms-kmodforge`: `sync --kernel "$1" --hook` when a kernel
 //!   package is installed (Debian's run-parts convention: `$1` = release).
@@ -8,6 +9,13 @@
 //!   `kernel-install` (`add`/`remove`), written only where that layout exists.
 //! - `/etc/systemd/system/kmodforge-agent-sync.service`, enabled (the
 //!   `multi-user.target.wants` link `systemctl enable` would make).
+//!
+//! The `kmodforge-agent` Debian package ships the same hooks, rendered by `hooks render`
+//! with the agent at `/usr/bin/kmodforge-agent`: the kernel-install plugin under
+//! `/usr/lib/kernel/install.d` and the unit under `/usr/lib/systemd/system` (the
+//! package enables it). On such a host `hooks install` writes nothing the package owns
+//! (only the GRUB setting, which the package leaves to the operator) and `hooks
+//! uninstall` removes only what `hooks install` wrote.
 //!
 //! Ordering of the boot unit: the modules a kernel needs early are put in place by the
 //! postinst hook when the kernel package is installed, so they are on disk before that
@@ -50,6 +58,38 @@ fn at(path: &Path) -> impl FnOnce(std::io::Error) -> HookError + '_ {
     }
 }
 
+/// Where the files go and who wrote them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Layout {
+    /// `hooks install`: the administrator's directories under `/etc`.
+    Host,
+    /// `hooks render`: the Debian package's (`/usr/lib/...` for what is not configuration).
+    Package,
+}
+
+impl Layout {
+    fn kernel_install(self) -> &'static str {
+        match self {
+            Layout::Host => KERNEL_INSTALL,
+            Layout::Package => PKG_KERNEL_INSTALL,
+        }
+    }
+
+    fn unit_file(self) -> &'static str {
+        match self {
+            Layout::Host => UNIT_FILE,
+            Layout::Package => PKG_UNIT_FILE,
+        }
+    }
+
+    fn header(self) -> &'static str {
+        match self {
+            Layout::Host => HEADER,
+            Layout::Package => PKG_HEADER,
+        }
+    }
+}
+
 /// One file the hooks consist of, relative to root.
 struct HookFile {
     rel: &'static str,
@@ -57,8 +97,12 @@ struct HookFile {
     text: String,
 }
 
-/// Writes every hook under `root`; prints one line per file.
+/// Writes every hook under `root`; prints one line per file. Where the Debian package
+/// provides them, writes only the GRUB setting and says so.
 pub fn install(root: &Path, spec: &HookSpec) -> Exit {
+    if let Some(unit) = packaged(root) {
+        return install_packaged(root, spec, &unit);
+    }
     match install_inner(root, spec) {
         Ok(()) => Exit::Ok,
         Err(e) => {
@@ -97,6 +141,65 @@ fn install_inner(root: &Path, spec: &HookSpec) -> Result<(), HookError> {
     Ok(())
 }
 
+/// The packaged boot unit under `root`, when the `kmodforge-agent` package is installed.
+fn packaged(root: &Path) -> Option<PathBuf> {
+    [
+        PKG_UNIT_FILE,
+        "lib/systemd/system/kmodforge-agent-sync.service",
+    ]
+    .iter()
+    .map(|rel| root.join(rel))
+    .find(|p| p.is_file())
+}
+
+/// `hooks install` where the package already provides the hooks and the unit.
+fn install_packaged(root: &Path, spec: &HookSpec, unit: &Path) -> Exit {
+    println!(
+        "the kmodforge-agent package provides the kernel hooks and the boot unit ({}, {}, {}): left to it",
+        root.join(POSTINST).display(),
+        root.join(PRERM).display(),
+        unit.display()
+    );
+    if spec.config.is_some() {
+        report::general(format!(
+            "hooks install: the packaged hooks read {}: --config is not used by them",
+            crate::config::DEFAULT_PATH
+        ));
+        return Exit::Usage;
+    }
+    if !wants_grub(root) {
+        return Exit::Ok;
+    }
+    let path = root.join(GRUB_DROP_IN);
+    match write_atomic(&path, 0o644, GRUB_TEXT.as_bytes()) {
+        Ok(()) => {
+            println!("wrote {}", path.display());
+            update_grub(root);
+            Exit::Ok
+        }
+        Err(e) => {
+            report::general(format!("hooks install: {e}"));
+            Exit::InstallFailed
+        }
+    }
+}
+
+/// Writes the hooks and the boot unit into `dir` in the Debian package's layout
+/// (`etc/kernel/...`, `usr/lib/kernel/install.d/...`, `usr/lib/systemd/system/...`),
+/// for the agent at `spec.agent`; prints one line per file. No enablement link and
+/// no GRUB setting: the package's maintainer scripts enable the unit.
+pub fn render(dir: &Path, spec: &HookSpec) -> Exit {
+    for f in package_files(spec) {
+        let path = dir.join(f.rel);
+        if let Err(e) = write_atomic(&path, f.mode, f.text.as_bytes()) {
+            report::general(format!("hooks render: {e}"));
+            return Exit::InstallFailed;
+        }
+        println!("wrote {}", path.display());
+    }
+    Exit::Ok
+}
+
 /// Regenerates grub.cfg on the real root (a test root has no GRUB to run).
 fn update_grub(root: &Path) {
     let tool = Path::new("/usr/sbin/update-grub");
@@ -111,13 +214,31 @@ fn update_grub(root: &Path) {
     }
 }
 
-/// Removes every hook file that exists under `root`.
+/// Removes every hook file that exists under `root`. Where the Debian package provides
+/// the hooks, removes only what `hooks install` wrote (the GRUB setting, a plugin in
+/// `/etc/kernel/install.d`, a unit in `/etc/systemd/system` and its link) and says the
+/// rest belongs to the package.
 pub fn uninstall(root: &Path) -> Exit {
-    let mut paths: Vec<PathBuf> = [POSTINST, PRERM, KERNEL_INSTALL, UNIT_FILE, GRUB_DROP_IN]
-        .iter()
-        .map(|rel| root.join(rel))
-        .collect();
-    paths.push(wants_link(root));
+    let packaged = packaged(root);
+    let mut paths: Vec<PathBuf> = match &packaged {
+        None => [POSTINST, PRERM, KERNEL_INSTALL, UNIT_FILE, GRUB_DROP_IN].as_slice(),
+        Some(_) => [KERNEL_INSTALL, UNIT_FILE, GRUB_DROP_IN].as_slice(),
+    }
+    .iter()
+    .map(|rel| root.join(rel))
+    .collect();
+    let link = wants_link(root);
+    let by_hand = Path::new("/etc/systemd/system").join(UNIT);
+    // The package's own enablement link points at its unit: `systemctl disable` is for it.
+    if packaged.is_none() || std::fs::read_link(&link).is_ok_and(|t| t == by_hand) {
+        paths.push(link);
+    }
+    if let Some(unit) = &packaged {
+        println!(
+            "the kernel hooks and {} belong to the kmodforge-agent package: `apt remove kmodforge-agent` removes them (`systemctl disable {UNIT}` stops the boot run)",
+            unit.display()
+        );
+    }
     let mut exit = Exit::Ok;
     for path in paths {
         match std::fs::remove_file(&path) {
@@ -138,6 +259,9 @@ const POSTINST: &str = "etc/kernel/postinst.d/dkms-kmodforge";
 const PRERM: &str = "etc/kernel/prerm.d/kmodforge-agent";
 const KERNEL_INSTALL: &str = "etc/kernel/install.d/50-kmodforge-agent.install";
 const UNIT_FILE: &str = "etc/systemd/system/kmodforge-agent-sync.service";
+/// The Debian package's kernel-install plugin and unit (not configuration: under /usr).
+const PKG_KERNEL_INSTALL: &str = "usr/lib/kernel/install.d/50-kmodforge-agent.install";
+const PKG_UNIT_FILE: &str = "usr/lib/systemd/system/kmodforge-agent-sync.service";
 /// `GRUB_DEFAULT=saved`, so the boot guard's `saved_entry` decides (no saved entry
 /// boots the first entry, as before).
 const GRUB_DROP_IN: &str = "etc/default/grub.d/kmodforge.cfg";
@@ -154,45 +278,66 @@ fn has_kernel_install(root: &Path) -> bool {
         .any(|d| root.join(d).is_dir())
 }
 
-fn files(root: &Path, spec: &HookSpec) -> Vec<HookFile> {
+/// `GRUB_DEFAULT=saved`, for a host booted by GRUB.
+const GRUB_TEXT: &str =
+    "# Written by `kmodforge-agent hooks install`: the boot guard sets saved_entry to
+# the newest kernel that has every required module; with none set GRUB boots its
+# first entry, as with GRUB_DEFAULT=0.
+GRUB_DEFAULT=saved
+";
+
+fn wants_grub(root: &Path) -> bool {
+    root.join("etc/default/grub").is_file() || root.join("boot/grub/grub.cfg").is_file()
+}
+
+/// The kernel hooks and the unit (in `layout`'s places), the same text for both.
+fn hook_files(spec: &HookSpec, layout: Layout, kernel_install_plugin: bool) -> Vec<HookFile> {
     let agent = agent_cmd(spec);
+    let header = layout.header();
     let mut out = vec![
         HookFile {
             rel: POSTINST,
             mode: 0o755,
-            text: postinst(&agent, &spec.agent),
+            text: postinst(header, &agent, &spec.agent),
         },
         HookFile {
             rel: PRERM,
             mode: 0o755,
-            text: prerm(&agent, &spec.agent),
+            text: prerm(header, &agent, &spec.agent),
         },
     ];
-    if has_kernel_install(root) {
+    if kernel_install_plugin {
         out.push(HookFile {
-            rel: KERNEL_INSTALL,
+            rel: layout.kernel_install(),
             mode: 0o755,
-            text: kernel_install(&agent, &spec.agent),
+            text: kernel_install(header, &agent, &spec.agent),
         });
     }
     out.push(HookFile {
-        rel: UNIT_FILE,
+        rel: layout.unit_file(),
         mode: 0o644,
-        text: unit(spec),
+        text: unit(layout, spec),
     });
-    if root.join("etc/default/grub").is_file() || root.join("boot/grub/grub.cfg").is_file() {
+    out
+}
+
+/// What `hooks install` writes under `root`.
+fn files(root: &Path, spec: &HookSpec) -> Vec<HookFile> {
+    let mut out = hook_files(spec, Layout::Host, has_kernel_install(root));
+    if wants_grub(root) {
         out.push(HookFile {
             rel: GRUB_DROP_IN,
             mode: 0o644,
-            text: "# Written by `kmodforge-agent hooks install`: the boot guard sets saved_entry to
-                   # the newest kernel that has every required module; with none set GRUB boots its
-                   # first entry, as with GRUB_DEFAULT=0.
-GRUB_DEFAULT=saved
-"
-            .to_string(),
+            text: GRUB_TEXT.to_string(),
         });
     }
     out
+}
+
+/// What the Debian package ships (the kernel-install plugin always: a host without
+/// `kernel-install` never runs it).
+fn package_files(spec: &HookSpec) -> Vec<HookFile> {
+    hook_files(spec, Layout::Package, true)
 }
 
 /// `'/path/agent' --config '/path/conf'`, quoted for sh.
@@ -210,10 +355,11 @@ fn sh_quote(s: &str) -> String {
 }
 
 const HEADER: &str = "#!/bin/sh\n# Written by `kmodforge-agent hooks install`; removed by `kmodforge-agent hooks uninstall`.\n";
+const PKG_HEADER: &str = "#!/bin/sh\n# Installed by the kmodforge-agent package (rendered by `kmodforge-agent hooks render`).\n";
 
-fn postinst(agent: &str, bin: &Path) -> String {
+fn postinst(header: &str, agent: &str, bin: &Path) -> String {
     format!(
-        "{HEADER}# A kernel package was installed: install the wanted modules for it ($1 = kernel release).\n\
+        "{header}# A kernel package was installed: install the wanted modules for it ($1 = kernel release).\n\
          # Never fails the package: with --hook the agent reports errors on stderr and exits 0,\n\
          # and {UNIT} retries at boot.\n\
          [ -n \"${{1:-}}\" ] || exit 0\n\
@@ -224,9 +370,9 @@ fn postinst(agent: &str, bin: &Path) -> String {
     )
 }
 
-fn prerm(agent: &str, bin: &Path) -> String {
+fn prerm(header: &str, agent: &str, bin: &Path) -> String {
     format!(
-        "{HEADER}# A kernel package is being removed: uninstall every module the agent installed for it.\n\
+        "{header}# A kernel package is being removed: uninstall every module the agent installed for it.\n\
          [ -n \"${{1:-}}\" ] || exit 0\n\
          [ -x {bin} ] || exit 0\n\
          {agent} uninstall --all-modules --kernel \"$1\" --hook\n\
@@ -235,9 +381,9 @@ fn prerm(agent: &str, bin: &Path) -> String {
     )
 }
 
-fn kernel_install(agent: &str, bin: &Path) -> String {
+fn kernel_install(header: &str, agent: &str, bin: &Path) -> String {
     format!(
-        "{HEADER}# systemd kernel-install plugin: $1 = add|remove, $2 = kernel release.\n\
+        "{header}# systemd kernel-install plugin: $1 = add|remove, $2 = kernel release.\n\
          [ -n \"${{2:-}}\" ] || exit 0\n\
          [ -x {bin} ] || exit 0\n\
          case \"$1\" in\n\
@@ -249,14 +395,26 @@ fn kernel_install(agent: &str, bin: &Path) -> String {
     )
 }
 
-/// The boot unit; see the module documentation for its ordering.
-fn unit(spec: &HookSpec) -> String {
+/// The boot unit; see the module documentation for its ordering. It runs only where
+/// the agent is configured (`ConditionPathExists=` on the config file): an
+/// unconfigured host skips it instead of failing it at every boot.
+fn unit(layout: Layout, spec: &HookSpec) -> String {
     let mut exec = spec.agent.to_string_lossy().into_owned();
     if let Some(c) = &spec.config {
         exec.push_str(&format!(" --config {}", c.to_string_lossy()));
     }
+    let config = spec
+        .config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(crate::config::DEFAULT_PATH));
+    let origin = match layout {
+        Layout::Host => "Written by `kmodforge-agent hooks install`",
+        Layout::Package => {
+            "Installed by the kmodforge-agent package (`kmodforge-agent hooks render`)"
+        }
+    };
     format!(
-        "# Written by `kmodforge-agent hooks install`.\n\
+        "# {origin}.\n\
          [Unit]\n\
          Description=kmodforge-agent: install the wanted kernel modules for every installed kernel\n\
          # The kernel hooks already installed a new kernel's modules when its package was\n\
@@ -264,6 +422,7 @@ fn unit(spec: &HookSpec) -> String {
          # what a hook could not do; it needs the server, hence the network.\n\
          Wants=network-online.target\n\
          After=network-online.target\n\
+         ConditionPathExists={config}\n\
          StartLimitIntervalSec=0\n\
          \n\
          [Service]\n\
@@ -277,7 +436,8 @@ fn unit(spec: &HookSpec) -> String {
          TimeoutStartSec=2h\n\
          \n\
          [Install]\n\
-         WantedBy=multi-user.target\n"
+         WantedBy=multi-user.target\n",
+        config = config.to_string_lossy()
     )
 }
 
@@ -339,5 +499,85 @@ mod tests {
         assert!(!root.path().join(KERNEL_INSTALL).exists());
         let post = std::fs::read_to_string(root.path().join(POSTINST)).unwrap();
         assert!(post.contains("'/a' sync --kernel"));
+    }
+
+    /// Everything after the two header lines (shebang, who wrote it).
+    fn body(path: &Path) -> String {
+        let text = std::fs::read_to_string(path).unwrap();
+        text.lines().skip(2).collect::<Vec<_>>().join("\n")
+    }
+
+    #[test]
+    fn render_writes_the_package_layout_with_the_same_text() {
+        let spec = HookSpec {
+            agent: PathBuf::from("/usr/bin/kmodforge-agent"),
+            config: None,
+        };
+        let stage = tempfile::tempdir().unwrap();
+        assert_eq!(render(stage.path(), &spec), Exit::Ok);
+        let host = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(host.path().join("usr/lib/kernel/install.d")).unwrap();
+        assert_eq!(install(host.path(), &spec), Exit::Ok);
+        for (pkg, by_hand) in [
+            (POSTINST, POSTINST),
+            (PRERM, PRERM),
+            (PKG_KERNEL_INSTALL, KERNEL_INSTALL),
+            (PKG_UNIT_FILE, UNIT_FILE),
+        ] {
+            let rendered = stage.path().join(pkg);
+            assert_eq!(body(&rendered), body(&host.path().join(by_hand)), "{pkg}");
+            let mode = std::fs::metadata(&rendered).unwrap().permissions().mode() & 0o777;
+            assert_eq!(
+                mode,
+                if pkg == PKG_UNIT_FILE { 0o644 } else { 0o755 },
+                "{pkg}"
+            );
+        }
+        let post = std::fs::read_to_string(stage.path().join(POSTINST)).unwrap();
+        assert!(post.contains("Installed by the kmodforge-agent package"));
+        assert!(post.contains("'/usr/bin/kmodforge-agent' sync --kernel \"$1\" --hook"));
+        let unit = std::fs::read_to_string(stage.path().join(PKG_UNIT_FILE)).unwrap();
+        assert!(unit.contains("ConditionPathExists=/etc/kmodforge/agent.toml"));
+        assert!(unit.contains("ExecStart=/usr/bin/kmodforge-agent sync --autoinstall"));
+        // No enablement link, no GRUB setting: the package's scripts and the operator do those.
+        assert!(!stage.path().join("etc/systemd").exists());
+        assert!(!stage.path().join(GRUB_DROP_IN).exists());
+    }
+
+    #[test]
+    fn a_packaged_host_keeps_the_package_files() {
+        let root = tempfile::tempdir().unwrap();
+        let spec = HookSpec {
+            agent: PathBuf::from("/usr/bin/kmodforge-agent"),
+            config: None,
+        };
+        assert_eq!(render(root.path(), &spec), Exit::Ok);
+        std::fs::create_dir_all(root.path().join("etc/default")).unwrap();
+        std::fs::write(root.path().join("etc/default/grub"), "GRUB_DEFAULT=0\n").unwrap();
+        let packaged_link = wants_link(root.path());
+        std::fs::create_dir_all(packaged_link.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(Path::new("/").join(PKG_UNIT_FILE), &packaged_link).unwrap();
+        let before = std::fs::read_to_string(root.path().join(POSTINST)).unwrap();
+
+        assert_eq!(install(root.path(), &spec), Exit::Ok);
+        assert_eq!(
+            std::fs::read_to_string(root.path().join(POSTINST)).unwrap(),
+            before
+        );
+        assert!(!root.path().join(UNIT_FILE).exists());
+        assert!(root.path().join(GRUB_DROP_IN).is_file());
+        // A different config cannot be given to the packaged hooks.
+        let other = HookSpec {
+            agent: spec.agent.clone(),
+            config: Some(PathBuf::from("/srv/agent.toml")),
+        };
+        assert_eq!(install(root.path(), &other), Exit::Usage);
+
+        assert_eq!(uninstall(root.path()), Exit::Ok);
+        assert!(!root.path().join(GRUB_DROP_IN).exists());
+        for rel in [POSTINST, PRERM, PKG_KERNEL_INSTALL, PKG_UNIT_FILE] {
+            assert!(root.path().join(rel).is_file(), "{rel} is the package's");
+        }
+        assert!(std::fs::symlink_metadata(&packaged_link).is_ok());
     }
 }

@@ -191,6 +191,16 @@ enum HooksCmd {
     },
     /// Remove them.
     Uninstall,
+    /// Write the hooks and the boot unit into DIR in the Debian package's layout
+    /// (etc/kernel/..., usr/lib/kernel/install.d/..., usr/lib/systemd/system/...),
+    /// for packaging (scripts/package.sh); reads no configuration.
+    Render {
+        /// The staging directory.
+        dir: PathBuf,
+        /// The agent binary the hooks run.
+        #[arg(long, value_name = "PATH", default_value = "/usr/bin/kmodforge-agent")]
+        agent: PathBuf,
+    },
 }
 
 fn parse_module(s: &str) -> Result<(ModuleName, ModuleVersion), String> {
@@ -222,13 +232,25 @@ fn run(cli: Cli) -> Exit {
         .config
         .clone()
         .unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH));
-    let missing_ok = !explicit && matches!(cli.cmd, Cmd::Submit { .. } | Cmd::Trust { .. });
+    if let Cmd::Hooks {
+        action: HooksCmd::Render { dir, agent },
+    } = &cli.cmd
+    {
+        let spec = hooks::HookSpec {
+            agent: agent.clone(),
+            config: None,
+        };
+        return hooks::render(dir, &spec);
+    }
+    // `hooks` needs only `root` ("/" by default): it runs before the agent is configured.
+    let missing_ok = !explicit
+        && matches!(
+            cli.cmd,
+            Cmd::Submit { .. } | Cmd::Trust { .. } | Cmd::Hooks { .. }
+        );
     let mut cfg = match Config::load(&path, missing_ok) {
         Ok(c) => c,
-        Err(e) => {
-            report::general(e);
-            return Exit::Usage;
-        }
+        Err(e) => return config_error(&cli.cmd, &path, &e),
     };
     if let Some(url) = &cli.server {
         if let Err(e) = cfg.set_server(url) {
@@ -301,6 +323,38 @@ fn run(cli: Cli) -> Exit {
     }
 }
 
+/// A configuration that cannot be loaded: exit 2, except under `--hook`, where a
+/// kernel package must never fail: one line, exit 0 (a host where the agent is
+/// installed but not configured yet gets `not configured`).
+fn config_error(cmd: &Cmd, path: &Path, e: &config::ConfigError) -> Exit {
+    let kernel = match cmd {
+        Cmd::Sync {
+            hook: true,
+            kernels,
+            ..
+        } => kernels.first().map(ToString::to_string),
+        Cmd::Uninstall {
+            hook: true, kernel, ..
+        } => kernel.as_ref().map(ToString::to_string),
+        _ => {
+            report::general(e);
+            return Exit::Usage;
+        }
+    };
+    let kernel = kernel.map(|k| format!(" for {k}")).unwrap_or_default();
+    if !path.exists() {
+        report::general(format!(
+            "not configured ({} does not exist): nothing done{kernel}; not failing the kernel package",
+            path.display()
+        ));
+    } else {
+        report::general(format!(
+            "{e}: nothing done{kernel}; not failing the kernel package"
+        ));
+    }
+    Exit::Ok
+}
+
 fn uninstall(
     cfg: &Config,
     module: Option<(ModuleName, ModuleVersion)>,
@@ -359,6 +413,14 @@ fn hooks_cmd(cfg: &Config, action: HooksCmd, config: Option<&Path>) -> Exit {
             hooks::install(&cfg.root, &hooks::HookSpec { agent, config })
         }
         HooksCmd::Uninstall => hooks::uninstall(&cfg.root),
+        // Handled before the configuration is read.
+        HooksCmd::Render { dir, agent } => hooks::render(
+            &dir,
+            &hooks::HookSpec {
+                agent,
+                config: None,
+            },
+        ),
     }
 }
 

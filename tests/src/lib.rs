@@ -19,7 +19,7 @@
 
 pub mod agent;
 pub mod archive;
-mod bins;
+pub mod bins;
 mod client;
 pub mod cluster;
 pub mod cutproxy;

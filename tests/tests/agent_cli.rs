@@ -39,6 +39,43 @@ async fn config_errors_name_the_key_and_exit_2() -> Result<()> {
     Ok(())
 }
 
+/// A kernel hook on a host where the agent is installed but not configured (or
+/// badly configured) never fails the kernel package: one line, exit 0.
+#[tokio::test(flavor = "multi_thread")]
+async fn hooks_without_a_configuration_exit_0_with_one_line() -> Result<()> {
+    let root = AgentRoot::new(&[KERNEL_A])?;
+    std::fs::remove_file(&root.config).ok();
+    for args in [
+        vec!["sync", "--kernel", KERNEL_A, "--hook"],
+        vec!["uninstall", "--all-modules", "--kernel", KERNEL_A, "--hook"],
+    ] {
+        let run = root.run(&args).await?.expect(0)?;
+        ensure!(
+            run.stderr.lines().count() == 1
+                && run.stderr.contains(&format!(
+                    "not configured ({} does not exist): nothing done for {KERNEL_A}; not failing the kernel package",
+                    root.config.display()
+                )),
+            "{args:?}:\n{run}"
+        );
+    }
+    // Without --hook it is the usage error it always was.
+    root.run(&["sync", "--kernel", KERNEL_A]).await?.expect(2)?;
+    if let Some(dir) = root.config.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&root.config, "retries = \"many\"\n")?;
+    let run = root
+        .run(&["sync", "--kernel", KERNEL_A, "--hook"])
+        .await?
+        .expect(0)?;
+    ensure!(
+        run.stderr.lines().count() == 1 && run.stderr.contains("retries"),
+        "{run}"
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn lock_held_exits_7() -> Result<()> {
     let root = AgentRoot::new(&[KERNEL_A])?;
