@@ -27,7 +27,7 @@
 
 pub mod deb;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -146,6 +146,21 @@ impl AptRepo {
                 (id, "an uploaded package".to_string())
             })
             .collect();
+        // What is packaged already: (artifact key, package, version).
+        let packaged: HashSet<(String, String, String)> = existing
+            .iter()
+            .filter_map(|p| match &p.origin {
+                AptOrigin::Artifact { key, .. } => {
+                    Some((key.to_string(), p.package.clone(), p.version.clone()))
+                }
+                AptOrigin::Upload { .. } => None,
+            })
+            .collect();
+        let have: HashSet<(&str, &str, &str)> = packaged
+            .iter()
+            .map(|(k, p, v)| (k.as_str(), p.as_str(), v.as_str()))
+            .collect();
+        let mut made = Vec::new();
         for m in &latest {
             let Some(id) = module_package_id(m) else {
                 continue;
@@ -160,20 +175,16 @@ impl AptRepo {
             }
             taken.insert(id.clone(), m.key.to_string());
             wanted_keys.insert(m.key.to_string());
-            let have = existing.iter().any(|p| {
-                matches!(&p.origin, AptOrigin::Artifact { key, .. } if key == &m.key)
-                    && p.package == id.0
-                    && p.version == id.1
-            });
-            if have {
+            if have.contains(&(m.key.as_str(), id.0.as_str(), id.1.as_str())) {
                 continue;
             }
-            let made = self.package_artifact(m, &id).await?;
-            tracing::info!(package = %made.package, version = %made.version,
+            let p = self.package_artifact(m, &id).await?;
+            tracing::info!(package = %p.package, version = %p.version,
                 artifact = %m.key, "apt: package made");
-            records.put_apt_package(&made).await?;
-            existing.push(made);
+            records.put_apt_package(&p).await?;
+            made.push(p);
         }
+        existing.extend(made);
         let mut kept = Vec::with_capacity(existing.len());
         for p in existing {
             if let AptOrigin::Artifact { key, .. } = &p.origin {
@@ -359,7 +370,7 @@ impl AptRepo {
                 ));
             }
             let plain = Bytes::from(text.into_bytes());
-            let mut gz = GzEncoder::new(Vec::new(), Compression::best());
+            let mut gz = GzEncoder::new(Vec::new(), Compression::default());
             gz.write_all(&plain)
                 .and_then(|_| gz.try_finish())
                 .map_err(|e| AptError::Deb {
