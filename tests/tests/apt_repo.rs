@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use anyhow::{ensure, Context, Result};
-use kmodforge_e2e::debhost::{image, DebHost};
+use kmodforge_e2e::debhost::{image, kmodforge_debs, DebHost};
 use kmodforge_e2e::{fixture, minihttp, request, Env, ServerOpts, KERNEL_A, KERNEL_B};
 use reqwest::StatusCode;
 
@@ -375,10 +375,36 @@ async fn uploads(env: &Env, host: &DebHost, keyring: &[u8], read: &str) -> Resul
 
     let resp = admin.http().put(&url).body(deb).send().await?;
     ensure!(resp.status() == StatusCode::CREATED, "{}", resp.status());
+
+    // The real kmodforge-agent package (scripts/package.sh): one apt source gives a
+    // host the agent, its kernel hooks and boot unit, and its modules.
+    let debs = tempfile::tempdir()?;
+    let version = "0.1.0-1";
+    let dir = debs.path().to_path_buf();
+    tokio::task::spawn_blocking(move || kmodforge_debs(version, &dir)).await??;
+    let agent = std::fs::read(
+        debs.path()
+            .join(format!("kmodforge-agent_{version}_amd64.deb")),
+    )?;
+    let resp = admin.http().put(&url).body(agent).send().await?;
+    ensure!(resp.status() == StatusCode::CREATED, "{}", resp.status());
+
     configure(host, &env.server.base_url(), keyring, Some(read))?;
     host.must("apt-get update 2>&1")?;
-    host.must("DEBIAN_FRONTEND=noninteractive apt-get install -y kmodforge-testtool 2>&1")?;
+    host.must("apt-get install -y kmodforge-testtool kmodforge-agent 2>&1")?;
     host.must("test -x /usr/bin/kmodforge-testtool && /usr/bin/kmodforge-testtool")?;
+    let shown =
+        host.must("dpkg-query -W -f='${Version}' kmodforge-agent && kmodforge-agent --version")?;
+    ensure!(shown.stdout.starts_with(version), "{shown}");
+    for hook in [
+        "/etc/kernel/postinst.d/dkms-kmodforge",
+        "/etc/kernel/prerm.d/kmodforge-agent",
+    ] {
+        ensure!(
+            host.exists(hook)?,
+            "the agent package did not install {hook}"
+        );
+    }
 
     // Debian 13's apt verifies with Sequoia's sqv instead of gpgv: it accepts the
     // key and the signature too, and refuses a tampered index.

@@ -15,13 +15,11 @@
 //! it answers and prepares a builder image from the packaged recipes.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use anyhow::{bail, ensure, Context, Result};
-use kmodforge_e2e::{bins, DockerProbe, KERNEL_A};
-use sha2::{Digest, Sha256};
+use kmodforge_e2e::debhost::{image, kmodforge_debs, DebHost};
+use kmodforge_e2e::{DockerProbe, KERNEL_A};
 
-const BASE: &str = "debian:bookworm-slim";
 /// What the packages depend on, and systemd for `systemd-analyze` and `systemctl`.
 const DOCKERFILE: &str = "FROM debian:bookworm-slim
 RUN apt-get update \\
@@ -44,147 +42,22 @@ const WANTS: &str = "/etc/systemd/system/multi-user.target.wants";
 const BY_HAND_PLUGIN: &str = "/etc/kernel/install.d/50-kmodforge-agent.install";
 const BY_HAND_UNIT: &str = "/etc/systemd/system/kmodforge-agent-sync.service";
 
-fn docker(args: &[&str]) -> Result<String> {
-    let out = Command::new("docker")
-        .args(args)
-        .output()
-        .context("running the docker CLI")?;
-    ensure!(
-        out.status.success(),
-        "docker {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 /// The test image, built once per recipe (its tag is the Dockerfile's hash).
 fn test_image() -> Result<String> {
-    let hash = hex::encode(Sha256::digest(DOCKERFILE.as_bytes()));
-    let tag = format!("kmodforge-pkgtest:{}", &hash[..16]);
-    if docker(&["image", "inspect", &tag]).is_ok() {
-        return Ok(tag);
-    }
-    if docker(&["image", "inspect", BASE]).is_err() {
-        let script = bins::workspace_root().join("images/bootstrap-base.sh");
-        let status = Command::new("bash")
-            .arg(&script)
-            .args(["bookworm", BASE])
-            .status()
-            .context("running images/bootstrap-base.sh")?;
-        ensure!(status.success(), "{} failed: {status}", script.display());
-    }
-    let mut child = Command::new("docker")
-        .args(["build", "-q", "-t", &tag, "-"])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .context("running docker build")?;
-    std::io::Write::write_all(
-        child.stdin.as_mut().context("docker build's stdin")?,
-        DOCKERFILE.as_bytes(),
-    )?;
-    drop(child.stdin.take());
-    let status = child.wait()?;
-    ensure!(status.success(), "docker build of {tag} failed: {status}");
-    Ok(tag)
+    image("kmodforge-pkgtest", DOCKERFILE)
 }
 
-/// `scripts/package.sh` on the workspace's binaries (those the other tests run).
-fn package(version: &str, out: &Path) -> Result<()> {
-    let server = bins::SERVER.path()?;
-    let agent = bins::AGENT.path()?;
-    let dir = tempfile::tempdir()?;
-    std::os::unix::fs::symlink(&server, dir.path().join("kmodforge-server"))?;
-    std::os::unix::fs::symlink(&agent, dir.path().join("kmodforge-agent"))?;
-    let script = bins::workspace_root().join("scripts/package.sh");
-    let out_status = Command::new(&script)
-        .args(["--fast", "--deb-version", version, "--bins"])
-        .arg(dir.path())
-        .arg("--out")
-        .arg(out)
-        .output()
-        .with_context(|| format!("running {}", script.display()))?;
-    ensure!(
-        out_status.status.success(),
-        "scripts/package.sh --deb-version {version}: {}\n{}",
-        out_status.status,
-        String::from_utf8_lossy(&out_status.stderr)
-    );
-    for p in ["kmodforge-server", "kmodforge-agent"] {
-        let deb = out.join(format!("{p}_{version}_amd64.deb"));
-        ensure!(deb.is_file(), "{} was not made", deb.display());
-    }
-    Ok(())
-}
-
-/// A container of the test image; removed when dropped.
-struct Container {
-    id: String,
-}
-
-impl Container {
-    fn start(image: &str, debs: &Path) -> Result<Container> {
-        let mount = format!("{}:/debs:ro", debs.display());
-        // The engine's socket where a host's Docker has it, for the packaged server.
-        let sock = std::env::var("DOCKER_HOST")
-            .ok()
-            .and_then(|h| h.strip_prefix("unix://").map(str::to_string))
-            .unwrap_or_else(|| "/var/run/docker.sock".to_string());
-        let engine = format!("{sock}:/run/docker.sock");
-        let id = docker(&[
-            "run",
-            "-d",
-            "--network",
-            "none",
-            "-v",
-            &mount,
-            "-v",
-            &engine,
-            image,
-            "sleep",
-            "infinity",
-        ])?
-        .trim()
-        .to_string();
-        Ok(Container { id })
-    }
-
-    fn exec(&self, script: &str) -> Result<Output> {
-        Command::new("docker")
-            .args(["exec", "-e", "DEBIAN_FRONTEND=noninteractive", &self.id])
-            .args(["bash", "-c", script])
-            .output()
-            .context("running docker exec")
-    }
-
-    /// Runs `script` (bash); fails unless it exits 0; answers stdout and stderr.
-    fn ok(&self, script: &str) -> Result<String> {
-        let out = self.exec(script)?;
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        ensure!(
-            out.status.success(),
-            "`{script}` failed ({}):\n{text}",
-            out.status
-        );
-        Ok(text)
-    }
-
-    fn exists(&self, path: &str) -> Result<bool> {
-        Ok(self
-            .exec(&format!("test -e '{path}' || test -L '{path}'"))?
-            .status
-            .success())
-    }
-}
-
-impl Drop for Container {
-    fn drop(&mut self) {
-        let _ = docker(&["rm", "-f", &self.id]);
-    }
+/// A container of the test image with the packages at `/debs` and the engine's
+/// socket (for the packaged server), without a network.
+fn start(image: &str, debs: &Path) -> Result<DebHost> {
+    let mount = format!("{}:/debs:ro", debs.display());
+    // The engine's socket where a host's Docker has it, for the packaged server.
+    let sock = std::env::var("DOCKER_HOST")
+        .ok()
+        .and_then(|h| h.strip_prefix("unix://").map(str::to_string))
+        .unwrap_or_else(|| "/var/run/docker.sock".to_string());
+    let engine = format!("{sock}:/run/docker.sock");
+    DebHost::start_with(image, &["--network", "none", "-v", &mount, "-v", &engine])
 }
 
 fn debs(dir: &Path, version: &str) -> String {
@@ -195,7 +68,7 @@ fn debs(dir: &Path, version: &str) -> String {
         .join(" ")
 }
 
-fn enabled(b: &Container) -> Result<()> {
+fn enabled(b: &DebHost) -> Result<()> {
     for unit in ["kmodforge-server.service", "kmodforge-agent-sync.service"] {
         let state = b.ok(&format!("systemctl is-enabled {unit}"))?;
         ensure!(state.trim() == "enabled", "{unit}: {state}");
@@ -214,9 +87,9 @@ fn packages_install_upgrade_remove_and_purge() -> Result<()> {
     let image = test_image()?;
     let work = tempfile::tempdir()?;
     for v in [V1, V2] {
-        package(v, &work.path().join(v))?;
+        kmodforge_debs(v, &work.path().join(v))?;
     }
-    let b = Container::start(&image, work.path())?;
+    let b = start(&image, work.path())?;
     let rel = |v: &str| PathBuf::from(v);
 
     // This host ran `kmodforge-agent hooks install` by hand before (an agent from the
@@ -365,13 +238,9 @@ fn packages_install_upgrade_remove_and_purge() -> Result<()> {
         (HOOKS[1], format!("{krel} /boot/vmlinuz-{krel}")),
         (HOOKS[2], format!("add {krel} /boot/vmlinuz-{krel}")),
     ] {
-        let out = b.exec(&format!("{hook} {args}"))?;
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        ensure!(
-            out.status.success(),
-            "{hook} failed ({}): {stderr}",
-            out.status
-        );
+        let out = b.sh(&format!("{hook} {args}"))?;
+        let stderr = &out.stderr;
+        ensure!(out.ok(), "{hook} failed ({}): {stderr}", out.code);
         ensure!(
             stderr.lines().count() == 1
                 && stderr.contains("not configured (/etc/kmodforge/agent.toml does not exist)"),
@@ -480,10 +349,10 @@ fn packages_install_upgrade_remove_and_purge() -> Result<()> {
     ] {
         ensure!(!b.exists(f)?, "{f} is left after remove");
     }
-    let leftover = b.exec(&format!("{} {krel} /boot/vmlinuz-{krel}", HOOKS[0]))?;
+    let leftover = b.sh(&format!("{} {krel} /boot/vmlinuz-{krel}", HOOKS[0]))?;
     ensure!(
-        leftover.status.success() && leftover.stderr.is_empty() && leftover.stdout.is_empty(),
-        "a removed agent's hook must do nothing: {leftover:?}"
+        leftover.ok() && leftover.stderr.is_empty() && leftover.stdout.is_empty(),
+        "a removed agent's hook must do nothing: {leftover}"
     );
 
     // Purge: the /etc files and the enablement go; the state and the user stay (README).
@@ -497,12 +366,8 @@ fn packages_install_upgrade_remove_and_purge() -> Result<()> {
     ] {
         ensure!(!b.exists(f)?, "{f} is left after purge");
     }
-    let listed = b.exec("dpkg -l kmodforge-server kmodforge-agent | grep -E '^(ii|rc)'")?;
-    ensure!(
-        !listed.status.success(),
-        "dpkg still lists them: {}",
-        String::from_utf8_lossy(&listed.stdout)
-    );
+    let listed = b.sh("dpkg -l kmodforge-server kmodforge-agent | grep -E '^(ii|rc)'")?;
+    ensure!(!listed.ok(), "dpkg still lists them: {}", listed.stdout);
     ensure!(
         purge.contains("kmodforge-server: kept /var/lib/kmodforge"),
         "purge says what it keeps:\n{purge}"
