@@ -19,7 +19,7 @@
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use anyhow::{bail, ensure, Context, Result};
 use kmodforge_api::wire::{BuildState, Manifest};
@@ -51,49 +51,7 @@ RUN apt-get update \\
 
 /// Tagged by the Dockerfile's content: built once, kept in the engine.
 fn dkms_image() -> Result<String> {
-    let digest = hex::encode(Sha256::digest(DOCKERFILE.as_bytes()));
-    let tag = format!("kmodforge-e2e-dkms:{}", &digest[..16]);
-    let present = Command::new("docker")
-        .args(["image", "inspect", "--format", "{{.Id}}", &tag])
-        .output()
-        .context("running the docker CLI")?;
-    if present.status.success() {
-        return Ok(tag);
-    }
-    // The base image, made from Debian packages when the engine has none (no registry).
-    let bootstrap = Path::new(env!("CARGO_MANIFEST_DIR")).join("../images/bootstrap-base.sh");
-    let out = Command::new("bash")
-        .arg(&bootstrap)
-        .args(["bookworm", "debian:bookworm-slim"])
-        .output()
-        .context("running images/bootstrap-base.sh")?;
-    ensure!(
-        out.status.success(),
-        "bootstrap-base.sh: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut child = Command::new("docker")
-        .args(["build", "-q", "-t", &tag, "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("docker build")?;
-    {
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .context("docker build's stdin")?
-            .write_all(DOCKERFILE.as_bytes())?;
-    }
-    let out = child.wait_with_output()?;
-    ensure!(
-        out.status.success(),
-        "docker build of the dkms image: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(tag)
+    kmodforge_e2e::debhost::image("kmodforge-e2e-dkms", DOCKERFILE)
 }
 
 /// What runs in the dkms container, with the bundles in /x; everything it finds
