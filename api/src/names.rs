@@ -401,6 +401,26 @@ impl ArtifactKey {
     }
 }
 
+/// A module file as installed: `<name>.ko`, the name `[A-Za-z0-9_+-][A-Za-z0-9._+-]*`
+/// (no path, no leading dot or dash). Hosts install nothing else.
+pub fn is_module_file_name(file: &str) -> bool {
+    let Some(stem) = file.strip_suffix(".ko") else {
+        return false;
+    };
+    let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '+' | '.');
+    !stem.is_empty() && !stem.starts_with(['.', '-']) && stem.chars().all(ok)
+}
+
+/// `/dir[/dir…]` of plain names: no `.`/`..`, no empty components, no odd characters.
+pub fn is_safe_dest_location(dest: &str) -> bool {
+    let Some(rest) = dest.strip_prefix('/') else {
+        return false;
+    };
+    let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '+' | '.');
+    rest.split('/')
+        .all(|part| !part.is_empty() && part != "." && part != ".." && part.chars().all(ok))
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests;

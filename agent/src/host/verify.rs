@@ -127,24 +127,7 @@ fn check_manifest(manifest: &Manifest, kernel: &KernelRelease) -> Result<(), Hos
     Ok(())
 }
 
-/// `<name>.ko` where name is `[A-Za-z0-9_+-][A-Za-z0-9._+-]*`.
-pub(crate) fn is_module_file_name(file: &str) -> bool {
-    let Some(stem) = file.strip_suffix(".ko") else {
-        return false;
-    };
-    let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '+' | '.');
-    !stem.is_empty() && !stem.starts_with(['.', '-']) && stem.chars().all(ok)
-}
-
-/// `/dir[/dir…]` of plain names: no `.`/`..`, no empty components, no odd characters.
-pub(crate) fn is_safe_dest_location(dest: &str) -> bool {
-    let Some(rest) = dest.strip_prefix('/') else {
-        return false;
-    };
-    let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '+' | '.');
-    rest.split('/')
-        .all(|part| !part.is_empty() && part != "." && part != ".." && part.chars().all(ok))
-}
+pub(crate) use kmodforge_api::names::{is_module_file_name, is_safe_dest_location};
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

@@ -34,7 +34,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use flate2::write::GzEncoder;
 use flate2::Compression;
-use kmodforge_api::names::{KernelRelease, ModuleName, ModuleVersion};
+use kmodforge_api::names::{
+    is_module_file_name, is_safe_dest_location, KernelRelease, ModuleName, ModuleVersion,
+};
 use kmodforge_api::wire::{AptOrigin, AptPackage, Manifest};
 use sha2::{Digest, Sha256};
 use std::io::Write;
@@ -168,6 +170,15 @@ impl AptRepo {
             if m.boot_check.as_ref().is_some_and(|b| !b.passed) {
                 continue;
             }
+            // The paths go into the package and onto hosts: only what an agent would install.
+            let unsafe_file = m.files.iter().find(|f| {
+                !is_module_file_name(&f.file) || !is_safe_dest_location(&f.dest_location)
+            });
+            if let Some(f) = unsafe_file {
+                tracing::warn!(artifact = %m.key, file = ?f.file, dest = ?f.dest_location,
+                    "apt: a file name or location a host would refuse; left out");
+                continue;
+            }
             if let Some(other) = taken.get(&id) {
                 tracing::warn!(artifact = %m.key, package = %id.0, version = %id.1,
                     "apt: the package name and version are {other}'s already; left out");
@@ -270,6 +281,7 @@ impl AptRepo {
     /// Adds an uploaded `.deb` (admin): its control file says what it is.
     pub async fn upload(&self, deb: Bytes, by: &str) -> Result<AptPackage, AptError> {
         let control = deb::read_control(&deb).map_err(|e| AptError::BadUpload(e.to_string()))?;
+        check_control(&control)?;
         let fields = deb::parse_stanza(&control);
         let field = |name: &str| {
             fields
@@ -427,6 +439,52 @@ fn module_package_id(m: &Manifest) -> Option<(String, String, String)> {
         module_deb_version(&m.version, &m.built_at),
         arch.to_string(),
     ))
+}
+
+/// Fields the repository writes into `Packages` itself.
+const INDEX_FIELDS: [&str; 7] = [
+    "Filename",
+    "Size",
+    "MD5sum",
+    "SHA1",
+    "SHA256",
+    "SHA512",
+    "Description-md5",
+];
+
+/// An uploaded control file goes into `Packages` as it is, so it must be one
+/// well-formed stanza: no blank line (which would start a stanza of its own, a
+/// package the upload did not name), field names as Debian policy 5.1 has them,
+/// each once, none that the index writes itself (a forged checksum or file).
+fn check_control(control: &str) -> Result<(), AptError> {
+    let bad = |why: String| Err(AptError::BadUpload(format!("its control file: {why}")));
+    let mut seen = HashSet::new();
+    for line in control.trim_end().lines() {
+        if line.trim().is_empty() {
+            return bad("a blank line inside it (one stanza only)".into());
+        }
+        if line.starts_with([' ', '\t']) {
+            if seen.is_empty() {
+                return bad("a continuation line before any field".into());
+            }
+            continue;
+        }
+        let Some((name, _)) = line.split_once(':') else {
+            return bad(format!("{line:?} is not a field"));
+        };
+        let ok = name.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+        if !ok {
+            return bad(format!("{name:?} is not a field name"));
+        }
+        if INDEX_FIELDS.iter().any(|f| f.eq_ignore_ascii_case(name)) {
+            return bad(format!("{name} is the repository's to write"));
+        }
+        if !seen.insert(name.to_ascii_lowercase()) {
+            return bad(format!("{name} twice"));
+        }
+    }
+    Ok(())
 }
 
 /// `<module>-modules-<kernel>`, lowercased, `_` and `~` as `-`.

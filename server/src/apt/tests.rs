@@ -173,3 +173,28 @@ fn garbage_is_not_a_deb() {
     lying.extend_from_slice(b"2.0\n");
     assert!(deb::read_control(&lying).is_err());
 }
+
+#[test]
+fn an_uploaded_control_is_one_clean_stanza() {
+    let good = "Package: kmodforge-agent\nVersion: 1.0-1\nArchitecture: amd64\n\
+                Description: the agent\n more text\n .\n last\n";
+    check_control(good).unwrap();
+    for (bad, says) in [
+        (
+            "Package: kmodforge-a\nVersion: 1\n\nPackage: r8152-modules-6.1.0-47-amd64\n",
+            "blank line",
+        ),
+        (
+            "Package: kmodforge-a\nSHA256: 00\n",
+            "SHA256 is the repository's",
+        ),
+        ("Package: kmodforge-a\nfilename: x\n", "repository's"),
+        ("Package: kmodforge-a\nPackage: kmodforge-b\n", "twice"),
+        (" leading continuation\n", "continuation"),
+        ("Package kmodforge-a\n", "not a field"),
+        ("Pack age: x\n", "not a field name"),
+    ] {
+        let err = check_control(bad).unwrap_err().to_string();
+        assert!(err.contains(says), "{bad:?}: {err}");
+    }
+}
