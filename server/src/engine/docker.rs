@@ -131,7 +131,8 @@ fn container_body(c: &ContainerConfig) -> ContainerCreateBody {
         memory: Some(memory),
         // Swap equal to memory: no swap.
         memory_swap: Some(memory),
-        nano_cpus: Some(i64::from(c.limits.cpus) * 1_000_000_000),
+        // 0: no quota (only KMODFORGE_EXPERIMENT_NO_CPU_QUOTA=1 sets it).
+        nano_cpus: (c.limits.cpus > 0).then(|| i64::from(c.limits.cpus) * 1_000_000_000),
         tmpfs: Some(
             c.tmpfs
                 .iter()
@@ -143,7 +144,8 @@ fn container_body(c: &ContainerConfig) -> ContainerCreateBody {
                 .iter()
                 .map(|v| Mount {
                     target: Some(v.target.clone()),
-                    source: Some(v.volume.clone()),
+                    // An empty name: an anonymous volume.
+                    source: (!v.volume.is_empty()).then(|| v.volume.clone()),
                     typ: Some(MountType::VOLUME),
                     read_only: Some(v.read_only),
                     ..Default::default()
