@@ -703,6 +703,39 @@ mod tests {
         }
     }
 
+    /// The measurement switches (off unless their variables are set) change only
+    /// what they name: no CPU quota, or the build tree on an anonymous volume.
+    #[test]
+    fn experiments_change_only_what_they_name() {
+        let engine = FakeEngine::scripted(|_| FakeExec::Exit {
+            output: Vec::new(),
+            code: 0,
+        });
+        let mut sandbox = Sandbox::new(engine, limits(), "replica-a".into());
+        let dirs = vec!["foo-1.0".to_string()];
+        let base = sandbox.container_config(&spec("b1", &dirs, &[]));
+        sandbox.experiments = Experiments {
+            no_cpu_quota: true,
+            disk_build_tree: true,
+        };
+        let x = sandbox.container_config(&spec("b1", &dirs, &[]));
+        assert_eq!(x.limits.cpus, 0);
+        assert_eq!(x.limits.memory_bytes, base.limits.memory_bytes);
+        assert_eq!(x.limits.pids, base.limits.pids);
+        assert_eq!(x.isolation, base.isolation);
+        assert_eq!(x.user, base.user);
+        assert!(!x.tmpfs.iter().any(|t| t.target == DKMS_TREE));
+        assert_eq!(x.tmpfs.len(), base.tmpfs.len() - 1);
+        assert_eq!(
+            x.volumes,
+            [VolumeMount {
+                volume: String::new(),
+                target: DKMS_TREE.into(),
+                read_only: false,
+            }]
+        );
+    }
+
     /// A job container under the policy: created and started, one exec with stdin
     /// and collected stdout, removed; nothing left behind.
     #[tokio::test]

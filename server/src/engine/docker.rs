@@ -572,6 +572,26 @@ mod tests {
         assert!(json.contains("\"NetworkMode\": \"none\""), "{json}");
     }
 
+    /// The experiment switches' encodings: cpus 0 is no quota, an empty volume
+    /// name an anonymous volume (never the defaults).
+    #[test]
+    fn no_quota_and_anonymous_volume() {
+        let mut c = config();
+        c.limits.cpus = 0;
+        c.volumes.push(VolumeMount {
+            volume: String::new(),
+            target: "/var/lib/dkms".into(),
+            read_only: false,
+        });
+        let h = container_body(&c).host_config.expect("host config");
+        assert_eq!(h.nano_cpus, None);
+        assert_eq!(h.memory, Some(4 << 30));
+        let mounts = h.mounts.expect("mounts");
+        assert_eq!(mounts[1].source, None);
+        assert_eq!(mounts[1].read_only, Some(false));
+        assert_eq!(mounts[1].typ, Some(MountType::VOLUME));
+    }
+
     #[test]
     fn label_filters_use_docker_syntax() {
         let s = LabelSelector::default()
