@@ -535,6 +535,18 @@ def server_build(srv, pkg, name, ver, kernel, tree, tgz, interval, work, tag):
         if m:
             notes["build_step_s"] = float(m[1])
     ph_t = {p: round(b - a, 3) for (p, a), (_, b) in zip(phases, phases[1:])}
+    # Inside the build step, from kmf's own lines: its make (from "# command:" to the first "kmf: x.ko ->"
+    # line, i.e. make itself, as the client saw its output) and what follows (check, copy, strip -g of each .ko).
+    t_cmd = next((t for t, l in lines if l.startswith("# command: ")), None)
+    t_kmf = next((t for t, l in lines if t_cmd and t >= t_cmd and re.match(r"kmf: .*\.ko -> ", l)), None)
+    t_step = next((t for t, l in lines if "[kmodforge] build step took" in l), None)
+    if t_cmd and t_kmf:
+        notes["make_only_s"] = round(t_kmf - t_cmd, 3)
+    if t_kmf and t_step:
+        notes["after_make_s"] = round(t_step - t_kmf, 3)
+    with open(os.path.join(work, f"log-{tag}.tsv"), "w") as f:
+        for t, l in lines:
+            f.write(f"{t:.3f}\t{l}\n")
     res = summarize(sampler, t0, t_final, phases)
     with open(os.path.join(work, f"samples-{tag}.json"), "w") as f:
         json.dump([{k: v for k, v in s.items()} for s in sampler.samples], f)
@@ -624,8 +636,9 @@ def report(records):
     print("Phases of the server builds (wall from the client-stamped log; CPU of the container and of its "
           "fuse-overlayfs process in each):\n")
     print("| package | arm | run | submit -> make starts s (CPU, fuse) | make step s (CPU, fuse) | "
-          "collect + store -> final s (CPU, fuse) | container start s | unpack + eval s |")
-    print("|---|---|---|---|---|---|---|---|")
+          "collect + store -> final s (CPU, fuse) | container start s | unpack + eval s | of the make step: make s, "
+          "after make (check, strip -g) s |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in records:
         if r["arm"] == "host":
             continue
@@ -634,7 +647,7 @@ def report(records):
             c = r.get("per_phase", {}).get(ph, {})
             cells.append(f"{r['phase_wall_s'].get(ph, 0):.2f} ({c.get('container_cpu_s', 0):.2f}, {c.get('fuse_cpu_s', 0):.2f})")
         print(f"| {r['package']} | {r['arm']} | {r['run']} | {' | '.join(cells)} | {r.get('container_start_s', '-')} | "
-              f"{r.get('unpack_eval_s', '-')} |")
+              f"{r.get('unpack_eval_s', '-')} | {r.get('make_only_s', '-')}, {r.get('after_make_s', '-')} |")
     print()
     print("Medians per package and arm:\n")
     print("| package | arm | runs | wall s | make step s | CPU in container (host: make) s | fuse-overlayfs s | "
