@@ -161,6 +161,35 @@ pub struct Sandbox {
     trace: Option<Arc<InputTrace>>,
     /// Set on shutdown: no container is created any more.
     closed: Arc<std::sync::atomic::AtomicBool>,
+    experiments: Experiments,
+}
+
+/// Switches for A/B measurements of the build sandbox (issue 16, docs/BUILD-PROFILE.md),
+/// read once from the environment when the sandbox is made. All off by default, and
+/// none is a supported setting: each removes one suspect from a build to measure it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Experiments {
+    /// `KMODFORGE_EXPERIMENT_NO_CPU_QUOTA=1`: no CFS quota (`--cpus`) on job
+    /// containers; memory, pids and every isolation switch stay.
+    pub no_cpu_quota: bool,
+    /// `KMODFORGE_EXPERIMENT_DISK_BUILD_TREE=1`: `/var/lib/dkms` on an anonymous
+    /// volume (the engine's disk, removed with the container) instead of a tmpfs
+    /// that counts against the memory limit.
+    pub disk_build_tree: bool,
+}
+
+impl Experiments {
+    pub fn from_env() -> Self {
+        let on = |name: &str| std::env::var(name).is_ok_and(|v| v == "1");
+        let e = Experiments {
+            no_cpu_quota: on("KMODFORGE_EXPERIMENT_NO_CPU_QUOTA"),
+            disk_build_tree: on("KMODFORGE_EXPERIMENT_DISK_BUILD_TREE"),
+        };
+        if e != Experiments::default() {
+            tracing::warn!(experiments = ?e, "sandbox experiments on (measurement only)");
+        }
+        e
+    }
 }
 
 /// An audit copy of everything the server hands to containers: each container's
@@ -218,6 +247,7 @@ impl Sandbox {
             cluster: None,
             trace: None,
             closed: Arc::default(),
+            experiments: Experiments::from_env(),
         }
     }
 
@@ -291,15 +321,34 @@ impl Sandbox {
             mode: 0o755,
             owner: Some(JOB_USER),
         };
-        let mut tmpfs = vec![
-            job_tmpfs(DKMS_TREE.to_string(), l.tmpfs_bytes),
-            Tmpfs {
-                target: "/tmp".to_string(),
-                size_bytes: TMP_BYTES,
-                mode: 0o1777,
-                owner: None,
-            },
-        ];
+        let x = self.experiments;
+        let mut tmpfs = vec![Tmpfs {
+            target: "/tmp".to_string(),
+            size_bytes: TMP_BYTES,
+            mode: 0o1777,
+            owner: None,
+        }];
+        if !x.disk_build_tree {
+            tmpfs.insert(0, job_tmpfs(DKMS_TREE.to_string(), l.tmpfs_bytes));
+        }
+        let mut volumes: Vec<VolumeMount> = spec
+            .ro_volumes
+            .iter()
+            .map(|(name, target)| VolumeMount {
+                volume: name.clone(),
+                target: target.clone(),
+                read_only: true,
+            })
+            .collect();
+        if x.disk_build_tree {
+            // An empty name: an anonymous volume (Docker copies the image's
+            // /var/lib/dkms, owned by the job user, into it).
+            volumes.push(VolumeMount {
+                volume: String::new(),
+                target: DKMS_TREE.to_string(),
+                read_only: false,
+            });
+        }
         for dir in spec.source_dirs {
             tmpfs.push(job_tmpfs(format!("{SOURCE_TREE}/{dir}"), l.tmpfs_bytes / 4));
         }
@@ -328,19 +377,11 @@ impl Sandbox {
                 labels
             },
             tmpfs,
-            volumes: spec
-                .ro_volumes
-                .iter()
-                .map(|(name, target)| VolumeMount {
-                    volume: name.clone(),
-                    target: target.clone(),
-                    read_only: true,
-                })
-                .collect(),
+            volumes,
             limits: ResourceLimits {
                 memory_bytes: l.memory_bytes,
                 pids: l.pids,
-                cpus: l.jobs,
+                cpus: if x.no_cpu_quota { 0 } else { l.jobs },
             },
             isolation: Isolation {
                 no_network: true,
@@ -660,6 +701,39 @@ mod tests {
             source_dirs: dirs,
             ro_volumes: vols,
         }
+    }
+
+    /// The measurement switches (off unless their variables are set) change only
+    /// what they name: no CPU quota, or the build tree on an anonymous volume.
+    #[test]
+    fn experiments_change_only_what_they_name() {
+        let engine = FakeEngine::scripted(|_| FakeExec::Exit {
+            output: Vec::new(),
+            code: 0,
+        });
+        let mut sandbox = Sandbox::new(engine, limits(), "replica-a".into());
+        let dirs = vec!["foo-1.0".to_string()];
+        let base = sandbox.container_config(&spec("b1", &dirs, &[]));
+        sandbox.experiments = Experiments {
+            no_cpu_quota: true,
+            disk_build_tree: true,
+        };
+        let x = sandbox.container_config(&spec("b1", &dirs, &[]));
+        assert_eq!(x.limits.cpus, 0);
+        assert_eq!(x.limits.memory_bytes, base.limits.memory_bytes);
+        assert_eq!(x.limits.pids, base.limits.pids);
+        assert_eq!(x.isolation, base.isolation);
+        assert_eq!(x.user, base.user);
+        assert!(!x.tmpfs.iter().any(|t| t.target == DKMS_TREE));
+        assert_eq!(x.tmpfs.len(), base.tmpfs.len() - 1);
+        assert_eq!(
+            x.volumes,
+            [VolumeMount {
+                volume: String::new(),
+                target: DKMS_TREE.into(),
+                read_only: false,
+            }]
+        );
     }
 
     /// A job container under the policy: created and started, one exec with stdin

@@ -131,7 +131,8 @@ fn container_body(c: &ContainerConfig) -> ContainerCreateBody {
         memory: Some(memory),
         // Swap equal to memory: no swap.
         memory_swap: Some(memory),
-        nano_cpus: Some(i64::from(c.limits.cpus) * 1_000_000_000),
+        // 0: no quota (only KMODFORGE_EXPERIMENT_NO_CPU_QUOTA=1 sets it).
+        nano_cpus: (c.limits.cpus > 0).then(|| i64::from(c.limits.cpus) * 1_000_000_000),
         tmpfs: Some(
             c.tmpfs
                 .iter()
@@ -143,7 +144,8 @@ fn container_body(c: &ContainerConfig) -> ContainerCreateBody {
                 .iter()
                 .map(|v| Mount {
                     target: Some(v.target.clone()),
-                    source: Some(v.volume.clone()),
+                    // An empty name: an anonymous volume.
+                    source: (!v.volume.is_empty()).then(|| v.volume.clone()),
                     typ: Some(MountType::VOLUME),
                     read_only: Some(v.read_only),
                     ..Default::default()
@@ -568,6 +570,26 @@ mod tests {
         let json = String::from_utf8(DockerEngine::offline().create_request_json(&config()))
             .expect("utf-8");
         assert!(json.contains("\"NetworkMode\": \"none\""), "{json}");
+    }
+
+    /// The experiment switches' encodings: cpus 0 is no quota, an empty volume
+    /// name an anonymous volume (never the defaults).
+    #[test]
+    fn no_quota_and_anonymous_volume() {
+        let mut c = config();
+        c.limits.cpus = 0;
+        c.volumes.push(VolumeMount {
+            volume: String::new(),
+            target: "/var/lib/dkms".into(),
+            read_only: false,
+        });
+        let h = container_body(&c).host_config.expect("host config");
+        assert_eq!(h.nano_cpus, None);
+        assert_eq!(h.memory, Some(4 << 30));
+        let mounts = h.mounts.expect("mounts");
+        assert_eq!(mounts[1].source, None);
+        assert_eq!(mounts[1].read_only, Some(false));
+        assert_eq!(mounts[1].typ, Some(MountType::VOLUME));
     }
 
     #[test]

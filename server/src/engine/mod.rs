@@ -105,7 +105,7 @@ pub struct ResourceLimits {
     pub memory_bytes: u64,
     /// Maximum number of processes.
     pub pids: i64,
-    /// CPU quota, in whole CPUs.
+    /// CPU quota, in whole CPUs (0: none; an experiment switch, never the default).
     pub cpus: u32,
 }
 
