@@ -35,6 +35,7 @@
 use std::borrow::Cow;
 use std::io::{self, Write};
 
+use crate::flat_tar::root_header;
 use flate2::write::GzEncoder;
 use flate2::{Compression, GzBuilder};
 use kmodforge_api::dkms::Declared;
@@ -133,12 +134,12 @@ impl BundleWriter {
     }
 
     fn dir(&mut self, path: &str, mtime: u64) -> io::Result<()> {
-        let h = header(EntryType::Directory, 0o755, 0, mtime)?;
+        let h = root_header(EntryType::Directory, 0o755, 0, mtime)?;
         self.append(h, &format!("{path}/"), &[])
     }
 
     fn file(&mut self, path: &str, data: &[u8], mtime: u64) -> io::Result<()> {
-        let h = header(EntryType::Regular, 0o644, data.len() as u64, mtime)?;
+        let h = root_header(EntryType::Regular, 0o644, data.len() as u64, mtime)?;
         self.append(h, path, data)
     }
 
@@ -148,7 +149,7 @@ impl BundleWriter {
     fn append(&mut self, mut h: Header, path: &str, data: &[u8]) -> io::Result<()> {
         let name = path.as_bytes();
         if name.len() > NAME_FIELD {
-            let mut long = header(EntryType::GNULongName, 0o644, name.len() as u64 + 1, 0)?;
+            let mut long = root_header(EntryType::GNULongName, 0o644, name.len() as u64 + 1, 0)?;
             set_name(&mut long, b"././@LongLink");
             long.set_cksum();
             let mut text = name.to_vec();
@@ -168,19 +169,6 @@ fn set_name(h: &mut Header, name: &[u8]) {
     let field = &mut h.as_old_mut().name;
     field.fill(0);
     field[..name.len()].copy_from_slice(name);
-}
-
-fn header(kind: EntryType, mode: u32, size: u64, mtime: u64) -> io::Result<Header> {
-    let mut h = Header::new_gnu();
-    h.set_entry_type(kind);
-    h.set_mode(mode);
-    h.set_size(size);
-    h.set_mtime(mtime);
-    h.set_uid(0);
-    h.set_gid(0);
-    h.set_username("root")?;
-    h.set_groupname("root")?;
-    Ok(h)
 }
 
 /// The file name `dkms mktarball` gives such a bundle:

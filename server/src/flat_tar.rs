@@ -17,6 +17,26 @@ pub fn flat_tar<'a>(
     builder.into_inner()
 }
 
+/// A header of an entry owned by root (uid and gid 0, names `root`), for the
+/// deterministic archives the server hands out (Debian packages, DKMS bundles).
+pub fn root_header(
+    kind: tar::EntryType,
+    mode: u32,
+    size: u64,
+    mtime: u64,
+) -> std::io::Result<tar::Header> {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_mode(mode);
+    h.set_size(size);
+    h.set_mtime(mtime);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_username("root")?;
+    h.set_groupname("root")?;
+    Ok(h)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

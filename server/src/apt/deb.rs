@@ -11,6 +11,8 @@ use std::io::Read;
 use flate2::write::GzEncoder;
 use flate2::Compression;
 
+use crate::flat_tar::root_header;
+
 /// One file of a package's data, its path relative to `/`.
 pub struct DebFile {
     pub path: String,
@@ -126,26 +128,13 @@ fn tar_gz(fill: impl FnOnce(&mut TarBuilder) -> std::io::Result<()>) -> Result<V
     Ok(b.into_inner()?.finish()?)
 }
 
-fn header(kind: tar::EntryType, mode: u32, size: u64, mtime: u64) -> tar::Header {
-    let mut h = tar::Header::new_gnu();
-    h.set_entry_type(kind);
-    h.set_mode(mode);
-    h.set_size(size);
-    h.set_mtime(mtime);
-    h.set_uid(0);
-    h.set_gid(0);
-    let _ = h.set_username("root");
-    let _ = h.set_groupname("root");
-    h
-}
-
 fn dir(b: &mut TarBuilder, path: &str, mtime: u64) -> std::io::Result<()> {
-    let mut h = header(tar::EntryType::Directory, 0o755, 0, mtime);
+    let mut h = root_header(tar::EntryType::Directory, 0o755, 0, mtime)?;
     b.append_data(&mut h, path, std::io::empty())
 }
 
 fn file(b: &mut TarBuilder, path: &str, mode: u32, data: &[u8], mtime: u64) -> std::io::Result<()> {
-    let mut h = header(tar::EntryType::Regular, mode, data.len() as u64, mtime);
+    let mut h = root_header(tar::EntryType::Regular, mode, data.len() as u64, mtime)?;
     b.append_data(&mut h, path, data)
 }
 
