@@ -656,23 +656,49 @@ def run_kmodforge(srv, pkgs, order, kernels, work, args):
     log("kmodforge: registering modules"
         + ("" if args.keep_cache else " (DELETE + PUT: every build below is cold)"))
     results["register_errors"] = register(srv, pkgs, order, args.keep_cache)
-    log("kmodforge: building, one at a time")
-    for p in order:
-        for k in kernels:
-            if p in results["register_errors"]:
-                row = {"package": p, "name": pkgs[p]["name"], "version": pkgs[p]["version"], "kernel": k,
-                       "state": "error", "error": results["register_errors"][p], "files": [],
-                       "wall_seconds": None, "server_seconds": None, "failure": None, "cached": False}
-            else:
-                row = kmf_build(srv, pkgs[p], k, work, args.poll, args.build_timeout)
-            results["rows"].append(row)
-            what = row["state"] + (" (cached)" if row.get("cached") else "")
-            if row.get("failure"):
-                what += f": {row['failure'].get('kind')}: {row['failure'].get('message')}"
-            if row.get("error") and not row.get("failure"):
-                what += f": {row['error']}"
-            log(f"  {p} {k}: {what}; {fmt_s(row.get('wall_seconds'))} s client, "
-                f"{fmt_s(row.get('server_seconds'))} s server, {len(row['files'])} .ko")
+    def one(p, k):
+        if p in results["register_errors"]:
+            row = {"package": p, "name": pkgs[p]["name"], "version": pkgs[p]["version"], "kernel": k,
+                   "state": "error", "error": results["register_errors"][p], "files": [],
+                   "wall_seconds": None, "server_seconds": None, "failure": None, "cached": False}
+        else:
+            row = kmf_build(srv, pkgs[p], k, work, args.poll, args.build_timeout)
+        what = row["state"] + (" (cached)" if row.get("cached") else "")
+        if row.get("failure"):
+            what += f": {row['failure'].get('kind')}: {row['failure'].get('message')}"
+        if row.get("error") and not row.get("failure"):
+            what += f": {row['error']}"
+        log(f"  {p} {k}: {what}; {fmt_s(row.get('wall_seconds'))} s client, "
+            f"{fmt_s(row.get('server_seconds'))} s server, {len(row['files'])} .ko")
+        return row
+
+    t0 = time.monotonic()
+    if args.side_by_side and len(kernels) > 1:
+        # One client per kernel, each through the packages in build order (a dependency before its
+        # dependants); the server runs the builds for different kernels side by side (KMODFORGE_MAX_BUILDS).
+        log(f"kmodforge: building, the {len(kernels)} kernels side by side")
+        per_kernel = {k: [] for k in kernels}
+
+        def stream(k):
+            for p in order:
+                per_kernel[k].append(one(p, k))
+
+        threads = [threading.Thread(target=stream, args=(k,), daemon=True) for k in kernels]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        by_key = {(r["package"], r["kernel"]): r for rows in per_kernel.values() for r in rows}
+        results["rows"] = [by_key[(p, k)] for p in order for k in kernels if (p, k) in by_key]
+        results["mode"] = "side_by_side"
+    else:
+        log("kmodforge: building, one at a time")
+        for p in order:
+            for k in kernels:
+                results["rows"].append(one(p, k))
+        results["mode"] = "one_at_a_time"
+    results["elapsed_seconds"] = round(time.monotonic() - t0, 1)
+    log(f"kmodforge: all builds done in {results['elapsed_seconds']} s ({results['mode'].replace('_', ' ')})")
     return results
 
 
@@ -1128,7 +1154,8 @@ def write_report(args, pkgs, order, kernels, kmf, dkms, rows, facts, command):
     w(f"| kmodforge | commit `{facts['kmodforge_commit']}`, server {facts['kmodforge_server']} "
       f"(version {facts['kmodforge_server_version']}) |")
     w(f"| kmodforge builds | {'cold: every module DELETEd and re-added first' if not args.keep_cache else 'warm: --keep-cache (cache hits possible)'}; "
-      f"one build at a time; time = client wall from `POST /v1/builds` to the final state |")
+      f"{'the kernels side by side (one client per kernel)' if kmf.get('mode') == 'side_by_side' else 'one build at a time'}; "
+      "time = client wall from `POST /v1/builds` to the final state |")
     w(f"| packages | {len(order)}: {', '.join(order)} |")
     w("")
     w("Builder image preparation (`PUT /v1/kernels/{krel}`, not counted as build time): "
@@ -1177,6 +1204,11 @@ def write_report(args, pkgs, order, kernels, kmf, dkms, rows, facts, command):
         w("| kmodforge, client wall minus builder-image-with-packages time | "
           + " | ".join(f"{a - b:.1f}" for a, b in zip(sums("kmodforge_seconds"), sums("kmodforge_image_seconds")))
           + " |")
+    if kmf.get("elapsed_seconds") is not None:
+        mode = kmf.get("mode", "one_at_a_time")
+        side = kmf.get("mode") == "side_by_side"
+        w(f"| kmodforge, elapsed for all builds ({'kernels side by side' if side else 'one at a time'}) | "
+          + " | ".join("–" for _ in kernels) + f" | {kmf['elapsed_seconds']:.1f} |")
     w("| kmodforge, server job time (`build.seconds`) | "
       + " | ".join(f"{x:.1f}" for x in sums("kmodforge_server_seconds")) + " |")
     base = load_baseline_sums(args.baseline, [r["package"] for r in rows], kernels)
@@ -1293,6 +1325,10 @@ def parse_args(argv):
     ap.add_argument("--no-apt", action="store_true",
                     help="do not apt-get install anything for the DKMS side; fail if something is missing")
     ap.add_argument("--poll", type=float, default=0.2, help="GET /v1/builds/{id} interval in seconds (default %(default)s)")
+    ap.add_argument("--side-by-side", action="store_true",
+                    help="kmodforge side: build for the kernels side by side (one client per kernel, each going "
+                         "through the packages in order) instead of one build at a time; the report gives the "
+                         "elapsed time of all builds")
     ap.add_argument("--build-timeout", type=float, default=7200,
                     help="client-side limit per kmodforge build, seconds (default %(default)s)")
     args = ap.parse_args(argv)
