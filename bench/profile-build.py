@@ -2,11 +2,11 @@
 """bench/profile-build.py -- where a kmodforge build's time goes (issue 16), one package at a time.
 
   bench/profile-build.py --package PKG [--package PKG ...] [--kernel KREL] [--runs N] [--jobs N]
-                         [--server-bin PATH] [--ab NAME=VALUE] [--no-host] [--interval S] [--out DIR]
+                         [--server-bin PATH] [--ab NAME=VALUE ...] [--no-host] [--interval S] [--out DIR]
 
 For each package and run, interleaved: one cold build through a kmodforge server of this tree (started
-here on a fresh data dir, like bench/run.sh; with --ab a second server with NAME=VALUE in its environment,
-the two alternating which goes first), then the same make command with plain `make` on the host with the
+here on a fresh data dir, like bench/run.sh; each --ab adds a server with NAME=VALUE in its environment,
+the servers rotating which goes first), then the same make command with plain `make` on the host with the
 same headers (the Debian package linux-headers-KREL installed on the host, the versions the builder image
 has). While a server build runs, a sampler reads every --interval seconds (0.5):
 
@@ -649,6 +649,7 @@ def report(records):
         print(f"| {r['package']} | {r['arm']} | {r['run']} | {' | '.join(cells)} | {r.get('container_start_s', '-')} | "
               f"{r.get('unpack_eval_s', '-')} | {r.get('make_only_s', '-')}, {r.get('after_make_s', '-')} |")
     print()
+    ratio_table(records)
     print("Medians per package and arm:\n")
     print("| package | arm | runs | wall s | make step s | CPU in container (host: make) s | fuse-overlayfs s | "
           "outside (fuse, shim, daemons, server) s | other s | throttled periods | ratio wall / host make |")
@@ -667,6 +668,25 @@ def report(records):
             print(f"| {pkg} | {arm} | {len(rs)} | {med('wall_s'):.1f} | {med('build_step_s'):.1f} | "
                   f"{med('container_cpu_usage'):.1f} | {med('container_fuse'):.2f} | {med('outside_cpu_s'):.2f} | "
                   f"{med('unaccounted_cpu_s'):.1f} | {med('container_nr_throttled'):.0f} | {ratio:.2f} |")
+
+
+def ratio_table(records):
+    """The benchmark's headline: per package, each server arm's median wall time against plain make's."""
+    arms = [a for a in dict.fromkeys(r["arm"] for r in records) if a != "host"]
+    print("Cold builds against plain make on the host (medians; ratio = arm / host make):\n")
+    print("| package | host make s (runs) | " + " | ".join(f"{a} s (runs) | ratio" for a in arms) + " |")
+    print("|---|---|" + "---|---|" * len(arms))
+    for pkg in dict.fromkeys(r["package"] for r in records):
+        walls = lambda arm: [r["wall_s"] for r in records if r["package"] == pkg and r["arm"] == arm]
+        host = walls("host")
+        h = statistics.median(host) if host else float("nan")
+        cells = [f"{h:.2f} ({len(host)})"]
+        for arm in arms:
+            w = walls(arm)
+            m = statistics.median(w) if w else float("nan")
+            cells.append(f"{m:.2f} ({len(w)}) | {m / h:.2f}")
+        print(f"| {pkg} | " + " | ".join(cells) + " |")
+    print()
 
 
 def fetch_source(pkg, work):
@@ -697,10 +717,13 @@ def main():
     ap.add_argument("--package", action="append", required=True)
     ap.add_argument("--kernel", default="6.1.0-47-amd64")
     ap.add_argument("--runs", type=int, default=2)
+    ap.add_argument("--runs-for", action="append", default=[], metavar="PKG=N",
+                    help="runs for one package (a long build: openafs-modules-dkms=1)")
     ap.add_argument("--jobs", type=int, default=int(os.environ.get("KMODFORGE_JOBS", os.cpu_count())))
     ap.add_argument("--server-bin", default=os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(REPO, "target")),
                                                          "release/kmodforge-server"))
-    ap.add_argument("--ab", help="NAME=VALUE: a second server with this in its environment, interleaved")
+    ap.add_argument("--ab", action="append", default=[],
+                    help="NAME=VALUE: one more server with this in its environment, interleaved (repeatable)")
     ap.add_argument("--no-host", action="store_true")
     ap.add_argument("--warmup", type=int, default=0, help="untimed full server+host builds per package first "
                     "(a fast `MAKE=true` warm-up build per server and package always runs)")
@@ -729,8 +752,8 @@ def main():
              "load_before": read("/proc/loadavg").split()[:3]}
     say(f"machine: {facts}")
     servers = [Server(a.server_bin, work, a.jobs, {}, "server")]
-    if a.ab:
-        k, _, v = a.ab.partition("=")
+    for ab in a.ab:
+        k, _, v = ab.partition("=")
         servers.append(Server(a.server_bin, work, a.jobs, {k: v}, f"server+{k}={v}"))
     records = [facts]
     jl = open(os.path.join(out, "profile.jsonl"), "a")
@@ -762,10 +785,12 @@ def main():
                 subprocess.run(["tar", "-chf", "/dev/null", f"/lib/modules/{a.kernel}/build/",
                                 f"/usr/src/linux-headers-{a.kernel}", f"/usr/src/linux-headers-{a.kernel.rsplit('-', 1)[0]}-common"],
                                capture_output=True)
-            for i in range(a.warmup + a.runs):
+            runs = next((int(x.partition("=")[2]) for x in a.runs_for if x.partition("=")[0] == pkg), a.runs)
+            for i in range(a.warmup + runs):
                 warm = i < a.warmup
                 tag = f"{pkg}-{'warmup' if warm else 'run'}{i + 1 if warm else i - a.warmup + 1}"
-                order = servers if i % 2 == 0 else servers[::-1]
+                # Each run starts with the next server: with two, they alternate.
+                order = servers[i % len(servers):] + servers[:i % len(servers)]
                 for s in order:
                     tree, tgz = fresh_tree(src, work, f"{tag}-{len(records)}")
                     say(f"{pkg} {tag}: {s.label} build")

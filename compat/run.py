@@ -450,6 +450,52 @@ def prepare_kernels(srv, kernels):
     return out
 
 
+WARM_MODULE = "kmf-image-warmup"
+
+
+def warm_images(srv, pkgs, order, kernels, work):
+    """Builds the builder images with each package set the corpus asks for, before the timed builds (DKMS's
+    side has its Depends installed beforehand too): one throw-away module whose MAKE is `true` per package set,
+    built for every kernel side by side; its build fails (it makes no module) once the image exists."""
+    sets = sorted({tuple(pkgs[p]["settings"]["packages"]) for p in order
+                   if (pkgs[p].get("settings") or {}).get("packages")})
+    if not sets:
+        return 0.0
+    tree = work / "warm-src"
+    tree.mkdir(parents=True, exist_ok=True)
+    (tree / "dkms.conf").write_text(f'PACKAGE_NAME="{WARM_MODULE}"\nPACKAGE_VERSION="1"\nMAKE[0]="true"\n'
+                                    f'BUILT_MODULE_NAME[0]="kmf_image_warmup"\nDEST_MODULE_LOCATION[0]="/updates"\n')
+    t0 = time.monotonic()
+    for i, packages in enumerate(sets):
+        version = f"1.{i}"
+        st, data = srv.request("PUT", f"/v1/modules/{WARM_MODULE}/{version}?replace=true", tar_gz(tree),
+                               "application/gzip", timeout=600)
+        if st not in (200, 201):
+            raise Fatal(f"warm-up module: PUT answered {st}: {data[:300]!r}")
+        st, parsed, raw = srv.json("PUT", f"/v1/modules/{WARM_MODULE}/settings", {"packages": list(packages)})
+        if st != 200:
+            raise Fatal(f"warm-up module settings: {error_text(st, parsed, raw)}")
+        threads = []
+        for k in kernels:
+            def one(k=k):
+                st, parsed, raw = srv.json("POST", "/v1/builds", {"name": WARM_MODULE, "version": version,
+                                                                  "kernel": k, "arch": ARCH})
+                bid = ((parsed or {}).get("build") or {}).get("id") if isinstance(parsed, dict) else None
+                while bid:
+                    time.sleep(0.5)
+                    st, parsed, raw = srv.json("GET", f"/v1/builds/{q(bid)}")
+                    if st != 200 or parsed["build"]["state"] not in ("queued", "running"):
+                        break
+            threads.append(threading.Thread(target=one, daemon=True))
+            threads[-1].start()
+        for t in threads:
+            t.join()
+        log(f"  images with {' '.join(packages)}: ready for {', '.join(kernels)}")
+    for i in range(len(sets)):
+        srv.json("DELETE", f"/v1/modules/{WARM_MODULE}/1.{i}")
+    return round(time.monotonic() - t0, 1)
+
+
 def register(srv, pkgs, order, keep_cache):
     """DELETE (unless keep_cache) + PUT every module, then its settings. Returns {pkg: error or None}."""
     errors = {}
@@ -656,23 +702,52 @@ def run_kmodforge(srv, pkgs, order, kernels, work, args):
     log("kmodforge: registering modules"
         + ("" if args.keep_cache else " (DELETE + PUT: every build below is cold)"))
     results["register_errors"] = register(srv, pkgs, order, args.keep_cache)
-    log("kmodforge: building, one at a time")
-    for p in order:
-        for k in kernels:
-            if p in results["register_errors"]:
-                row = {"package": p, "name": pkgs[p]["name"], "version": pkgs[p]["version"], "kernel": k,
-                       "state": "error", "error": results["register_errors"][p], "files": [],
-                       "wall_seconds": None, "server_seconds": None, "failure": None, "cached": False}
-            else:
-                row = kmf_build(srv, pkgs[p], k, work, args.poll, args.build_timeout)
-            results["rows"].append(row)
-            what = row["state"] + (" (cached)" if row.get("cached") else "")
-            if row.get("failure"):
-                what += f": {row['failure'].get('kind')}: {row['failure'].get('message')}"
-            if row.get("error") and not row.get("failure"):
-                what += f": {row['error']}"
-            log(f"  {p} {k}: {what}; {fmt_s(row.get('wall_seconds'))} s client, "
-                f"{fmt_s(row.get('server_seconds'))} s server, {len(row['files'])} .ko")
+    if args.warm_images:
+        log("kmodforge: builder images with the packages' build dependencies, before the timed builds")
+        results["warm_images_seconds"] = warm_images(srv, pkgs, order, kernels, work)
+    def one(p, k):
+        if p in results["register_errors"]:
+            row = {"package": p, "name": pkgs[p]["name"], "version": pkgs[p]["version"], "kernel": k,
+                   "state": "error", "error": results["register_errors"][p], "files": [],
+                   "wall_seconds": None, "server_seconds": None, "failure": None, "cached": False}
+        else:
+            row = kmf_build(srv, pkgs[p], k, work, args.poll, args.build_timeout)
+        what = row["state"] + (" (cached)" if row.get("cached") else "")
+        if row.get("failure"):
+            what += f": {row['failure'].get('kind')}: {row['failure'].get('message')}"
+        if row.get("error") and not row.get("failure"):
+            what += f": {row['error']}"
+        log(f"  {p} {k}: {what}; {fmt_s(row.get('wall_seconds'))} s client, "
+            f"{fmt_s(row.get('server_seconds'))} s server, {len(row['files'])} .ko")
+        return row
+
+    t0 = time.monotonic()
+    if args.side_by_side and len(kernels) > 1:
+        # One client per kernel, each through the packages in build order (a dependency before its
+        # dependants); the server runs the builds for different kernels side by side (KMODFORGE_MAX_BUILDS).
+        log(f"kmodforge: building, the {len(kernels)} kernels side by side")
+        per_kernel = {k: [] for k in kernels}
+
+        def stream(k):
+            for p in order:
+                per_kernel[k].append(one(p, k))
+
+        threads = [threading.Thread(target=stream, args=(k,), daemon=True) for k in kernels]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        by_key = {(r["package"], r["kernel"]): r for rows in per_kernel.values() for r in rows}
+        results["rows"] = [by_key[(p, k)] for p in order for k in kernels if (p, k) in by_key]
+        results["mode"] = "side_by_side"
+    else:
+        log("kmodforge: building, one at a time")
+        for p in order:
+            for k in kernels:
+                results["rows"].append(one(p, k))
+        results["mode"] = "one_at_a_time"
+    results["elapsed_seconds"] = round(time.monotonic() - t0, 1)
+    log(f"kmodforge: all builds done in {results['elapsed_seconds']} s ({results['mode'].replace('_', ' ')})")
     return results
 
 
@@ -1128,7 +1203,8 @@ def write_report(args, pkgs, order, kernels, kmf, dkms, rows, facts, command):
     w(f"| kmodforge | commit `{facts['kmodforge_commit']}`, server {facts['kmodforge_server']} "
       f"(version {facts['kmodforge_server_version']}) |")
     w(f"| kmodforge builds | {'cold: every module DELETEd and re-added first' if not args.keep_cache else 'warm: --keep-cache (cache hits possible)'}; "
-      f"one build at a time; time = client wall from `POST /v1/builds` to the final state |")
+      f"{'the kernels side by side (one client per kernel)' if kmf.get('mode') == 'side_by_side' else 'one build at a time'}; "
+      "time = client wall from `POST /v1/builds` to the final state |")
     w(f"| packages | {len(order)}: {', '.join(order)} |")
     w("")
     w("Builder image preparation (`PUT /v1/kernels/{krel}`, not counted as build time): "
@@ -1177,6 +1253,13 @@ def write_report(args, pkgs, order, kernels, kmf, dkms, rows, facts, command):
         w("| kmodforge, client wall minus builder-image-with-packages time | "
           + " | ".join(f"{a - b:.1f}" for a, b in zip(sums("kmodforge_seconds"), sums("kmodforge_image_seconds")))
           + " |")
+    if kmf.get("elapsed_seconds") is not None:
+        mode = kmf.get("mode", "one_at_a_time")
+        side = kmf.get("mode") == "side_by_side"
+        warm = kmf.get("warm_images_seconds")
+        w(f"| kmodforge, elapsed for all builds ({'kernels side by side' if side else 'one at a time'}"
+          + (f"; images with build dependencies made beforehand, {warm:.0f} s, not counted" if warm else "") + ") | "
+          + " | ".join("–" for _ in kernels) + f" | {kmf['elapsed_seconds']:.1f} |")
     w("| kmodforge, server job time (`build.seconds`) | "
       + " | ".join(f"{x:.1f}" for x in sums("kmodforge_server_seconds")) + " |")
     base = load_baseline_sums(args.baseline, [r["package"] for r in rows], kernels)
@@ -1293,6 +1376,13 @@ def parse_args(argv):
     ap.add_argument("--no-apt", action="store_true",
                     help="do not apt-get install anything for the DKMS side; fail if something is missing")
     ap.add_argument("--poll", type=float, default=0.2, help="GET /v1/builds/{id} interval in seconds (default %(default)s)")
+    ap.add_argument("--warm-images", action="store_true",
+                    help="kmodforge side: build the builder images with the packages' build dependencies "
+                         "(settings.packages) before the timed builds, as DKMS's side has them installed")
+    ap.add_argument("--side-by-side", action="store_true",
+                    help="kmodforge side: build for the kernels side by side (one client per kernel, each going "
+                         "through the packages in order) instead of one build at a time; the report gives the "
+                         "elapsed time of all builds")
     ap.add_argument("--build-timeout", type=float, default=7200,
                     help="client-side limit per kmodforge build, seconds (default %(default)s)")
     args = ap.parse_args(argv)

@@ -167,7 +167,7 @@ pub struct Sandbox {
 /// Switches for A/B measurements of the build sandbox (issue 16, docs/BUILD-PROFILE.md),
 /// read once from the environment when the sandbox is made. All off by default, and
 /// none is a supported setting: each removes one suspect from a build to measure it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Experiments {
     /// `KMODFORGE_EXPERIMENT_NO_CPU_QUOTA=1`: no CFS quota (`--cpus`) on job
     /// containers; memory, pids and every isolation switch stay.
@@ -176,6 +176,16 @@ pub struct Experiments {
     /// volume (the engine's disk, removed with the container) instead of a tmpfs
     /// that counts against the memory limit.
     pub disk_build_tree: bool,
+    /// `KMODFORGE_EXPERIMENT_NO_ETC_VOLUME=1`: the image's `/etc` stays on the
+    /// image's own filesystem (fuse-overlayfs here) instead of a read-only volume
+    /// like `/usr`: the "before" arm of that fix.
+    pub no_etc_volume: bool,
+    /// `KMODFORGE_EXPERIMENT_RUNTIME=<name>`: job containers run under that OCI
+    /// runtime registered with the engine (`bench/kernel-overlay-runtime.sh`
+    /// registers one that is runc with the image's layers on the kernel's
+    /// overlayfs instead of fuse-overlayfs: what an overlay2 engine does). Every
+    /// other part of the container stays.
+    pub runtime: Option<String>,
 }
 
 impl Experiments {
@@ -184,6 +194,10 @@ impl Experiments {
         let e = Experiments {
             no_cpu_quota: on("KMODFORGE_EXPERIMENT_NO_CPU_QUOTA"),
             disk_build_tree: on("KMODFORGE_EXPERIMENT_DISK_BUILD_TREE"),
+            no_etc_volume: on("KMODFORGE_EXPERIMENT_NO_ETC_VOLUME"),
+            runtime: std::env::var("KMODFORGE_EXPERIMENT_RUNTIME")
+                .ok()
+                .filter(|r| !r.is_empty()),
         };
         if e != Experiments::default() {
             tracing::warn!(experiments = ?e, "sandbox experiments on (measurement only)");
@@ -268,6 +282,11 @@ impl Sandbox {
     }
 
     /// The engine the sandbox runs its containers on.
+    /// The measurement switches this sandbox was made with.
+    pub fn experiments(&self) -> &Experiments {
+        &self.experiments
+    }
+
     pub fn engine(&self) -> &Arc<dyn ContainerEngine> {
         &self.engine
     }
@@ -321,7 +340,7 @@ impl Sandbox {
             mode: 0o755,
             owner: Some(JOB_USER),
         };
-        let x = self.experiments;
+        let x = &self.experiments;
         let mut tmpfs = vec![Tmpfs {
             target: "/tmp".to_string(),
             size_bytes: TMP_BYTES,
@@ -389,6 +408,7 @@ impl Sandbox {
                 drop_all_capabilities: true,
                 no_new_privileges: true,
             },
+            runtime: x.runtime.clone(),
         }
     }
 
@@ -714,9 +734,12 @@ mod tests {
         let mut sandbox = Sandbox::new(engine, limits(), "replica-a".into());
         let dirs = vec!["foo-1.0".to_string()];
         let base = sandbox.container_config(&spec("b1", &dirs, &[]));
+        assert_eq!(base.runtime, None);
         sandbox.experiments = Experiments {
             no_cpu_quota: true,
             disk_build_tree: true,
+            no_etc_volume: true,
+            runtime: Some("kmf-kernel-overlay".into()),
         };
         let x = sandbox.container_config(&spec("b1", &dirs, &[]));
         assert_eq!(x.limits.cpus, 0);
@@ -724,6 +747,7 @@ mod tests {
         assert_eq!(x.limits.pids, base.limits.pids);
         assert_eq!(x.isolation, base.isolation);
         assert_eq!(x.user, base.user);
+        assert_eq!(x.runtime.as_deref(), Some("kmf-kernel-overlay"));
         assert!(!x.tmpfs.iter().any(|t| t.target == DKMS_TREE));
         assert_eq!(x.tmpfs.len(), base.tmpfs.len() - 1);
         assert_eq!(

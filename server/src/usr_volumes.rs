@@ -10,9 +10,13 @@
 //!
 //! So for each builder image, the directories under `/usr` (and, one level deeper,
 //! under `/usr/src`, which must stay a plain directory of the image so that the
-//! per-module tmpfs mount points `/usr/src/<m>-<v>` can be created in it) are copied
-//! once into named volumes, by Docker's own copy-on-first-mount, and mounted
-//! read-only into every build container. The copy is checked (same entry count as
+//! per-module tmpfs mount points `/usr/src/<m>-<v>` can be created in it) and `/etc`
+//! are copied once into named volumes, by Docker's own copy-on-first-mount, and
+//! mounted read-only into every build container. `/etc` because every process start
+//! reads `/etc/ld.so.cache`: through fuse-overlayfs that was 4 of the 16.5 FUSE
+//! requests a process start costs (`bench/fuse-requests.sh`; issue 16,
+//! docs/BUILD-PROFILE.md). The engine still mounts its own `/etc/hosts`,
+//! `/etc/hostname` and `/etc/resolv.conf` over the read-only volume. The copy is checked (same entry count as
 //! the image) before use; anything that goes wrong falls back to building without
 //! volumes, which is slower but the same. Volumes are named and labelled by image ID,
 //! so a new image gets new volumes and a build never sees another image's files.
@@ -28,6 +32,10 @@ use crate::sandbox::{ContainerSpec, Sandbox, SOURCE_TREE};
 
 /// Label naming the image a volume was copied from.
 pub(crate) const IMAGE_LABEL: &str = "kmodforge.image";
+/// Label naming the directory of the image a volume holds (its mount target).
+pub(crate) const TARGET_LABEL: &str = "kmodforge.target";
+/// The image's `/etc`, on a volume unless `KMODFORGE_EXPERIMENT_NO_ETC_VOLUME=1`.
+const ETC: &str = "/etc";
 
 /// (volume name, mount target) pairs for one image.
 pub type UsrVolumes = Vec<(String, String)>;
@@ -100,11 +108,12 @@ impl UsrVolumeCache {
                 )
             })
             .collect();
-        for (name, _) in &volumes {
+        for (name, target) in &volumes {
             let labels = Labels::from([
                 ("kmodforge".to_string(), "1".to_string()),
                 (IMAGE_LABEL.to_string(), image.image.id.clone()),
                 ("kmodforge.tag".to_string(), image.image.tag.clone()),
+                (TARGET_LABEL.to_string(), target.clone()),
             ]);
             self.engine
                 .create_volume(name, &labels)
@@ -129,20 +138,19 @@ impl UsrVolumeCache {
         Ok(volumes)
     }
 
-    /// The directories to put on volumes: `/usr/*` but `/usr/src`, and `/usr/src/*`.
+    /// The directories to put on volumes: `/usr/*` but `/usr/src`, `/usr/src/*`, and
+    /// `/etc` (unless the experiment switch keeps it on the image's filesystem).
     async fn targets(&self, image_id: &str) -> Result<Vec<String>, VolumeError> {
-        let script = format!(
+        let mut script = format!(
             "find /usr -mindepth 1 -maxdepth 1 -type d ! -path {SOURCE_TREE} -print; \
              find {SOURCE_TREE} -mindepth 1 -maxdepth 1 -type d -print"
         );
+        let etc = !self.sandbox.experiments().no_etc_volume;
+        if etc {
+            script.push_str(&format!("; find {ETC} -maxdepth 0 -type d -print"));
+        }
         let out = self.run(image_id, &[], &script).await?;
-        let mut targets: Vec<String> = out
-            .lines()
-            // A mount target with a space, `:` or `,` would need quoting; Debian has none.
-            .filter(|l| l.starts_with("/usr/") && !l.contains([' ', ':', ',']))
-            .map(str::to_string)
-            .collect();
-        targets.sort();
+        let targets = volume_targets(&out, etc);
         if targets.is_empty() {
             return Err(VolumeError::NoTargets);
         }
@@ -212,6 +220,19 @@ enum VolumeError {
     Script { script: String, exit: Option<i64> },
 }
 
+/// The mount targets among the directories `targets`'s script printed, sorted.
+fn volume_targets(out: &str, etc: bool) -> Vec<String> {
+    let mut targets: Vec<String> = out
+        .lines()
+        .filter(|l| l.starts_with("/usr/") || (etc && *l == ETC))
+        // A mount target with a space, `:` or `,` would need quoting; Debian has none.
+        .filter(|l| !l.contains([' ', ':', ',']))
+        .map(str::to_string)
+        .collect();
+    targets.sort();
+    targets
+}
+
 /// `-usr-lib`, `-usr-src-linux-headers-6.1.0-47-amd64`: the target in volume-name
 /// characters (`[a-zA-Z0-9_.-]`).
 fn volume_suffix(target: &str) -> String {
@@ -234,5 +255,22 @@ mod tests {
             "-usr-src-linux-headers-6.1.0-47-amd64"
         );
         assert_eq!(super::volume_suffix("/usr/src/a+b"), "-usr-src-a-b");
+        assert_eq!(super::volume_suffix("/etc"), "-etc");
+    }
+
+    #[test]
+    fn targets_are_usr_dirs_and_etc() {
+        let out =
+            "/usr/lib\n/usr/bin\n/usr/src/linux-headers-6.1.0-47-amd64\n/usr/a b\n/etc\n/var\n";
+        assert_eq!(
+            super::volume_targets(out, true),
+            [
+                "/etc",
+                "/usr/bin",
+                "/usr/lib",
+                "/usr/src/linux-headers-6.1.0-47-amd64"
+            ]
+        );
+        assert!(!super::volume_targets(out, false).contains(&"/etc".to_string()));
     }
 }

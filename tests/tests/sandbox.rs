@@ -83,6 +83,7 @@ async fn job_container_follows_the_sandbox_policy() -> Result<()> {
         .take(12)
         .collect();
     let mut usr_volumes = 0;
+    let mut etc_volume = false;
     for m in inspect.mounts.clone().unwrap_or_default() {
         match m.typ.as_deref() {
             Some("tmpfs") => {}
@@ -92,18 +93,20 @@ async fn job_container_follows_the_sandbox_policy() -> Result<()> {
                 ensure!(
                     m.rw == Some(false)
                         && name.starts_with(&format!("kmodforge-usr-{image_short}-"))
-                        && target.starts_with("/usr/"),
-                    "a volume that is not the image's own read-only /usr: {m:?}"
+                        && (target.starts_with("/usr/") || target == "/etc"),
+                    "a volume that is not the image's own read-only /usr or /etc: {m:?}"
                 );
                 usr_volumes += 1;
+                etc_volume |= target == "/etc";
             }
-            _ => bail!("a mount that is neither tmpfs nor an image /usr volume: {m:?}"),
+            _ => bail!("a mount that is neither tmpfs nor an image /usr or /etc volume: {m:?}"),
         }
     }
     ensure!(
         usr_volumes > 0,
         "the image's /usr is not on volumes (KMODFORGE_USR_VOLUMES defaults to on)"
     );
+    ensure!(etc_volume, "the image's /etc is not on a read-only volume");
     let tmpfs = host.tmpfs.clone().unwrap_or_default();
     ensure!(
         tmpfs.contains_key("/tmp") && tmpfs.contains_key("/var/lib/dkms"),

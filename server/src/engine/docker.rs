@@ -153,6 +153,7 @@ fn container_body(c: &ContainerConfig) -> ContainerCreateBody {
                 .collect(),
         ),
         auto_remove: Some(false),
+        runtime: c.runtime.clone(),
         ..Default::default()
     };
     ContainerCreateBody {
@@ -525,6 +526,7 @@ mod tests {
                 drop_all_capabilities: true,
                 no_new_privileges: true,
             },
+            runtime: None,
         }
     }
 
@@ -590,6 +592,10 @@ mod tests {
         assert_eq!(mounts[1].source, None);
         assert_eq!(mounts[1].read_only, Some(false));
         assert_eq!(mounts[1].typ, Some(MountType::VOLUME));
+        assert_eq!(h.runtime, None);
+        c.runtime = Some("kmf-kernel-overlay".into());
+        let h = container_body(&c).host_config.expect("host config");
+        assert_eq!(h.runtime.as_deref(), Some("kmf-kernel-overlay"));
     }
 
     #[test]

@@ -137,6 +137,9 @@ pub struct ContainerConfig {
     pub volumes: Vec<VolumeMount>,
     pub limits: ResourceLimits,
     pub isolation: Isolation,
+    /// The engine's OCI runtime to run it under; `None`: the engine's default.
+    /// Only a measurement switch sets it (`KMODFORGE_EXPERIMENT_RUNTIME`).
+    pub runtime: Option<String>,
 }
 
 /// A container found by [`ContainerEngine::list_containers`].
