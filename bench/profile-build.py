@@ -723,7 +723,7 @@ def main():
     ap.add_argument("--server-bin", default=os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(REPO, "target")),
                                                          "release/kmodforge-server"))
     ap.add_argument("--ab", action="append", default=[],
-                    help="NAME=VALUE: one more server with this in its environment, interleaved (repeatable)")
+                    help="'NAME=VALUE [NAME=VALUE ...]': one more server with these in its environment, interleaved (repeatable)")
     ap.add_argument("--no-host", action="store_true")
     ap.add_argument("--warmup", type=int, default=0, help="untimed full server+host builds per package first "
                     "(a fast `MAKE=true` warm-up build per server and package always runs)")
@@ -753,8 +753,8 @@ def main():
     say(f"machine: {facts}")
     servers = [Server(a.server_bin, work, a.jobs, {}, "server")]
     for ab in a.ab:
-        k, _, v = ab.partition("=")
-        servers.append(Server(a.server_bin, work, a.jobs, {k: v}, f"server+{k}={v}"))
+        env = dict(kv.partition("=")[::2] for kv in ab.split())
+        servers.append(Server(a.server_bin, work, a.jobs, env, "server+" + "+".join(ab.split())))
     records = [facts]
     jl = open(os.path.join(out, "profile.jsonl"), "a")
     jl.write(json.dumps(facts) + "\n")
