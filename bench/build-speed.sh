@@ -38,8 +38,8 @@ pkgs=(--package r8152 --package v4l2loopback-dkms)
 ((quick)) || pkgs+=(--package lttng-modules-dkms --package openafs-modules-dkms)
 args=("${pkgs[@]}" --runs "$runs" --runs-for "openafs-modules-dkms=$openafs_runs" --out "$out" "${ab[@]}")
 if ((floor)); then
-  bench/kernel-overlay-runtime.sh install
-  trap 'bench/kernel-overlay-runtime.sh uninstall' EXIT
+  bench/kernel-overlay-runtime.sh install >&2
+  trap 'bench/kernel-overlay-runtime.sh uninstall >&2' EXIT
   # Without the /usr and /etc volumes: on the kernel's overlayfs they change nothing, and their check
   # (entry counts with and without) differs under this runtime, which made the arm remove the volumes the
   # other arms share (Docker then made them again, copying the image, on their next build).
