@@ -281,12 +281,12 @@ impl Sandbox {
         Ok(self)
     }
 
-    /// The engine the sandbox runs its containers on.
     /// The measurement switches this sandbox was made with.
     pub fn experiments(&self) -> &Experiments {
         &self.experiments
     }
 
+    /// The engine the sandbox runs its containers on.
     pub fn engine(&self) -> &Arc<dyn ContainerEngine> {
         &self.engine
     }
