@@ -10,6 +10,19 @@ images/bootstrap-base.sh bookworm debian:bookworm-slim
 scripts/services.sh start
 # shellcheck disable=SC1091
 source "${KMODFORGE_SERVICES_DIR:-/tmp/kmodforge-services}/env"
+# Cargo's build output is a local cache like the images and the tools: one target
+# directory kept across clones (CI runs on a fresh clone each time), so a run
+# compiles only what changed. A clone elsewhere rebuilds the workspace's own crates
+# (cargo keys them by path) and reuses every dependency. An explicit
+# CARGO_TARGET_DIR wins; the cache is emptied when it outgrows 20 GiB.
+if [[ -z ${CARGO_TARGET_DIR:-} ]]; then
+  export CARGO_TARGET_DIR="${KMODFORGE_CARGO_TARGET:-$HOME/.cache/kmodforge/target}"
+  mkdir -p "$CARGO_TARGET_DIR"
+  if (($(du -s --block-size=1G "$CARGO_TARGET_DIR" | cut -f1) > 20)); then
+    echo "test.sh: $CARGO_TARGET_DIR is over 20 GiB: emptying it" >&2
+    rm -rf "${CARGO_TARGET_DIR:?}"/*
+  fi
+fi
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # Build every test binary first, then run two groups side by side: the unit,
