@@ -592,6 +592,43 @@ def host_make(pkg, name, ver, kernel, tree, make_cmd, work, tag):
             "log_bytes": os.path.getsize(os.path.join(build, "make.log")), "make": cmd}
 
 
+def host_dkms(pkg, name, ver, kernel, tree, work, tag):
+    """The real DKMS on the host: `dkms add` (untimed, as the server's upload is), then `dkms build` timed."""
+    usr_src = f"/usr/src/{name}-{ver}"
+
+    def dkms(*args, check=True):
+        r = subprocess.run(["dkms", *args], capture_output=True, text=True)
+        if check and r.returncode:
+            die(f"dkms {' '.join(args)} of {pkg} ({tag}) failed (exit {r.returncode}): {(r.stdout + r.stderr)[-3000:]}")
+        return r
+
+    dkms("remove", "-m", name, "-v", ver, "--all", check=False)
+    shutil.rmtree(f"/var/lib/dkms/{name}", ignore_errors=True)
+    shutil.rmtree(usr_src, ignore_errors=True)
+    shutil.copytree(tree, usr_src, symlinks=True)
+    try:
+        dkms("add", "-m", name, "-v", ver)
+        t0 = time.monotonic()
+        busy0 = machine_busy()
+        p = subprocess.Popen(["dkms", "build", "-m", name, "-v", ver, "-k", kernel], stdin=subprocess.DEVNULL,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        out = p.stdout.read()
+        _, status, ru = os.wait4(p.pid, 0)
+        wall = time.monotonic() - t0
+        busy = machine_busy() - busy0
+        rc = os.waitstatus_to_exitcode(status)
+        if rc != 0:
+            die(f"dkms build of {pkg} ({tag}) failed (exit {rc}): {out.decode(errors='replace')[-3000:]}")
+        log = read(f"/var/lib/dkms/{name}/{ver}/build/make.log", "")
+    finally:
+        dkms("remove", "-m", name, "-v", ver, "--all", check=False)
+        shutil.rmtree(f"/var/lib/dkms/{name}", ignore_errors=True)
+        shutil.rmtree(usr_src, ignore_errors=True)
+    return {"arm": "host dkms", "package": pkg, "run": tag, "wall_s": round(wall, 3), "cpu_user_s": ru.ru_utime,
+            "cpu_system_s": ru.ru_stime, "cpu_s": ru.ru_utime + ru.ru_stime, "minflt": ru.ru_minflt,
+            "majflt": ru.ru_majflt, "maxrss_kib": ru.ru_maxrss, "machine_busy_s": busy, "log_bytes": len(log)}
+
+
 # ------------------------------------------------------------------ report
 def mib(b):
     return f"{b / 1048576:.0f}"
@@ -615,11 +652,13 @@ def row_server(r):
 
 
 def row_host(r):
-    return (f"| {r['package']} | host make | {r['run']} | {r['wall_s']:.1f} | {r['wall_s']:.1f} | "
+    return (f"| {r['package']} | {HOST_ARMS[r['arm']]} | {r['run']} | {r['wall_s']:.1f} | {r['wall_s']:.1f} | "
             f"{r['cpu_s']:.1f} ({r['cpu_user_s']:.1f} / {r['cpu_system_s']:.1f}) | {r['cpu_s']:.1f} | - | - | - | "
             f"{r['machine_busy_s'] - r['cpu_s']:.1f} | {r['machine_busy_s']:.1f} | - | - | - | "
             f"{r['minflt'] / 1e6:.2f}M / {r['majflt']} | - | - | {r['log_bytes'] / 1024:.0f} |")
 
+
+HOST_ARMS = {"host": "host make", "host dkms": "host dkms build"}
 
 HEAD = ("| package | arm | run | wall s | make step s | CPU in container s (user / sys) | of it in make step s | "
         "fuse-overlayfs CPU s | shim + dockerd + containerd CPU s | server CPU s | other CPU s | machine busy s | "
@@ -631,7 +670,7 @@ HEAD = ("| package | arm | run | wall s | make step s | CPU in container s (user
 def report(records):
     print(HEAD)
     for r in records:
-        print(row_server(r) if r["arm"] != "host" else row_host(r))
+        print(row_server(r) if r["arm"] not in HOST_ARMS else row_host(r))
     print()
     print("Phases of the server builds (wall from the client-stamped log; CPU of the container and of its "
           "fuse-overlayfs process in each):\n")
@@ -640,7 +679,7 @@ def report(records):
           "after make (check, strip -g) s |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in records:
-        if r["arm"] == "host":
+        if r["arm"] in HOST_ARMS:
             continue
         cells = []
         for ph in ("submit", "make", "collect+store"):
@@ -661,9 +700,9 @@ def report(records):
         med = lambda k: statistics.median(x.get(k, 0) or 0 for x in rs)
         host = groups.get((pkg, "host"))
         ratio = (med("wall_s") / statistics.median(x["wall_s"] for x in host)) if host else float("nan")
-        if arm == "host":
-            print(f"| {pkg} | host make | {len(rs)} | {med('wall_s'):.1f} | {med('wall_s'):.1f} | {med('cpu_s'):.1f} | - | - | "
-                  f"{statistics.median(x['machine_busy_s'] - x['cpu_s'] for x in rs):.1f} | - | 1.00 |")
+        if arm in HOST_ARMS:
+            print(f"| {pkg} | {HOST_ARMS[arm]} | {len(rs)} | {med('wall_s'):.1f} | {med('wall_s'):.1f} | {med('cpu_s'):.1f} | - | - | "
+                  f"{statistics.median(x['machine_busy_s'] - x['cpu_s'] for x in rs):.1f} | - | {ratio:.2f} |")
         else:
             print(f"| {pkg} | {arm} | {len(rs)} | {med('wall_s'):.1f} | {med('build_step_s'):.1f} | "
                   f"{med('container_cpu_usage'):.1f} | {med('container_fuse'):.2f} | {med('outside_cpu_s'):.2f} | "
@@ -673,6 +712,7 @@ def report(records):
 def ratio_table(records):
     """The benchmark's headline: per package, each server arm's median wall time against plain make's."""
     arms = [a for a in dict.fromkeys(r["arm"] for r in records) if a != "host"]
+    arms.sort(key=lambda a: a != "host dkms")  # DKMS first, then the server arms
     print("Cold builds against plain make on the host (medians; ratio = arm / host make):\n")
     print("| package | host make s (runs) | " + " | ".join(f"{a} s (runs) | ratio" for a in arms) + " |")
     print("|---|---|" + "---|---|" * len(arms))
@@ -685,6 +725,23 @@ def ratio_table(records):
             w = walls(arm)
             m = statistics.median(w) if w else float("nan")
             cells.append(f"{m:.2f} ({len(w)}) | {m / h:.2f}")
+        print(f"| {pkg} | " + " | ".join(cells) + " |")
+    print()
+    if "host dkms" not in arms:
+        return
+    print("The same against the real DKMS on the host (`dkms build`; ratio = arm / dkms build):\n")
+    server_arms = [a for a in arms if a != "host dkms"]
+    print("| package | dkms build s (runs) | " + " | ".join(f"{a} s | ratio" for a in server_arms) + " |")
+    print("|---|---|" + "---|---|" * len(server_arms))
+    for pkg in dict.fromkeys(r["package"] for r in records):
+        walls = lambda arm: [r["wall_s"] for r in records if r["package"] == pkg and r["arm"] == arm]
+        d = walls("host dkms")
+        h = statistics.median(d) if d else float("nan")
+        cells = [f"{h:.2f} ({len(d)})"]
+        for arm in server_arms:
+            w = walls(arm)
+            m = statistics.median(w) if w else float("nan")
+            cells.append(f"{m:.2f} | {m / h:.2f}")
         print(f"| {pkg} | " + " | ".join(cells) + " |")
     print()
 
@@ -725,6 +782,8 @@ def main():
     ap.add_argument("--ab", action="append", default=[],
                     help="'NAME=VALUE [NAME=VALUE ...]': one more server with these in its environment, interleaved (repeatable)")
     ap.add_argument("--no-host", action="store_true")
+    ap.add_argument("--dkms", action="store_true",
+                    help="also the real DKMS on the host (`dkms add`, then `dkms build` timed) in every run")
     ap.add_argument("--warmup", type=int, default=0, help="untimed full server+host builds per package first "
                     "(a fast `MAKE=true` warm-up build per server and package always runs)")
     ap.add_argument("--settings", action="append", default=[], help="PKG=JSON module settings (PUT /v1/modules/NAME/settings)")
@@ -735,6 +794,8 @@ def main():
         die("run as root (the sampler reads /proc/PID/syscall of the container's processes)")
     if not os.access(a.server_bin, os.X_OK):
         die(f"{a.server_bin} does not exist: cargo build --release -p kmodforge-server (or --server-bin)")
+    if a.dkms and not shutil.which("dkms"):
+        die("--dkms: no dkms on this host (apt-get install dkms)")
     if not a.no_host and not os.path.isdir(f"/lib/modules/{a.kernel}/build/"):
         die(f"no host headers for {a.kernel}: apt-get install linux-headers-{a.kernel} (or --no-host)")
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -807,6 +868,13 @@ def main():
                         die("no 'make command:' line in the build log")
                     rec = host_make(pkg, name, ver, a.kernel, tree, make_cmd, work, tag)
                     say(f"  host make: {rec['wall_s']} s (CPU {rec['cpu_s']:.1f} s)")
+                    if not warm:
+                        records.append(rec)
+                        jl.write(json.dumps(rec) + "\n")
+                        jl.flush()
+                if a.dkms:
+                    rec = host_dkms(pkg, name, ver, a.kernel, tree, work, tag)
+                    say(f"  host dkms build: {rec['wall_s']} s (CPU {rec['cpu_s']:.1f} s)")
                     if not warm:
                         records.append(rec)
                         jl.write(json.dumps(rec) + "\n")
