@@ -3,7 +3,8 @@
 # read-only root, tmpfs); counts the fuse-overlayfs daemon's read(2) calls on /dev/fuse (one per request), then
 # names the paths behind them with strace on the daemon (50 execs). With the image's /etc volume (issue 16), also
 # the counts without it, first. Needs root, strace, and the image's /usr
-# volumes (kmodforge-usr-<image id>-*: a server made them for a build). Makes one container, removes it.
+# volumes (kmodforge-usr-<image id>-*: a server made them for a build). Makes one container, removes it. With
+# bench/fuse-overlayfs-opts.sh installed, also the counts with fuse-overlayfs -o noacl.
 # Issue 16: docs/BUILD-PROFILE.md.
 set -euo pipefail
 img=kmodforge-builder:debian-bookworm-${1:-6.1.0-47-amd64}
@@ -59,3 +60,18 @@ command -v strace >/dev/null && {
   sleep 0.5; kill $sp; wait $sp 2>/dev/null || true
   sed -E 's/^[0-9]+ +//; s/0x[0-9a-f]+/X/g; s/= [0-9]+.*$//; s/= -1.*$/= ERR/' "$out" | sed -E 's/\(([0-9]+|AT_FDCWD), /(fd, /' | sort | uniq -c | sort -rn | head -25
 }
+# Issue 16, phase 3: the same counts with fuse-overlayfs's `noacl` (no POSIX ACL support announced to the kernel,
+# so no ACL look-up per permission check), when bench/fuse-overlayfs-opts.sh's wrapper is installed.
+if [[ $("$(dirname "$0")"/fuse-overlayfs-opts.sh status) == installed* ]]; then
+  docker rm -f $c >/dev/null
+  echo "--- as a job container, its root mounted with fuse-overlayfs -o noacl"
+  echo noacl >/run/kmf-fuse-opts
+  c=$(start "${mounts[@]}"); rm -f /run/kmf-fuse-opts; fp=$(daemon $c)
+  run "exec baseline (bash -c true)" "true"
+  run "200 x /bin/true" 'for i in $(seq 200); do /bin/true; done'
+  run "200 x /usr/bin/true" 'for i in $(seq 200); do /usr/bin/true; done'
+  run "200 x sh -c :" 'for i in $(seq 200); do sh -c :; done'
+  run "20 x gcc -c empty.c" 'cd /tmp && : > e.c && for i in $(seq 20); do gcc -c e.c -o e.o; done'
+else
+  echo "(bench/fuse-overlayfs-opts.sh install: also the counts with fuse-overlayfs -o noacl)"
+fi

@@ -27,6 +27,7 @@ index that knows the *-dkms packages (tests/fixtures/fetch-debian-dkms.sh; r8152
 bench/r8152-source.sh when PKG is "r8152").
 """
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -432,6 +433,25 @@ class Server:
             self.proc.wait()
 
 
+FUSE_OPTS_FILE = "/run/kmf-fuse-opts"
+
+
+@contextlib.contextmanager
+def fuse_opts(srv):
+    """An arm with KMF_BENCH_FUSE_OPTS=OPTS: its job containers' roots mounted by fuse-overlayfs with `-o OPTS`
+    (the wrapper of bench/fuse-overlayfs-opts.sh reads the file at each container start)."""
+    opts = srv.env_extra.get("KMF_BENCH_FUSE_OPTS")
+    if not opts:
+        yield
+        return
+    with open(FUSE_OPTS_FILE, "w") as f:
+        f.write(opts)
+    try:
+        yield
+    finally:
+        os.unlink(FUSE_OPTS_FILE)
+
+
 def fresh_tree(src, work, tag):
     out = os.path.join(work, "trees", tag)
     shutil.rmtree(out, ignore_errors=True)
@@ -798,6 +818,10 @@ def main():
         die("--dkms: no dkms on this host (apt-get install dkms)")
     if not a.no_host and not os.path.isdir(f"/lib/modules/{a.kernel}/build/"):
         die(f"no host headers for {a.kernel}: apt-get install linux-headers-{a.kernel} (or --no-host)")
+    if any("KMF_BENCH_FUSE_OPTS=" in ab for ab in a.ab):
+        st = subprocess.run([os.path.join(REPO, "bench/fuse-overlayfs-opts.sh"), "status"], capture_output=True, text=True)
+        if not st.stdout.startswith("installed"):
+            die("an arm sets KMF_BENCH_FUSE_OPTS: bench/fuse-overlayfs-opts.sh install first")
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     out = a.out or os.path.join(REPO, "bench/results", f"profile-{stamp}")
     os.makedirs(out, exist_ok=True)
@@ -840,7 +864,8 @@ def main():
                         die(f"PUT /v1/modules/{name}/settings: {code} {body[:300]!r}")
             make_cmd = None
             for s in servers:
-                warm_server(s, src, name, ver, a.kernel, work, f"{pkg}-warm-{s.label}")
+                with fuse_opts(s):
+                    warm_server(s, src, name, ver, a.kernel, work, f"{pkg}-warm-{s.label}")
             if not a.no_host:
                 # The host's copy of the headers into the page cache, as the warm-up did for the volumes.
                 subprocess.run(["tar", "-chf", "/dev/null", f"/lib/modules/{a.kernel}/build/",
@@ -855,7 +880,8 @@ def main():
                 for s in order:
                     tree, tgz = fresh_tree(src, work, f"{tag}-{len(records)}")
                     say(f"{pkg} {tag}: {s.label} build")
-                    rec, mc = server_build(s, pkg, name, ver, a.kernel, tree, tgz, a.interval, out, f"{tag}-{s.label}")
+                    with fuse_opts(s):
+                        rec, mc = server_build(s, pkg, name, ver, a.kernel, tree, tgz, a.interval, out, f"{tag}-{s.label}")
                     make_cmd = make_cmd or mc
                     say(f"  {s.label}: {rec['wall_s']} s (make step {rec.get('build_step_s')} s, container CPU "
                         f"{rec.get('container_cpu_usage', 0):.1f} s, throttled {rec.get('container_nr_throttled')})")
