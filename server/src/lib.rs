@@ -101,11 +101,18 @@ pub async fn init(config: &Config) -> Result<AppState, StartError> {
         .replica_id
         .clone()
         .unwrap_or_else(|| owner_id(&config.data_dir));
-    let engine: Arc<dyn engine::ContainerEngine> = Arc::new(
-        engine::docker::DockerEngine::connect()
-            .await
-            .map_err(sandbox::SandboxError::from)?,
-    );
+    let docker = engine::docker::DockerEngine::connect()
+        .await
+        .map_err(sandbox::SandboxError::from)?;
+    match docker.storage_driver().await {
+        Ok(Some(driver)) => match engine::docker::fuse_overlayfs_hint(&driver) {
+            Some(hint) => tracing::warn!(storage_driver = %driver, "{hint}"),
+            None => tracing::info!(storage_driver = %driver, "Docker engine"),
+        },
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read the Docker engine's storage driver"),
+    }
+    let engine: Arc<dyn engine::ContainerEngine> = Arc::new(docker);
     let mut sandbox =
         sandbox::Sandbox::new(engine.clone(), config.sandbox_limits(), replica.clone());
     if let (true, Some(queue)) = (config.database_url.is_some(), store.records.jobs()) {
