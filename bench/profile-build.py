@@ -268,7 +268,10 @@ class Sampler(threading.Thread):
                 continue
             merged = (d.get("GraphDriver", {}).get("Data") or {}).get("MergedDir", "")
             layer = merged.rsplit("/", 2)[-2] if merged.endswith("/merged") else None
-            fuse = pids_of(lambda c: c.startswith("fuse-overlayfs") and layer and f"/{layer}/merged" in c)
+            # "fuse-overlayfs ..." as dockerd starts it; "/usr/bin/fuse-overlayfs ..." through the wrapper of
+            # bench/fuse-overlayfs-opts.sh.
+            fuse = pids_of(lambda c: os.path.basename(c.split(" ", 1)[0]) == "fuse-overlayfs"
+                           and layer and f"/{layer}/merged" in c)
             shim = pids_of(lambda c: "containerd-shim" in c and cid in c)
             self.seen[cid] = {"name": d.get("Name", "").lstrip("/"), "cgroup": Cgroup(cid), "fuse": fuse,
                               "shim": shim, "driver": d.get("Driver"),
