@@ -35,6 +35,8 @@ WRAP
     if [[ -e $wrapper ]] && grep -q "$marker" "$wrapper"; then rm -f "$wrapper"; echo "removed $wrapper" >&2; fi ;;
   status)
     if [[ -e $wrapper ]] && grep -q "$marker" "$wrapper"; then echo "installed"; else echo "not installed"; fi
+    dpath=$(tr '\0' '\n' </proc/"$(pgrep -xo dockerd)"/environ 2>/dev/null | sed -n 's/^PATH=//p')
+    [[ -z $dpath || :$dpath: == *:/usr/local/bin:* ]] || echo "warning: dockerd's PATH ($dpath) lacks /usr/local/bin" >&2
     [[ -s /run/kmf-fuse-opts ]] && echo "options now: $(cat /run/kmf-fuse-opts)"
     true ;;
   *) sed -n '2,11p' "$0" >&2; exit 2 ;;
