@@ -108,7 +108,7 @@ pub fn fuse_overlayfs_hint(driver: &str) -> Option<&'static str> {
     (driver == "fuse-overlayfs").then_some(
         "the Docker engine's storage driver is fuse-overlayfs: every file a build opens outside \
          the /usr and /etc volumes waits for its single-threaded daemon, mostly for POSIX ACL \
-         look-ups unless the engine mounts it with -o noacl (small builds 15 to 30 % faster \
+         look-ups unless the engine mounts it with -o noacl (small builds 12 to 30 % faster \
          where measured; README, \"Engines with fuse-overlayfs\")",
     )
 }
