@@ -582,6 +582,13 @@ def server_build(srv, pkg, name, ver, kernel, tree, tgz, interval, work, tag):
 
 
 # ------------------------------------------------------------------ plain make on the host
+def host_record(arm, pkg, tag, wall, ru, busy, log_bytes):
+    """The record of a build run on the host (make or DKMS): wall time and its rusage."""
+    return {"arm": arm, "package": pkg, "run": tag, "wall_s": round(wall, 3), "cpu_user_s": ru.ru_utime,
+            "cpu_system_s": ru.ru_stime, "cpu_s": ru.ru_utime + ru.ru_stime, "minflt": ru.ru_minflt,
+            "majflt": ru.ru_majflt, "maxrss_kib": ru.ru_maxrss, "machine_busy_s": busy, "log_bytes": log_bytes}
+
+
 def host_make(pkg, name, ver, kernel, tree, make_cmd, work, tag):
     """The make command kmodforge ran, as DKMS runs it on the host: cwd the build dir, output to make.log."""
     dkms = os.path.join(work, "host-dkms")
@@ -609,10 +616,8 @@ def host_make(pkg, name, ver, kernel, tree, make_cmd, work, tag):
     if rc != 0:
         print(read(os.path.join(build, "make.log"))[-3000:], file=sys.stderr)
         die(f"host make of {pkg} ({tag}) failed (exit {rc}): {cmd}")
-    return {"arm": "host", "package": pkg, "run": tag, "wall_s": round(wall, 3), "cpu_user_s": ru.ru_utime,
-            "cpu_system_s": ru.ru_stime, "cpu_s": ru.ru_utime + ru.ru_stime, "minflt": ru.ru_minflt,
-            "majflt": ru.ru_majflt, "maxrss_kib": ru.ru_maxrss, "machine_busy_s": busy,
-            "log_bytes": os.path.getsize(os.path.join(build, "make.log")), "make": cmd}
+    return dict(host_record("host", pkg, tag, wall, ru, busy, os.path.getsize(os.path.join(build, "make.log"))),
+                make=cmd)
 
 
 def host_dkms(pkg, name, ver, kernel, tree, work, tag):
@@ -647,9 +652,7 @@ def host_dkms(pkg, name, ver, kernel, tree, work, tag):
         dkms("remove", "-m", name, "-v", ver, "--all", check=False)
         shutil.rmtree(f"/var/lib/dkms/{name}", ignore_errors=True)
         shutil.rmtree(usr_src, ignore_errors=True)
-    return {"arm": "host dkms", "package": pkg, "run": tag, "wall_s": round(wall, 3), "cpu_user_s": ru.ru_utime,
-            "cpu_system_s": ru.ru_stime, "cpu_s": ru.ru_utime + ru.ru_stime, "minflt": ru.ru_minflt,
-            "majflt": ru.ru_majflt, "maxrss_kib": ru.ru_maxrss, "machine_busy_s": busy, "log_bytes": len(log)}
+    return host_record("host dkms", pkg, tag, wall, ru, busy, len(log))
 
 
 # ------------------------------------------------------------------ report
@@ -732,41 +735,34 @@ def report(records):
                   f"{med('unaccounted_cpu_s'):.1f} | {med('container_nr_throttled'):.0f} | {ratio:.2f} |")
 
 
-def ratio_table(records):
-    """The benchmark's headline: per package, each server arm's median wall time against plain make's."""
-    arms = [a for a in dict.fromkeys(r["arm"] for r in records) if a != "host"]
-    arms.sort(key=lambda a: a != "host dkms")  # DKMS first, then the server arms
-    print("Cold builds against plain make on the host (medians; ratio = arm / host make):\n")
-    print("| package | host make s (runs) | " + " | ".join(f"{a} s (runs) | ratio" for a in arms) + " |")
+def ratio_rows(records, base, base_label, arms, arm_runs):
+    """One ratio table: per package, each arm's median wall time against the `base` arm's median."""
+    print(f"| package | {base_label} s (runs) | "
+          + " | ".join(f"{a} s{' (runs)' if arm_runs else ''} | ratio" for a in arms) + " |")
     print("|---|---|" + "---|---|" * len(arms))
     for pkg in dict.fromkeys(r["package"] for r in records):
         walls = lambda arm: [r["wall_s"] for r in records if r["package"] == pkg and r["arm"] == arm]
-        host = walls("host")
-        h = statistics.median(host) if host else float("nan")
-        cells = [f"{h:.2f} ({len(host)})"]
+        b = walls(base)
+        h = statistics.median(b) if b else float("nan")
+        cells = [f"{h:.2f} ({len(b)})"]
         for arm in arms:
             w = walls(arm)
             m = statistics.median(w) if w else float("nan")
-            cells.append(f"{m:.2f} ({len(w)}) | {m / h:.2f}")
+            cells.append(f"{m:.2f}{f' ({len(w)})' if arm_runs else ''} | {m / h:.2f}")
         print(f"| {pkg} | " + " | ".join(cells) + " |")
     print()
-    if "host dkms" not in arms:
-        return
-    print("The same against the real DKMS on the host (`dkms build`; ratio = arm / dkms build):\n")
-    server_arms = [a for a in arms if a != "host dkms"]
-    print("| package | dkms build s (runs) | " + " | ".join(f"{a} s | ratio" for a in server_arms) + " |")
-    print("|---|---|" + "---|---|" * len(server_arms))
-    for pkg in dict.fromkeys(r["package"] for r in records):
-        walls = lambda arm: [r["wall_s"] for r in records if r["package"] == pkg and r["arm"] == arm]
-        d = walls("host dkms")
-        h = statistics.median(d) if d else float("nan")
-        cells = [f"{h:.2f} ({len(d)})"]
-        for arm in server_arms:
-            w = walls(arm)
-            m = statistics.median(w) if w else float("nan")
-            cells.append(f"{m:.2f} | {m / h:.2f}")
-        print(f"| {pkg} | " + " | ".join(cells) + " |")
-    print()
+
+
+def ratio_table(records):
+    """The benchmark's headline: per package, each arm's median wall time against plain make's (and, with
+    --dkms, each server arm's against the real DKMS's)."""
+    arms = [a for a in dict.fromkeys(r["arm"] for r in records) if a != "host"]
+    arms.sort(key=lambda a: a != "host dkms")  # DKMS first, then the server arms
+    print("Cold builds against plain make on the host (medians; ratio = arm / host make):\n")
+    ratio_rows(records, "host", "host make", arms, arm_runs=True)
+    if "host dkms" in arms:
+        print("The same against the real DKMS on the host (`dkms build`; ratio = arm / dkms build):\n")
+        ratio_rows(records, "host dkms", "dkms build", [a for a in arms if a != "host dkms"], arm_runs=False)
 
 
 def fetch_source(pkg, work):
