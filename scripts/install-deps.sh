@@ -80,8 +80,14 @@ if [[ $(id -u) -eq 0 ]] && ! getent passwd postgres >/dev/null; then
 fi
 if ! garage_ok; then
   command -v cargo >/dev/null || { echo "install-deps: cargo is needed to build Garage $garage_version" >&2; exit 1; }
-  cargo install garage --version "$garage_version" --locked --no-default-features \
-    --features bundled-libs,lmdb,sqlite --root "$tools"
+  # Unoptimised (a test server handles megabytes, not terabytes: the release build took
+  # about 10 minutes of a fresh 2-CPU machine's CI), without debug info, and with
+  # release's arithmetic (no overflow checks or debug assertions); only the SQLite
+  # metadata engine, which scripts/services.sh configures.
+  CARGO_PROFILE_DEV_DEBUG=0 CARGO_PROFILE_DEV_OVERFLOW_CHECKS=false \
+    CARGO_PROFILE_DEV_DEBUG_ASSERTIONS=false \
+    cargo install garage --version "$garage_version" --locked --debug --no-default-features \
+    --features bundled-libs,sqlite --root "$tools"
   garage_ok || { echo "install-deps: $tools/bin/garage is not Garage $garage_version after cargo install" >&2; exit 1; }
 fi
 if ! cargo_deb_ok; then

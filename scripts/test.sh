@@ -35,16 +35,60 @@ fi
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 phase "fmt and clippy"
-# Build every test binary first, then run two groups side by side: the unit,
-# API, agent and storage tests (no job containers) in the background, and the
-# end-to-end tests, which share the Docker engine and run one at a time.
+# Build every test binary first, then run three groups side by side: the unit, API,
+# agent and storage tests (no job containers) in the background, and the end-to-end
+# tests in two lanes (below).
 cargo test --workspace --locked --no-run
 phase "building the tests"
 units=$(mktemp)
 cargo test --workspace --exclude kmodforge-e2e --locked -- --test-threads=1 >"$units" 2>&1 &
 units_pid=$!
+# The end-to-end tests share the Docker engine; each touches only its own server's
+# builds, containers and data, so two binaries can run at once, but two servers making
+# the same image at once would both do the work: `modules` and `renamed_modules` run
+# first and alone (they make the builder images and /usr volumes of both test kernels
+# and the verifier image that the tests of both lanes use). Then two lanes, one binary
+# at a time each: lane B holds the tests with images of their own (kernels booted under
+# qemu, Debian hosts in containers), which mostly wait on downloads and VMs, and two
+# long ones to even the lanes out; lane A everything else, the CPU-heavy corpus among
+# them (a new test file lands there). On a fresh machine the tests took 59 minutes
+# one binary at a time (images included).
+e2e_first=(modules renamed_modules)
+e2e_lane_b=(agent_bootcheck bootcheck agent_bootguard apt_repo packages agent_secureboot
+  agent_locking agent_sync agent_trust agent_verify agent_sanity agent_metrics agent_submit
+  agent_download_cut agent_cli signing tls settings engine_restart)
+e2e_lane_a=()
+for f in tests/tests/*.rs; do
+  t=$(basename "$f" .rs)
+  [[ " ${e2e_first[*]} ${e2e_lane_b[*]} " == *" $t "* ]] || e2e_lane_a+=("$t")
+done
+# `cargo test` arguments that run these test binaries (all of them, even after a failure).
+e2e() {
+  local t args=(test -p kmodforge-e2e --locked --no-fail-fast)
+  for t in "$@"; do args+=(--test "$t"); done
+  cargo "${args[@]}" -- --test-threads=1
+}
 e2e_status=0
-cargo test -p kmodforge-e2e --locked -- --test-threads=1 || e2e_status=$?
+e2e "${e2e_first[@]}" || e2e_status=$?
+cargo test -p kmodforge-e2e --locked --lib -- --test-threads=1 || e2e_status=$?
+phase "end-to-end tests: ${e2e_first[*]} (the images both lanes use)"
+lane_b=$(mktemp)
+(
+  start=$SECONDS rc=0
+  e2e "${e2e_lane_b[@]}" || rc=$?
+  echo "test.sh: lane B took $((SECONDS - start)) s"
+  exit "$rc"
+) >"$lane_b" 2>&1 &
+lane_b_pid=$!
+e2e "${e2e_lane_a[@]}" || e2e_status=$?
+phase "end-to-end tests: lane A (${#e2e_lane_a[@]} binaries)"
+lane_b_status=0
+wait "$lane_b_pid" || lane_b_status=$?
+phase "end-to-end tests: the rest of lane B (${#e2e_lane_b[@]} binaries)"
+echo "---- end-to-end tests, lane B (run beside lane A) ----"
+cat "$lane_b"
+rm -f "$lane_b"
+((lane_b_status == 0)) || e2e_status=$lane_b_status
 units_status=0
 wait "$units_pid" || units_status=$?
 phase "running the tests"
