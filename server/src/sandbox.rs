@@ -186,9 +186,24 @@ pub struct Experiments {
     /// overlayfs instead of fuse-overlayfs: what an overlay2 engine does). Every
     /// other part of the container stays.
     pub runtime: Option<String>,
+    /// `KMODFORGE_EXPERIMENT_NO_LIVE_LOG=1`: `kmf build` writes make's output to the
+    /// build's `make.log` inside the container only (as DKMS does), instead of also
+    /// through its `tee` to the exec stream, the server's capped log and live
+    /// followers: the A/B of the log path. The server's log of such a build lacks
+    /// make's lines, and a make that prints nothing for the idle limit is stopped.
+    pub no_live_log: bool,
 }
 
 impl Experiments {
+    /// The variables a `kmf build` exec gets from the switches.
+    pub fn build_env(&self) -> Vec<String> {
+        let mut env = Vec::new();
+        if self.no_live_log {
+            env.push("KMF_EXPERIMENT_NO_LIVE_LOG=1".into());
+        }
+        env
+    }
+
     pub fn from_env() -> Self {
         let on = |name: &str| std::env::var(name).is_ok_and(|v| v == "1");
         let e = Experiments {
@@ -198,6 +213,7 @@ impl Experiments {
             runtime: std::env::var("KMODFORGE_EXPERIMENT_RUNTIME")
                 .ok()
                 .filter(|r| !r.is_empty()),
+            no_live_log: on("KMODFORGE_EXPERIMENT_NO_LIVE_LOG"),
         };
         if e != Experiments::default() {
             tracing::warn!(experiments = ?e, "sandbox experiments on (measurement only)");
@@ -724,7 +740,8 @@ mod tests {
     }
 
     /// The measurement switches (off unless their variables are set) change only
-    /// what they name: no CPU quota, or the build tree on an anonymous volume.
+    /// what they name: no CPU quota, the build tree on an anonymous volume, or one
+    /// variable of `kmf build` (make's output to its file only).
     #[test]
     fn experiments_change_only_what_they_name() {
         let engine = FakeEngine::scripted(|_| FakeExec::Exit {
@@ -740,6 +757,7 @@ mod tests {
             disk_build_tree: true,
             no_etc_volume: true,
             runtime: Some("kmf-kernel-overlay".into()),
+            no_live_log: true,
         };
         let x = sandbox.container_config(&spec("b1", &dirs, &[]));
         assert_eq!(x.limits.cpus, 0);
@@ -757,6 +775,11 @@ mod tests {
                 target: DKMS_TREE.into(),
                 read_only: false,
             }]
+        );
+        assert!(Experiments::default().build_env().is_empty());
+        assert_eq!(
+            sandbox.experiments.build_env(),
+            ["KMF_EXPERIMENT_NO_LIVE_LOG=1"]
         );
     }
 

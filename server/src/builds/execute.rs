@@ -39,6 +39,7 @@ impl Builds {
         let mut env = base_env(ctx.req, self.jobs());
         env.extend(plan_env(ctx.plan));
         env.extend(ctx.extras.env());
+        env.extend(self.sandbox.experiments().build_env());
         job.log.note(&format!("make command: {}", ctx.plan.make));
         let started = Instant::now();
         let output = Scanned::new(&job.log);
