@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# bench/build-speed.sh [--runs N] [--openafs-runs N] [--floor] [--noacl] [--dkms] [--ab NAME=VALUE] [--quick] [--only PKG] [--out DIR] -- the build-speed benchmark of
+# bench/build-speed.sh [--runs N] [--openafs-runs N] [--floor] [--noacl] [--dkms] [--ab NAME=VALUE] [--no-default-arm] [--quick] [--only PKG] [--out DIR] -- the build-speed benchmark of
 # issue 16 (docs/BENCHMARKS.md, "Build speed"): a fixed set of DKMS packages, each built cold through a kmodforge
 # server (release build, fresh data dir) and with plain `make` on the host with the same headers, interleaved,
 # and the ratio of the medians printed per package:
@@ -17,13 +17,14 @@
 # --only PKG: that package alone (repeatable). --noacl adds an arm whose job containers' roots are mounted by
 # fuse-overlayfs with `-o noacl` (bench/fuse-overlayfs-opts.sh installs a wrapper for the run, removed after). --dkms adds the real DKMS on the host (`dkms build` of the same
 # tree, after an untimed `dkms add`; needs the dkms package) and a second ratio table against it.
+# --no-default-arm leaves out the server arm without variables (with --noacl/--ab: a long build's arms only).
 #
 # Needs root, Docker, linux-headers-<kernel> on the host, `cargo build --release -p kmodforge-server` first
 # ($CARGO_TARGET_DIR honoured). Everything else (per-build samples, phases, CPU split): bench/profile-build.py,
 # which this runs; raw records in OUT/profile.jsonl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-runs=3 openafs_runs=1 floor=0 noacl=0 quick=0 out="" ab=() only=() dkms=()
+runs=3 openafs_runs=1 floor=0 noacl=0 quick=0 out="" ab=() only=() dkms=() nodefault=()
 while (($#)); do
   case $1 in
     --runs) runs=$2; shift 2 ;;
@@ -34,8 +35,9 @@ while (($#)); do
     --quick) quick=1; shift ;;
     --only) only+=(--package "$2"); shift 2 ;;
     --dkms) dkms=(--dkms); shift ;;
+    --no-default-arm) nodefault=(--no-default-arm); shift ;;
     --out) out=$2; shift 2 ;;
-    *) sed -n '2,26p' "$0" >&2; exit 2 ;;
+    *) sed -n '2,27p' "$0" >&2; exit 2 ;;
   esac
 done
 out=${out:-bench/results/build-speed-$(date -u +%Y%m%dT%H%M%SZ)}
@@ -43,7 +45,7 @@ mkdir -p "$(dirname "$out")"
 pkgs=(--package r8152 --package v4l2loopback-dkms)
 ((quick)) || pkgs+=(--package lttng-modules-dkms --package openafs-modules-dkms)
 ((${#only[@]})) && pkgs=("${only[@]}")
-args=("${pkgs[@]}" --runs "$runs" --runs-for "openafs-modules-dkms=$openafs_runs" --out "$out" "${ab[@]}" "${dkms[@]}")
+args=("${pkgs[@]}" --runs "$runs" --runs-for "openafs-modules-dkms=$openafs_runs" --out "$out" "${ab[@]}" "${dkms[@]}" "${nodefault[@]}")
 cleanup() {
   ((floor)) && bench/kernel-overlay-runtime.sh uninstall >&2
   ((noacl)) && bench/fuse-overlayfs-opts.sh uninstall >&2

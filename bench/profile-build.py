@@ -801,6 +801,8 @@ def main():
     ap.add_argument("--ab", action="append", default=[],
                     help="'NAME=VALUE [NAME=VALUE ...]': one more server with these in its environment, interleaved (repeatable)")
     ap.add_argument("--no-host", action="store_true")
+    ap.add_argument("--no-default-arm", action="store_true",
+                    help="no arm for the server without --ab variables (a long build measured with --ab arms only)")
     ap.add_argument("--dkms", action="store_true",
                     help="also the real DKMS on the host (`dkms add`, then `dkms build` timed) in every run")
     ap.add_argument("--warmup", type=int, default=0, help="untimed full server+host builds per package first "
@@ -835,7 +837,9 @@ def main():
              "command": " ".join(["bench/profile-build.py"] + sys.argv[1:]), "jobs": a.jobs, "kernel": a.kernel,
              "load_before": read("/proc/loadavg").split()[:3]}
     say(f"machine: {facts}")
-    servers = [Server(a.server_bin, work, a.jobs, {}, "server")]
+    if a.no_default_arm and not a.ab:
+        die("--no-default-arm needs at least one --ab arm")
+    servers = [] if a.no_default_arm else [Server(a.server_bin, work, a.jobs, {}, "server")]
     for ab in a.ab:
         env = dict(kv.partition("=")[::2] for kv in ab.split())
         servers.append(Server(a.server_bin, work, a.jobs, env, "server+" + "+".join(ab.split())))
