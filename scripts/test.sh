@@ -91,7 +91,7 @@ rm -f "$lane_b"
 ((lane_b_status == 0)) || e2e_status=$lane_b_status
 units_status=0
 wait "$units_pid" || units_status=$?
-phase "running the tests"
+phase "waiting for the unit, API, agent and storage tests"
 echo "---- unit, API, agent and storage tests (run beside the end-to-end tests) ----"
 cat "$units"
 rm -f "$units"
