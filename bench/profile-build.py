@@ -815,6 +815,8 @@ def main():
         die("run as root (the sampler reads /proc/PID/syscall of the container's processes)")
     if not os.access(a.server_bin, os.X_OK):
         die(f"{a.server_bin} does not exist: cargo build --release -p kmodforge-server (or --server-bin)")
+    if a.no_default_arm and not a.ab:
+        die("--no-default-arm needs at least one --ab arm")
     if a.dkms and not shutil.which("dkms"):
         die("--dkms: no dkms on this host (apt-get install dkms)")
     if not a.no_host and not os.path.isdir(f"/lib/modules/{a.kernel}/build/"):
@@ -837,8 +839,6 @@ def main():
              "command": " ".join(["bench/profile-build.py"] + sys.argv[1:]), "jobs": a.jobs, "kernel": a.kernel,
              "load_before": read("/proc/loadavg").split()[:3]}
     say(f"machine: {facts}")
-    if a.no_default_arm and not a.ab:
-        die("--no-default-arm needs at least one --ab arm")
     servers = [] if a.no_default_arm else [Server(a.server_bin, work, a.jobs, {}, "server")]
     for ab in a.ab:
         env = dict(kv.partition("=")[::2] for kv in ab.split())
